@@ -1,0 +1,230 @@
+"""`dynamo`: serve, frontend, worker, plugins."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+
+from dynamo_core import __version__
+from dynamo_core.cli import options
+from dynamo_core.plugins import PluginNotInstalledError, get_registry
+
+log = logging.getLogger("dynamo_core.cli")
+
+
+def setup_logging(role: str) -> None:
+    level_name = os.environ.get("DYN_LOG", "info").upper()
+    level = getattr(logging, level_name, None)
+    if not isinstance(level, int):
+        level = logging.INFO
+    logging.basicConfig(
+        level=level,
+        format=f"%(asctime)s %(levelname)-7s {role}[%(process)d] %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+    )
+
+
+def _preparse(argv: list[str], *names: str) -> argparse.Namespace:
+    pre = argparse.ArgumentParser(add_help=False)
+    if "engine" in names:
+        options.add_engine_option(pre)
+    if "router" in names:
+        options.add_router_option(pre)
+    ns, _ = pre.parse_known_args(argv)
+    return ns
+
+
+def _discovery_config(ns: argparse.Namespace):
+    from dynamo_core.runtime.discovery import DiscoveryConfig
+
+    return DiscoveryConfig(lease_ttl_s=ns.lease_ttl, file_dir=ns.file_discovery_dir)
+
+
+# ---------------------------------------------------------------------------------------------
+# parsers
+# ---------------------------------------------------------------------------------------------
+
+
+def build_worker_parser(engine: str | None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dynamo worker", description="Run one worker: host an engine and register it in discovery."
+    )
+    options.add_engine_option(parser)
+    options.add_model_options(parser)
+    parser.add_argument("--mode", choices=["agg"], default="agg", help="worker role (default: %(default)s)")
+    parser.add_argument("--host", default=os.environ.get("DYN_WORKER_HOST", "127.0.0.1"),
+                        help="address of the worker's request-plane server (default: %(default)s)")
+    parser.add_argument("--port", type=int, default=0, help="port of the request-plane server (default: any free one)")
+    options.add_discovery_options(parser)
+    options.add_plugin_options(parser, engine=engine, router=None)
+    return parser
+
+
+def build_frontend_parser(router: str | None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dynamo frontend", description="Run the OpenAI-compatible HTTP frontend and router."
+    )
+    options.add_router_option(parser)
+    options.add_http_options(parser)
+    options.add_discovery_options(parser)
+    options.add_plugin_options(parser, engine=None, router=router)
+    return parser
+
+
+def build_serve_parser(engine: str | None, router: str | None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dynamo serve",
+        description="Run a frontend and N workers on this machine; Ctrl-C stops them all.",
+    )
+    options.add_engine_option(parser)
+    options.add_router_option(parser)
+    parser.add_argument("--workers", type=int, default=int(os.environ.get("DYN_WORKERS", "1")),
+                        help="number of worker processes (default: %(default)s)")
+    options.add_model_options(parser)
+    options.add_http_options(parser)
+    options.add_discovery_options(parser)
+    options.add_plugin_options(parser, engine=engine, router=router)
+    return parser
+
+
+# ---------------------------------------------------------------------------------------------
+# commands
+# ---------------------------------------------------------------------------------------------
+
+
+def worker_config_from(ns: argparse.Namespace, parser: argparse.ArgumentParser):
+    from dynamo_core.worker.worker import WorkerConfig
+
+    return WorkerConfig(
+        engine=ns.engine,
+        model_path=ns.model,
+        model_name=ns.model_name,
+        namespace=ns.namespace,
+        role=getattr(ns, "mode", "agg"),
+        discovery=ns.discovery,
+        discovery_config=_discovery_config(ns),
+        host=getattr(ns, "host", "127.0.0.1"),
+        port=getattr(ns, "port", 0),
+        engine_options=options.group_namespace(parser, options.ENGINE_GROUP_TITLE, ns),
+    )
+
+
+def frontend_config_from(ns: argparse.Namespace, parser: argparse.ArgumentParser):
+    from dynamo_core.frontend.app import FrontendConfig
+
+    return FrontendConfig(
+        http_host=ns.http_host,
+        http_port=ns.http_port,
+        namespace=ns.namespace,
+        router=ns.router,
+        router_options=options.group_namespace(parser, options.ROUTER_GROUP_TITLE, ns),
+        discovery=ns.discovery,
+        discovery_config=_discovery_config(ns),
+    )
+
+
+def cmd_worker(argv: list[str]) -> int:
+    pre = _preparse(argv, "engine")
+    parser = build_worker_parser(pre.engine)
+    ns = parser.parse_args(argv)
+    setup_logging("worker")
+    from dynamo_core.worker.worker import Worker
+
+    if ns.model and not os.path.isdir(ns.model):
+        parser.error(f"--model {ns.model}: not a directory (an HF-format model directory is expected)")
+    worker = Worker(worker_config_from(ns, parser))
+    asyncio.run(worker.run_until_signalled())
+    return 0
+
+
+def cmd_frontend(argv: list[str]) -> int:
+    pre = _preparse(argv, "router")
+    parser = build_frontend_parser(pre.router)
+    ns = parser.parse_args(argv)
+    setup_logging("frontend")
+    from dynamo_core.frontend.app import run_frontend
+
+    asyncio.run(run_frontend(frontend_config_from(ns, parser)))
+    return 0
+
+
+def cmd_serve(argv: list[str]) -> int:
+    pre = _preparse(argv, "engine", "router")
+    parser = build_serve_parser(pre.engine, pre.router)
+    ns = parser.parse_args(argv)
+    if ns.workers < 1:
+        parser.error("--workers must be at least 1")
+    if ns.model and not os.path.isdir(ns.model):
+        parser.error(f"--model {ns.model}: not a directory (an HF-format model directory is expected)")
+    setup_logging("serve")
+    from dynamo_core.cli.serve import serve
+
+    return serve(ns, parser)
+
+
+def cmd_plugins(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="dynamo plugins", description="List installed engines, routers and backends.")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    ns = parser.parse_args(argv)
+    rows = sorted(
+        (
+            {"kind": r.kind, "name": r.name, "distribution": r.distribution,
+             "description": getattr(r.spec, "description", "")}
+            for r in get_registry().registrations()
+        ),
+        key=lambda r: (r["kind"], r["name"]),
+    )
+    if ns.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    widths = [max(len(r[k]) for r in rows + [{"kind": "KIND", "name": "NAME", "distribution": "DISTRIBUTION"}])
+              for k in ("kind", "name", "distribution")]
+    print(f"{'KIND':<{widths[0]}}  {'NAME':<{widths[1]}}  {'DISTRIBUTION':<{widths[2]}}  DESCRIPTION")
+    for r in rows:
+        print(f"{r['kind']:<{widths[0]}}  {r['name']:<{widths[1]}}  {r['distribution']:<{widths[2]}}  {r['description']}")
+    return 0
+
+
+COMMANDS = {
+    "serve": (cmd_serve, "run a frontend and workers on this machine"),
+    "frontend": (cmd_frontend, "run the HTTP frontend and router"),
+    "worker": (cmd_worker, "run one worker hosting an engine"),
+    "plugins": (cmd_plugins, "list installed plugins"),
+}
+
+
+def _usage() -> str:
+    lines = [f"usage: dynamo COMMAND [options]   (dynamo-core {__version__})", "", "commands:"]
+    lines += [f"  {name:<10} {text}" for name, (_, text) in COMMANDS.items()]
+    lines += ["", "`dynamo COMMAND --help` lists a command's options; with --engine/--router it adds theirs."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage())
+        return 0 if argv else 2
+    if argv[0] == "--version":
+        print(f"dynamo-core {__version__}")
+        return 0
+    command = COMMANDS.get(argv[0])
+    if command is None:
+        print(f"dynamo: unknown command '{argv[0]}'\n\n{_usage()}", file=sys.stderr)
+        return 2
+    try:
+        return command[0](argv[1:])
+    except PluginNotInstalledError as exc:
+        print(f"dynamo: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

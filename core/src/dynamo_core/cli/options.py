@@ -1,0 +1,117 @@
+"""Command-line flags shared by `serve`, `frontend` and `worker`, with `DYN_*` env defaults.
+
+Engine and router plugins add their own flags through the `dynamo_engine_options` and
+`dynamo_router_options` hooks once `--engine`/`--router` are known, so the parser is built in
+two passes: a first one reads just those two names.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from dynamo_core.plugins import get_registry
+
+ENGINE_GROUP_TITLE = "engine options"
+ROUTER_GROUP_TITLE = "router options"
+
+
+def env_default(name: str, default):
+    value = os.environ.get(name)
+    if value is None:
+        return default
+    return type(default)(value) if default is not None and not isinstance(default, str) else value
+
+
+def add_discovery_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("runtime")
+    group.add_argument(
+        "--namespace", default=env_default("DYN_NAMESPACE", "dynamo"),
+        help="namespace shared by the frontend and its workers (env DYN_NAMESPACE; default: %(default)s)",
+    )
+    group.add_argument(
+        "--discovery", default=env_default("DYN_DISCOVERY", "file"),
+        help="discovery backend: mem (one process), file (one host), or a plugin's (env DYN_DISCOVERY; default: %(default)s)",
+    )
+    group.add_argument(
+        "--file-discovery-dir", default=os.environ.get("DYN_FILE_DISCOVERY_DIR", ""),
+        help="directory of the file discovery store (env DYN_FILE_DISCOVERY_DIR; default: a per-user temp dir)",
+    )
+    group.add_argument(
+        "--lease-ttl", type=float, default=env_default("DYN_LEASE_TTL", 3.0),
+        help="seconds after which a silent worker is dropped from discovery (env DYN_LEASE_TTL; default: %(default)s)",
+    )
+
+
+def add_http_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("http")
+    group.add_argument("--http-host", default=env_default("DYN_HTTP_HOST", "127.0.0.1"), help="listen address (default: %(default)s)")
+    group.add_argument("--http-port", type=int, default=env_default("DYN_HTTP_PORT", 8000), help="listen port (default: %(default)s)")
+
+
+def add_router_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--router", default=env_default("DYN_ROUTER", "round-robin"),
+        help="routing policy: %s, or a plugin's (env DYN_ROUTER; default: %%(default)s)"
+        % ", ".join(get_registry().names("router")),
+    )
+
+
+def add_engine_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--engine", default=env_default("DYN_ENGINE", "mocker"),
+        help="inference engine: %s, or a plugin's (env DYN_ENGINE; default: %%(default)s)"
+        % ", ".join(get_registry().names("engine")),
+    )
+
+
+def add_model_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("model")
+    group.add_argument(
+        "--model", default=os.environ.get("DYN_MODEL"),
+        help="HF-format model directory (tokenizer and config); omit for the built-in tokenizer (mocker/echo)",
+    )
+    group.add_argument("--model-name", default=None, help="name clients use in requests (default: the directory's name, or the engine's)")
+
+
+def add_plugin_options(parser: argparse.ArgumentParser, *, engine: str | None, router: str | None) -> None:
+    """Let the selected engine's and router's plugins add their flags."""
+    hooks = get_registry().pm.hook
+    if engine is not None:
+        get_registry().get("engine", engine)  # fail early, naming the package to install
+        group = parser.add_argument_group(ENGINE_GROUP_TITLE, f"options of engine '{engine}'")
+        hooks.dynamo_engine_options(engine=engine, group=group)
+    if router is not None:
+        get_registry().get("router", router)
+        group = parser.add_argument_group(ROUTER_GROUP_TITLE, f"options of router '{router}'")
+        hooks.dynamo_router_options(router=router, group=group)
+
+
+def group_args(parser: argparse.ArgumentParser, title: str, ns: argparse.Namespace) -> list[str]:
+    """Turn the parsed values of one option group back into flags (to pass to a child)."""
+    args: list[str] = []
+    for group in parser._action_groups:
+        if group.title != title:
+            continue
+        for action in group._group_actions:
+            value = getattr(ns, action.dest, None)
+            if value == action.default or not action.option_strings:
+                continue
+            flag = action.option_strings[-1] if action.option_strings[-1].startswith("--") else action.option_strings[0]
+            if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+                args.append(flag)
+            elif isinstance(value, list):
+                args += [flag, *map(str, value)]
+            else:
+                args += [flag, str(value)]
+    return args
+
+
+def group_namespace(parser: argparse.ArgumentParser, title: str, ns: argparse.Namespace) -> argparse.Namespace:
+    """The values of one option group as a namespace of their own."""
+    out = argparse.Namespace()
+    for group in parser._action_groups:
+        if group.title == title:
+            for action in group._group_actions:
+                setattr(out, action.dest, getattr(ns, action.dest, action.default))
+    return out

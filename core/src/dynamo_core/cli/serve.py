@@ -1,0 +1,193 @@
+"""`dynamo serve`: a frontend and N workers on this machine, stopped together.
+
+Each piece runs as its own process, started as `dynamo frontend ...` / `dynamo worker ...`,
+so `ps` shows what each one is and each can be restarted or replaced by hand. With
+`--discovery mem` (one process by definition) they run as tasks of this process instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import sys
+import time
+import urllib.error
+import urllib.request
+
+from dynamo_core.cli import options
+
+log = logging.getLogger("dynamo_core.serve")
+READY_TIMEOUT_S = 300.0
+STOP_TIMEOUT_S = 15.0
+
+
+def _dynamo_command() -> list[str]:
+    """How to start `dynamo` again: the console script when there is one, so `ps` reads well."""
+    argv0 = sys.argv[0]
+    if os.path.basename(argv0) == "dynamo" and os.path.exists(argv0):
+        return [sys.executable, os.path.abspath(argv0)]
+    found = shutil.which("dynamo", path=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
+    if found:
+        return [sys.executable, found]
+    return [sys.executable, "-m", "dynamo_core.cli.main"]
+
+
+def _shared_runtime_args(ns: argparse.Namespace) -> list[str]:
+    args = ["--namespace", ns.namespace, "--discovery", ns.discovery, "--lease-ttl", str(ns.lease_ttl)]
+    if ns.file_discovery_dir:
+        args += ["--file-discovery-dir", ns.file_discovery_dir]
+    return args
+
+
+def worker_argv(ns: argparse.Namespace, parser: argparse.ArgumentParser) -> list[str]:
+    args = ["worker", "--engine", ns.engine, *_shared_runtime_args(ns)]
+    if ns.model:
+        args += ["--model", os.path.abspath(ns.model)]
+    if ns.model_name:
+        args += ["--model-name", ns.model_name]
+    return args + options.group_args(parser, options.ENGINE_GROUP_TITLE, ns)
+
+
+def frontend_argv(ns: argparse.Namespace, parser: argparse.ArgumentParser) -> list[str]:
+    args = ["frontend", "--router", ns.router, "--http-host", ns.http_host, "--http-port", str(ns.http_port)]
+    return args + _shared_runtime_args(ns) + options.group_args(parser, options.ROUTER_GROUP_TITLE, ns)
+
+
+class Supervisor:
+    def __init__(self, ns: argparse.Namespace, parser: argparse.ArgumentParser):
+        self.ns, self.parser = ns, parser
+        self.procs: dict[str, asyncio.subprocess.Process] = {}
+        self._stopping = False
+
+    async def _spawn(self, name: str, argv: list[str]) -> None:
+        command = _dynamo_command() + argv
+        log.debug("starting %s: %s", name, " ".join(command))
+        self.procs[name] = await asyncio.create_subprocess_exec(*command, preexec_fn=_die_with_parent)
+
+    async def _wait_ready(self) -> bool:
+        url = f"http://{self.ns.http_host}:{self.ns.http_port}/health"
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while time.monotonic() < deadline and not self._stopping:
+            if any(p.returncode is not None for n, p in self.procs.items() if n == "frontend"):
+                return False
+            try:
+                body = await asyncio.to_thread(_fetch, url)
+                if body is not None and body.count('"instance_id"') >= self.ns.workers:
+                    return True
+            except OSError:
+                pass
+            await asyncio.sleep(0.25)
+        return False
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await self._spawn("frontend", frontend_argv(self.ns, self.parser))
+        for i in range(self.ns.workers):
+            await self._spawn(f"worker-{i}", worker_argv(self.ns, self.parser))
+        watchers = {asyncio.create_task(p.wait(), name=n): n for n, p in self.procs.items()}
+        ready = asyncio.create_task(self._wait_ready())
+        stop_task = asyncio.create_task(stop.wait())
+        exit_code = 0
+        pending = set(watchers) | {ready, stop_task}
+        while True:
+            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            if ready in done:
+                if ready.result():
+                    print(
+                        f"dynamo serving on http://{self.ns.http_host}:{self.ns.http_port}/v1 "
+                        f"(engine={self.ns.engine}, router={self.ns.router}, workers={self.ns.workers}); Ctrl-C to stop",
+                        flush=True,
+                    )
+                elif not stop.is_set():
+                    log.warning("the workers did not all register within %.0f s; still serving what did", READY_TIMEOUT_S)
+            if stop_task in done:
+                break
+            for task in done & set(watchers):
+                name = watchers[task]
+                code = task.result()
+                if name == "frontend":
+                    log.error("the frontend exited with code %s; stopping", code)
+                    exit_code = code or 1
+                    stop.set()
+                else:
+                    log.error("%s (pid %d) exited with code %s; the others keep serving", name, self.procs[name].pid, code)
+            if stop.is_set():
+                break
+        self._stopping = True
+        ready.cancel()
+        await self._stop_all()
+        return exit_code
+
+    async def _stop_all(self) -> None:
+        # Workers first (they drain and leave discovery), then the frontend.
+        order = [n for n in self.procs if n != "frontend"] + ["frontend"]
+        for name in order:
+            proc = self.procs[name]
+            if proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.send_signal(signal.SIGTERM)
+        for name in order:
+            proc = self.procs[name]
+            try:
+                await asyncio.wait_for(proc.wait(), STOP_TIMEOUT_S)
+            except asyncio.TimeoutError:
+                log.warning("%s did not stop in %.0f s; killing it", name, STOP_TIMEOUT_S)
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+                await proc.wait()
+        log.info("stopped")
+
+
+def _die_with_parent() -> None:
+    """Linux: the child gets SIGTERM if `serve` dies, even by SIGKILL, so none is orphaned."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def _fetch(url: str) -> str | None:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.read().decode()
+    except urllib.error.HTTPError:
+        return None
+
+
+async def _serve_in_process(ns: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """`--discovery mem`: frontend and workers share this process and its in-memory store."""
+    from dynamo_core.cli.main import frontend_config_from, worker_config_from
+    from dynamo_core.frontend.app import run_frontend
+    from dynamo_core.worker.worker import Worker
+
+    workers = [Worker(worker_config_from(ns, parser)) for _ in range(ns.workers)]
+    for worker in workers:
+        await worker.start()
+    frontend = asyncio.create_task(run_frontend(frontend_config_from(ns, parser)))
+    print(
+        f"dynamo serving on http://{ns.http_host}:{ns.http_port}/v1 (engine={ns.engine}, router={ns.router}, "
+        f"workers={ns.workers}, in one process); Ctrl-C to stop",
+        flush=True,
+    )
+    try:
+        await frontend
+    finally:
+        for worker in workers:
+            await worker.stop()
+    return 0
+
+
+def serve(ns: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    if ns.discovery == "mem":
+        return asyncio.run(_serve_in_process(ns, parser))
+    return asyncio.run(Supervisor(ns, parser).run())

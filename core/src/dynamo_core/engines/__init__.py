@@ -1,0 +1,1 @@
+"""Inference engines. The core ships `mocker` (simulated) and `echo`; others are plugins."""

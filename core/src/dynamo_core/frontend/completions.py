@@ -1,0 +1,308 @@
+"""The serving path of `/v1/chat/completions` and `/v1/completions`.
+
+parse body -> find model -> preprocess into choices -> route + stream from workers ->
+postprocess -> OpenAI JSON or SSE chunks. Errors before the first output become HTTP errors;
+errors after it become an SSE error event followed by `[DONE]`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import msgspec
+from litestar import Response
+from litestar.response import Stream
+
+from dynamo_core.frontend import metrics
+from dynamo_core.frontend.engine_client import EngineClient
+from dynamo_core.frontend.errors import (
+    ModelNotFoundError,
+    OpenAIError,
+    ServiceUnavailableError,
+    from_validation_error,
+)
+from dynamo_core.frontend.model_registry import ModelRegistry, ServedModel
+from dynamo_core.frontend.postprocessor import ChoiceDelta, UsageCounter, run_choices
+from dynamo_core.frontend.preprocessor import PreparedChoice, prepare_chat, prepare_completion
+from dynamo_core.protocols.openai import (
+    ChatChoice,
+    ChatChunkChoice,
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    Completion,
+    CompletionChoice,
+    CompletionRequest,
+    Delta,
+    ErrorBody,
+    ErrorResponse,
+    ResponseMessage,
+    Usage,
+)
+
+log = logging.getLogger(__name__)
+
+_json = msgspec.json.Encoder()
+_chat_decoder = msgspec.json.Decoder(ChatCompletionRequest)
+_completion_decoder = msgspec.json.Decoder(CompletionRequest)
+_DONE = b"data: [DONE]\n\n"
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+@dataclass
+class ServingState:
+    registry: ModelRegistry
+    engine: EngineClient
+
+
+def _decode(decoder: msgspec.json.Decoder, body: bytes):
+    try:
+        return decoder.decode(body)
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        raise from_validation_error(exc) from exc
+
+
+def find_model(state: ServingState, name: str) -> ServedModel:
+    model = state.registry.models.get(name)
+    if model is not None:
+        return model
+    if not state.registry.models:
+        raise ServiceUnavailableError("No worker is serving any model right now; start a worker and retry.")
+    raise ModelNotFoundError(name)
+
+
+def _usage(counter: UsageCounter) -> Usage:
+    details = {"cached_tokens": counter.cached_tokens}
+    return Usage(
+        counter.prompt_tokens, counter.completion_tokens, counter.prompt_tokens + counter.completion_tokens, details
+    )
+
+
+class _Tracker:
+    """Times one request for the metrics: TTFT, inter-token latency, duration."""
+
+    def __init__(self, model: str, endpoint: str):
+        self.model, self.endpoint = model, endpoint
+        self.start = self.last = time.perf_counter()
+        self.first = True
+        metrics.INFLIGHT.labels(model).inc()
+
+    def on_delta(self, delta: ChoiceDelta) -> None:
+        now = time.perf_counter()
+        if self.first:
+            metrics.TTFT.labels(self.model).observe(now - self.start)
+            self.first = False
+        elif delta.token_ids:
+            per_token = (now - self.last) / len(delta.token_ids)
+            metrics.ITL.labels(self.model).observe(per_token)
+        self.last = now
+
+    def finish(self, status: str, usage: UsageCounter) -> None:
+        metrics.INFLIGHT.labels(self.model).dec()
+        metrics.DURATION.labels(self.model).observe(time.perf_counter() - self.start)
+        metrics.REQUESTS.labels(self.model, self.endpoint, status).inc()
+        metrics.INPUT_TOKENS.labels(self.model).inc(usage.prompt_tokens)
+        metrics.CACHED_TOKENS.labels(self.model).inc(usage.cached_tokens)
+        metrics.OUTPUT_TOKENS.labels(self.model).inc(usage.completion_tokens)
+
+
+async def _primed(deltas: AsyncIterator[ChoiceDelta]) -> tuple[ChoiceDelta | None, AsyncIterator[ChoiceDelta]]:
+    """Wait for the first delta, so routing failures still become proper HTTP errors."""
+    try:
+        first = await deltas.__anext__()
+    except StopAsyncIteration:
+        return None, deltas
+    except BaseException:
+        await deltas.aclose()
+        raise
+    return first, deltas
+
+
+def _sse(payload: msgspec.Struct) -> bytes:
+    return b"data: " + _json.encode(payload) + b"\n\n"
+
+
+def _sse_error(exc: Exception) -> bytes:
+    if isinstance(exc, OpenAIError):
+        body = exc.body()
+    else:
+        log.exception("stream failed")
+        body = ErrorResponse(ErrorBody(f"internal error: {type(exc).__name__}", "internal_error"))
+    return _sse(body)
+
+
+async def _start(state: ServingState, model: ServedModel, choices: list[PreparedChoice], stop, endpoint: str):
+    usage = UsageCounter()
+    tracker = _Tracker(model.name, endpoint)
+    deltas = run_choices(choices, model.tokenizer, stop, lambda c: state.engine.generate(model, c.request), usage)
+    try:
+        first, deltas = await _primed(deltas)
+    except Exception as exc:
+        tracker.finish(type(exc).__name__, usage)
+        raise
+    return usage, tracker, first, deltas
+
+
+def _stop_list(stop) -> list[str]:
+    if stop is None:
+        return []
+    return [stop] if isinstance(stop, str) else list(stop)
+
+
+# ---------------------------------------------------------------------------------------------
+# chat
+# ---------------------------------------------------------------------------------------------
+
+
+async def chat_completions(state: ServingState, body: bytes) -> Response:
+    req: ChatCompletionRequest = _decode(_chat_decoder, body)
+    model = find_model(state, req.model)
+    request_id = f"chatcmpl-{uuid.uuid4().hex}"
+    choices = await prepare_chat(model, req, request_id)
+    usage, tracker, first, deltas = await _start(state, model, choices, _stop_list(req.stop), "chat")
+    created = int(time.time())
+    if req.stream:
+        include_usage = bool(req.stream_options and req.stream_options.include_usage)
+        return Stream(
+            _chat_stream(request_id, created, model.name, req.n, first, deltas, usage, tracker, include_usage),
+            media_type="text/event-stream",
+            headers=SSE_HEADERS,
+        )
+    texts = [[] for _ in range(req.n)]
+    finish: list[str | None] = [None] * req.n
+    status = "ok"
+    try:
+        delta = first
+        async for delta in _chain(first, deltas):
+            tracker.on_delta(delta)
+            texts[delta.index].append(delta.text)
+            if delta.finish_reason:
+                finish[delta.index] = delta.finish_reason
+    except Exception as exc:
+        status = type(exc).__name__
+        raise
+    finally:
+        tracker.finish(status, usage)
+    response = ChatCompletion(
+        id=request_id,
+        created=created,
+        model=model.name,
+        choices=[
+            ChatChoice(i, ResponseMessage(content="".join(texts[i])), finish[i]) for i in range(req.n)
+        ],
+        usage=_usage(usage),
+    )
+    return Response(_json.encode(response), media_type="application/json")
+
+
+async def _chain(first: ChoiceDelta | None, rest: AsyncIterator[ChoiceDelta]) -> AsyncIterator[ChoiceDelta]:
+    if first is not None:
+        yield first
+    async for delta in rest:
+        yield delta
+
+
+async def _chat_stream(
+    request_id: str, created: int, model: str, n: int, first, deltas, usage: UsageCounter, tracker: _Tracker,
+    include_usage: bool,
+) -> AsyncIterator[bytes]:
+    status = "ok"
+    try:
+        for i in range(n):  # OpenAI opens each choice with the assistant role
+            yield _sse(ChatCompletionChunk(request_id, created, model, [ChatChunkChoice(i, Delta(role="assistant", content=""))]))
+        async for delta in _chain(first, deltas):
+            tracker.on_delta(delta)
+            if not delta.text and delta.finish_reason is None:
+                continue
+            chunk = ChatCompletionChunk(
+                request_id, created, model,
+                [ChatChunkChoice(delta.index, Delta(content=delta.text or None), delta.finish_reason)],
+            )
+            yield _sse(chunk)
+        if include_usage:
+            yield _sse(ChatCompletionChunk(request_id, created, model, [], usage=_usage(usage)))
+    except Exception as exc:
+        status = type(exc).__name__
+        yield _sse_error(exc)
+    finally:
+        await deltas.aclose()
+        tracker.finish(status, usage)
+    yield _DONE
+
+
+# ---------------------------------------------------------------------------------------------
+# completions
+# ---------------------------------------------------------------------------------------------
+
+
+async def completions(state: ServingState, body: bytes) -> Response:
+    req: CompletionRequest = _decode(_completion_decoder, body)
+    model = find_model(state, req.model)
+    request_id = f"cmpl-{uuid.uuid4().hex}"
+    choices = await prepare_completion(model, req, request_id)
+    echo_text = {c.index: _echo_prefix(model, c) for c in choices} if req.echo else {}
+    usage, tracker, first, deltas = await _start(state, model, choices, _stop_list(req.stop), "completions")
+    created = int(time.time())
+    if req.stream:
+        include_usage = bool(req.stream_options and req.stream_options.include_usage)
+        return Stream(
+            _completion_stream(request_id, created, model.name, echo_text, first, deltas, usage, tracker, include_usage),
+            media_type="text/event-stream",
+            headers=SSE_HEADERS,
+        )
+    texts = {c.index: [echo_text.get(c.index, "")] for c in choices}
+    finish: dict[int, str | None] = {c.index: None for c in choices}
+    status = "ok"
+    try:
+        async for delta in _chain(first, deltas):
+            tracker.on_delta(delta)
+            texts[delta.index].append(delta.text)
+            if delta.finish_reason:
+                finish[delta.index] = delta.finish_reason
+    except Exception as exc:
+        status = type(exc).__name__
+        raise
+    finally:
+        tracker.finish(status, usage)
+    response = Completion(
+        id=request_id,
+        created=created,
+        model=model.name,
+        choices=[CompletionChoice(i, "".join(texts[i]), finish[i]) for i in sorted(texts)],
+        usage=_usage(usage),
+    )
+    return Response(_json.encode(response), media_type="application/json")
+
+
+def _echo_prefix(model: ServedModel, choice: PreparedChoice) -> str:
+    if choice.prompt_text is not None:
+        return choice.prompt_text
+    return model.tokenizer.decode(choice.prompt_token_ids)
+
+
+async def _completion_stream(
+    request_id: str, created: int, model: str, echo_text: dict[int, str], first, deltas, usage: UsageCounter,
+    tracker: _Tracker, include_usage: bool,
+) -> AsyncIterator[bytes]:
+    status = "ok"
+    try:
+        for index, text in echo_text.items():
+            yield _sse(Completion(request_id, created, model, [CompletionChoice(index, text)]))
+        async for delta in _chain(first, deltas):
+            tracker.on_delta(delta)
+            if not delta.text and delta.finish_reason is None:
+                continue
+            yield _sse(Completion(request_id, created, model, [CompletionChoice(delta.index, delta.text, delta.finish_reason)]))
+        if include_usage:
+            yield _sse(Completion(request_id, created, model, [], usage=_usage(usage)))
+    except Exception as exc:
+        status = type(exc).__name__
+        yield _sse_error(exc)
+    finally:
+        await deltas.aclose()
+        tracker.finish(status, usage)
+    yield _DONE

@@ -1,0 +1,74 @@
+"""Sends a preprocessed request to a worker picked by the model's router, streams the deltas.
+
+A worker that cannot be reached, or whose connection drops before it sent anything, costs the
+request nothing: it is routed again among the remaining workers. Once output has reached the
+client, a failure ends the stream with an error (the tokens already sent cannot be unsent).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+
+import msgspec
+
+from dynamo_core.frontend.errors import EngineError, ServiceUnavailableError
+from dynamo_core.frontend.model_registry import ServedModel
+from dynamo_core.protocols.engine import EngineOutput, PreprocessedRequest
+from dynamo_core.routers.base import NoWorkerAvailableError
+from dynamo_core.runtime.request_plane import ConnectionLostError, RemoteError, RequestPlaneClient
+from dynamo_core.worker.worker import GENERATE_ENDPOINT
+
+log = logging.getLogger(__name__)
+
+_request_encoder = msgspec.msgpack.Encoder()
+_output_decoder = msgspec.msgpack.Decoder(EngineOutput)
+
+
+class EngineClient:
+    def __init__(self, client: RequestPlaneClient):
+        self._client = client
+
+    async def generate(self, model: ServedModel, request: PreprocessedRequest) -> AsyncIterator[EngineOutput]:
+        payload = _request_encoder.encode(request)
+        failed: set[str] = set()
+        router = model.router
+        while True:
+            workers = model.worker_states(exclude=failed)
+            if not workers:
+                if failed:
+                    raise ServiceUnavailableError(
+                        f"all {len(failed)} worker(s) of model '{model.name}' failed this request; try again"
+                    )
+                raise ServiceUnavailableError(f"no worker is serving model '{model.name}' right now")
+            try:
+                worker_id = router.select_worker(request, workers)
+            except NoWorkerAvailableError as exc:
+                raise ServiceUnavailableError(str(exc)) from exc
+            handle = model.workers.get(worker_id)
+            if handle is None:
+                raise EngineError(f"router picked unknown worker {worker_id!r}")
+            handle.state.in_flight += 1
+            output_tokens = 0
+            received = False
+            stream = self._client.call(handle.record.address, GENERATE_ENDPOINT, payload)
+            try:
+                async for item in stream:
+                    output = _output_decoder.decode(item)
+                    if not received:
+                        received = True
+                        router.on_first_token(request.request_id, worker_id)
+                    output_tokens += len(output.token_ids)
+                    yield output
+                return
+            except ConnectionLostError as exc:
+                if received:
+                    raise EngineError(f"worker {worker_id} failed mid-stream: {exc}") from exc
+                log.warning("worker %s failed before answering request %s (%s); routing again", worker_id, request.request_id, exc)
+                failed.add(worker_id)
+            except RemoteError as exc:
+                raise EngineError(f"worker {worker_id} failed: {exc}") from exc
+            finally:
+                await stream.aclose()
+                handle.state.in_flight -= 1
+                router.on_request_finished(request.request_id, worker_id, output_tokens)

@@ -1,0 +1,31 @@
+"""The frontend's Prometheus metrics (served on /metrics with those of the plugins)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+REQUESTS = Counter(
+    "dynamo_frontend_requests", "HTTP requests by model, endpoint and outcome", ["model", "endpoint", "status"]
+)
+INFLIGHT = Gauge("dynamo_frontend_inflight_requests", "Requests being served", ["model"])
+TTFT = Histogram(
+    "dynamo_frontend_time_to_first_token_seconds", "Time from request to first output text", ["model"],
+    buckets=_LATENCY_BUCKETS,
+)
+ITL = Histogram(
+    "dynamo_frontend_inter_token_latency_seconds", "Time between streamed output deltas, per token", ["model"],
+    buckets=_LATENCY_BUCKETS,
+)
+DURATION = Histogram(
+    "dynamo_frontend_request_duration_seconds", "Time from request to its last output", ["model"],
+    buckets=_LATENCY_BUCKETS,
+)
+INPUT_TOKENS = Counter("dynamo_frontend_input_tokens", "Prompt tokens processed", ["model"])
+CACHED_TOKENS = Counter("dynamo_frontend_cached_tokens", "Prompt tokens the engines found cached", ["model"])
+OUTPUT_TOKENS = Counter("dynamo_frontend_output_tokens", "Completion tokens generated", ["model"])
+RETRIES = Counter(
+    "dynamo_frontend_worker_failures", "Workers that failed a request before answering (it was routed again)", ["model"]
+)
+WORKERS = Gauge("dynamo_frontend_workers", "Live worker instances per model", ["model"])

@@ -1,0 +1,203 @@
+"""The frontend's view of what is served: models, their workers and their routers.
+
+It watches discovery for worker instances. The first instance of a model brings the model in
+(tokenizer, chat template, router); the last one to leave takes it out. For each instance it
+keeps one event-plane subscription that feeds the model's router with KV events and load.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import msgspec
+
+from dynamo_core.protocols.discovery import InstanceRecord, ModelCard
+from dynamo_core.protocols.kv_events import KvEventBatch, KvSnapshot, LoadMetrics
+from dynamo_core.routers.base import Router, RouterContext, WorkerState
+from dynamo_core.runtime.discovery import DiscoveryBackend, WatchEventKind
+from dynamo_core.runtime.event_plane import subscribe
+from dynamo_core.runtime.request_plane import RequestPlaneClient, RequestPlaneError
+from dynamo_core.tokenizer import TokenizerBundle, load_tokenizer
+
+log = logging.getLogger(__name__)
+
+_record_decoder = msgspec.msgpack.Decoder(InstanceRecord)
+RESUBSCRIBE_DELAY_S = 0.5
+
+
+@dataclass
+class WorkerHandle:
+    record: InstanceRecord
+    state: WorkerState
+    subscription: asyncio.Task | None = None
+
+
+@dataclass
+class ServedModel:
+    name: str
+    card: ModelCard
+    tokenizer: TokenizerBundle
+    router: Router
+    created: int = field(default_factory=lambda: int(time.time()))
+    workers: dict[str, WorkerHandle] = field(default_factory=dict)
+
+    def worker_states(self, exclude: set[str] | frozenset[str] = frozenset()) -> list[WorkerState]:
+        return [h.state for wid, h in self.workers.items() if wid not in exclude]
+
+
+RouterFactory = Callable[[RouterContext], Router]
+
+
+class ModelRegistry:
+    def __init__(
+        self,
+        discovery: DiscoveryBackend,
+        client: RequestPlaneClient,
+        namespace: str,
+        router_factory: RouterFactory,
+        router_options,
+    ):
+        self._discovery = discovery
+        self._client = client
+        self._prefix = f"{namespace}/backend/generate/"
+        self._router_factory = router_factory
+        self._router_options = router_options
+        self.models: dict[str, ServedModel] = {}
+        self._model_of_worker: dict[str, str] = {}
+        self._watch_task: asyncio.Task | None = None
+        self._changed = asyncio.Event()
+
+    async def start(self) -> None:
+        self._watch_task = asyncio.create_task(self._watch(), name="discovery-watch")
+
+    async def stop(self) -> None:
+        tasks = [self._watch_task] if self._watch_task else []
+        for model in self.models.values():
+            tasks += [h.subscription for h in model.workers.values() if h.subscription]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+    async def wait_for_change(self, timeout: float) -> None:
+        """Wait until a worker comes or goes (or `timeout` passes)."""
+        self._changed.clear()
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._changed.wait(), timeout)
+
+    def worker_count(self) -> int:
+        return len(self._model_of_worker)
+
+    async def _watch(self) -> None:
+        while True:
+            try:
+                async for event in self._discovery.watch(self._prefix):
+                    if event.kind is WatchEventKind.PUT:
+                        await self._on_put(_record_decoder.decode(event.value))
+                    else:
+                        self._on_delete(event.key.rsplit("/", 1)[-1])
+                    self._changed.set()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("discovery watch failed; watching again")
+                await asyncio.sleep(1.0)
+
+    async def _on_put(self, record: InstanceRecord) -> None:
+        card = record.model
+        if card is None:
+            return
+        worker_id = record.instance_id
+        model = self.models.get(card.served_name)
+        if model is None:
+            model = await self._add_model(card)
+            if model is None:
+                return
+        elif card.tokenizer != model.card.tokenizer:
+            log.warning(
+                "worker %s serves '%s' with tokenizer %s, but the model uses %s; ignoring the worker",
+                worker_id, card.served_name, card.tokenizer, model.card.tokenizer,
+            )
+            return
+        handle = model.workers.get(worker_id)
+        if handle is not None:
+            handle.record = record
+            return
+        state = WorkerState(worker_id=worker_id, kv_capacity_blocks=card.kv_capacity_blocks)
+        handle = WorkerHandle(record=record, state=state)
+        model.workers[worker_id] = handle
+        self._model_of_worker[worker_id] = model.name
+        model.router.on_worker_added(state)
+        handle.subscription = asyncio.create_task(self._subscribe(model, handle), name=f"events-{worker_id}")
+        log.info("worker %s joined model '%s' at %s (%d worker(s))", worker_id, model.name, record.address, len(model.workers))
+
+    async def _add_model(self, card: ModelCard) -> ServedModel | None:
+        try:
+            tokenizer = await asyncio.to_thread(load_tokenizer, card.tokenizer)
+        except Exception as exc:
+            log.error("cannot load the tokenizer of model '%s' from %s: %s", card.served_name, card.tokenizer, exc)
+            return None
+        if card.chat_template:
+            tokenizer = dataclasses.replace(tokenizer, chat_template=card.chat_template)
+        context = RouterContext(
+            model=card.served_name,
+            block_size=card.block_size,
+            options=self._router_options,
+            request_resync=lambda worker_id: self._resync(worker_id),
+        )
+        model = ServedModel(card.served_name, card, tokenizer, self._router_factory(context))
+        self.models[card.served_name] = model
+        log.info("model '%s' is now served (tokenizer %s, context %d)", card.served_name, card.tokenizer, card.context_length)
+        return model
+
+    def _on_delete(self, worker_id: str) -> None:
+        name = self._model_of_worker.pop(worker_id, None)
+        model = self.models.get(name) if name else None
+        if model is None:
+            return
+        handle = model.workers.pop(worker_id, None)
+        if handle and handle.subscription:
+            handle.subscription.cancel()
+        model.router.on_worker_removed(worker_id)
+        log.info("worker %s left model '%s' (%d worker(s) left)", worker_id, model.name, len(model.workers))
+        if not model.workers:
+            del self.models[model.name]
+            log.info("model '%s' has no workers left and is no longer served", model.name)
+
+    def _resync(self, worker_id: str) -> None:
+        """Restart a worker's subscription: it begins again with a full snapshot."""
+        name = self._model_of_worker.get(worker_id)
+        model = self.models.get(name) if name else None
+        handle = model.workers.get(worker_id) if model else None
+        if model is None or handle is None:
+            return
+        if handle.subscription:
+            handle.subscription.cancel()
+        handle.subscription = asyncio.create_task(self._subscribe(model, handle), name=f"events-{worker_id}")
+
+    async def _subscribe(self, model: ServedModel, handle: WorkerHandle) -> None:
+        router, state = model.router, handle.state
+        while handle.state.worker_id in model.workers:
+            try:
+                async for message in subscribe(self._client, handle.record.address):
+                    if isinstance(message, LoadMetrics):
+                        state.load = message
+                        router.on_load(message)
+                    elif isinstance(message, KvEventBatch):
+                        router.on_kv_events(message)
+                    elif isinstance(message, KvSnapshot):
+                        router.on_kv_snapshot(message)
+            except asyncio.CancelledError:
+                raise
+            except RequestPlaneError as exc:
+                log.debug("event subscription to %s ended: %s", handle.record.address, exc)
+            except Exception:
+                log.exception("event subscription to %s failed", handle.record.address)
+            await asyncio.sleep(RESUBSCRIBE_DELAY_S)

@@ -1,0 +1,214 @@
+"""OpenAI request -> `PreprocessedRequest`s: chat template, tokenization, limits, sampling.
+
+One `PreprocessedRequest` per choice: a chat request with ``n=3`` becomes three, a
+completions request with two prompts and ``n=2`` becomes four (indexed prompt-major, as
+OpenAI numbers them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+import msgspec
+
+from dynamo_core.frontend.chat_template import ChatTemplateError, render_chat_template
+from dynamo_core.frontend.errors import BadRequestError
+from dynamo_core.frontend.model_registry import ServedModel
+from dynamo_core.protocols.engine import (
+    OutputOptions,
+    PreprocessedRequest,
+    SamplingOptions,
+    StopConditions,
+)
+from dynamo_core.protocols.openai import ChatCompletionRequest, CompletionRequest, _SamplingFields
+
+# Prompts longer than this (characters) are templated and tokenized off the event loop, so
+# one huge request does not stall every other stream.
+OFF_LOOP_PROMPT_CHARS = 8192
+
+
+@dataclass
+class PreparedChoice:
+    index: int
+    request: PreprocessedRequest
+    prompt_token_ids: list[int]
+    prompt_text: str | None = None  # completions `echo`
+
+
+def _stop_strings(stop: str | list[str] | None) -> list[str]:
+    if stop is None:
+        return []
+    stops = [stop] if isinstance(stop, str) else stop
+    if len(stops) > 4 or any(not s for s in stops):
+        raise BadRequestError("'stop' takes up to 4 non-empty strings", param="stop")
+    return stops
+
+
+def _max_tokens(model: ServedModel, prompt_len: int, requested: int | None, param: str) -> int:
+    context = model.card.context_length
+    if prompt_len >= context:
+        raise BadRequestError(
+            f"This model's maximum context length is {context} tokens. However, your prompt has "
+            f"{prompt_len} tokens. Please reduce the length of the prompt.",
+            param="messages" if param == "max_completion_tokens" else "prompt",
+            code="context_length_exceeded",
+        )
+    if requested is None:
+        return context - prompt_len
+    if prompt_len + requested > context:
+        raise BadRequestError(
+            f"This model's maximum context length is {context} tokens. However, you requested "
+            f"{prompt_len + requested} tokens ({prompt_len} in the prompt, {requested} for the "
+            f"completion). Please reduce the prompt or the completion length.",
+            param=param,
+            code="context_length_exceeded",
+        )
+    return requested
+
+
+def _sampling(req: _SamplingFields, seed_offset: int) -> SamplingOptions:
+    return SamplingOptions(
+        temperature=req.temperature,
+        top_p=req.top_p,
+        top_k=req.top_k,
+        min_p=req.min_p,
+        # Each of n choices gets its own seed, or they would all be the same sample.
+        seed=None if req.seed is None else req.seed + seed_offset,
+        presence_penalty=req.presence_penalty,
+        frequency_penalty=req.frequency_penalty,
+        repetition_penalty=req.repetition_penalty,
+    )
+
+
+def _stop_conditions(model: ServedModel, req: _SamplingFields, max_tokens: int) -> StopConditions:
+    if req.min_tokens > max_tokens:
+        raise BadRequestError("'min_tokens' must not exceed 'max_tokens'", param="min_tokens")
+    return StopConditions(
+        max_tokens=max_tokens,
+        stop_token_ids=[] if req.ignore_eos else list(model.tokenizer.eos_token_ids),
+        min_tokens=req.min_tokens,
+        ignore_eos=req.ignore_eos,
+    )
+
+
+def _render_and_encode(model: ServedModel, req: ChatCompletionRequest) -> tuple[list[int], list[int] | None]:
+    bundle = model.tokenizer
+    messages = [msgspec.to_builtins(m) for m in req.messages]
+    try:
+        prompt = render_chat_template(
+            bundle,
+            messages,
+            tools=req.tools,
+            documents=req.documents,
+            add_generation_prompt=req.add_generation_prompt and not req.continue_final_message,
+            continue_final_message=req.continue_final_message,
+            template_kwargs=req.chat_template_kwargs,
+        )
+    except ChatTemplateError as exc:
+        raise BadRequestError(str(exc), param="messages") from exc
+    # The template already placed BOS where the model wants it.
+    token_ids = bundle.encode(prompt, add_special_tokens=False)
+    last_ids = None
+    if model.card.wants_last_message_tokens:
+        content = messages[-1].get("content") or ""
+        if isinstance(content, list):
+            content = "\n".join(p.get("text", "") for p in content if p.get("type") == "text")
+        last_ids = bundle.encode(content, add_special_tokens=False)
+    return token_ids, last_ids
+
+
+def _chat_prompt_chars(req: ChatCompletionRequest) -> int:
+    return sum(len(m.content) if isinstance(m.content, str) else 256 for m in req.messages)
+
+
+async def prepare_chat(model: ServedModel, req: ChatCompletionRequest, request_id: str) -> list[PreparedChoice]:
+    if not req.messages:
+        raise BadRequestError("'messages' must contain at least one message", param="messages")
+    stops = _stop_strings(req.stop)  # validate before the expensive part
+    del stops
+    if _chat_prompt_chars(req) > OFF_LOOP_PROMPT_CHARS:
+        token_ids, last_ids = await asyncio.to_thread(_render_and_encode, model, req)
+    else:
+        token_ids, last_ids = _render_and_encode(model, req)
+    requested = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
+    param = "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens"
+    max_tokens = _max_tokens(model, len(token_ids), requested, param)
+    stop = _stop_conditions(model, req, max_tokens)
+    logprobs = (req.top_logprobs or 0) if req.logprobs else None
+    choices = []
+    for i in range(req.n):
+        choices.append(
+            PreparedChoice(
+                index=i,
+                prompt_token_ids=token_ids,
+                request=PreprocessedRequest(
+                    request_id=request_id if req.n == 1 else f"{request_id}-{i}",
+                    model=model.name,
+                    token_ids=token_ids,
+                    stop=stop,
+                    sampling=_sampling(req, i),
+                    output=OutputOptions(logprobs=logprobs),
+                    eos_token_ids=list(model.tokenizer.eos_token_ids),
+                    last_message_token_ids=last_ids,
+                ),
+            )
+        )
+    return choices
+
+
+def _completion_prompts(model: ServedModel, prompt) -> list[tuple[list[int], str | None]]:
+    """Each prompt as (token ids, its text when given as text)."""
+    vocab = model.tokenizer.vocab_size
+    if isinstance(prompt, str):
+        prompts: list = [prompt]
+    elif prompt and isinstance(prompt[0], int):
+        prompts = [prompt]
+    else:
+        prompts = list(prompt)
+    if not prompts:
+        raise BadRequestError("'prompt' must not be empty", param="prompt")
+    out = []
+    for item in prompts:
+        if isinstance(item, str):
+            out.append((model.tokenizer.encode(item, add_special_tokens=True), item))
+        else:
+            if not item:
+                raise BadRequestError("a token-id prompt must not be empty", param="prompt")
+            if any(t < 0 or t >= vocab for t in item):
+                raise BadRequestError(f"token ids in 'prompt' must lie in [0, {vocab})", param="prompt")
+            out.append((list(item), None))
+    return out
+
+
+async def prepare_completion(model: ServedModel, req: CompletionRequest, request_id: str) -> list[PreparedChoice]:
+    _stop_strings(req.stop)
+    prompt_chars = len(req.prompt) if isinstance(req.prompt, str) else 0
+    if prompt_chars > OFF_LOOP_PROMPT_CHARS:
+        prompts = await asyncio.to_thread(_completion_prompts, model, req.prompt)
+    else:
+        prompts = _completion_prompts(model, req.prompt)
+    choices: list[PreparedChoice] = []
+    for p, (token_ids, text) in enumerate(prompts):
+        max_tokens = _max_tokens(model, len(token_ids), req.max_tokens if req.max_tokens is not None else 16, "max_tokens")
+        stop = _stop_conditions(model, req, max_tokens)
+        for i in range(req.n):
+            index = p * req.n + i
+            choices.append(
+                PreparedChoice(
+                    index=index,
+                    prompt_token_ids=token_ids,
+                    prompt_text=text,
+                    request=PreprocessedRequest(
+                        request_id=request_id if len(prompts) * req.n == 1 else f"{request_id}-{index}",
+                        model=model.name,
+                        token_ids=token_ids,
+                        stop=stop,
+                        sampling=_sampling(req, i),
+                        output=OutputOptions(logprobs=req.logprobs),
+                        eos_token_ids=list(model.tokenizer.eos_token_ids),
+                        last_message_token_ids=token_ids if model.card.wants_last_message_tokens else None,
+                    ),
+                )
+            )
+    return choices

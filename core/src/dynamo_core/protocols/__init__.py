@@ -1,0 +1,1 @@
+"""Wire and API types: one module per boundary, all msgspec Structs."""

@@ -1,0 +1,37 @@
+"""The discovery boundary: what a worker registers and what frontends and routers watch."""
+
+from __future__ import annotations
+
+import msgspec
+
+
+class ModelCard(msgspec.Struct, omit_defaults=True, kw_only=True):
+    served_name: str
+    # Where the gateway loads the tokenizer from: an HF-format directory (tokenizer.json,
+    # tokenizer_config.json, optional chat_template.jinja) or "builtin:bytes".
+    tokenizer: str
+    context_length: int
+    block_size: int
+    kv_capacity_blocks: int
+    role: str = "agg"  # agg | prefill | decode
+    engine: str = ""
+    chat_template: str | None = None  # overrides the tokenizer directory's template
+    wants_last_message_tokens: bool = False
+
+
+class InstanceRecord(msgspec.Struct, omit_defaults=True, kw_only=True):
+    """One live endpoint of one worker process, stored under `namespace/component/endpoint/id`."""
+
+    instance_id: str
+    namespace: str
+    component: str
+    endpoint: str
+    address: str  # host:port of its request plane server
+    transport: str = "tcp"
+    hostname: str = ""
+    pid: int = 0
+    model: ModelCard | None = None
+
+    @property
+    def path(self) -> str:
+        return f"{self.namespace}/{self.component}/{self.endpoint}/{self.instance_id}"

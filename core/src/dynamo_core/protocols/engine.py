@@ -1,0 +1,84 @@
+"""The internal request/response boundary: frontend -> worker -> engine and back.
+
+A `PreprocessedRequest` is what the gateway sends after tokenization and templating; the
+engine answers with a stream of `EngineOutput` deltas. Stop *strings* never reach the engine:
+the gateway's postprocessor applies them to detokenized text. Stop *token ids* (EOS and
+friends) do reach it, since only the engine sees a token before it is sampled again.
+"""
+
+from __future__ import annotations
+
+import enum
+
+import msgspec
+
+
+class FinishReason(str, enum.Enum):
+    STOP = "stop"  # EOS or a stop token id (the gateway also uses it for stop strings)
+    LENGTH = "length"  # max_tokens or the context length was reached
+    CANCELLED = "cancelled"
+    ERROR = "error"
+
+
+class SamplingOptions(msgspec.Struct, omit_defaults=True, kw_only=True):
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    min_p: float | None = None
+    seed: int | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    repetition_penalty: float | None = None
+    n: int = 1
+
+
+class StopConditions(msgspec.Struct, omit_defaults=True, kw_only=True):
+    max_tokens: int
+    stop_token_ids: list[int] = []
+    min_tokens: int = 0
+    ignore_eos: bool = False
+
+
+class OutputOptions(msgspec.Struct, omit_defaults=True, kw_only=True):
+    logprobs: int | None = None  # number of top logprobs wanted; None = none at all
+
+
+class PreprocessedRequest(msgspec.Struct, omit_defaults=True, kw_only=True):
+    request_id: str
+    model: str
+    token_ids: list[int]
+    stop: StopConditions
+    sampling: SamplingOptions = msgspec.field(default_factory=SamplingOptions)
+    output: OutputOptions = msgspec.field(default_factory=OutputOptions)
+    eos_token_ids: list[int] = []
+    # Filled only for models whose card asks for it (`wants_last_message_tokens`): the
+    # `echo` engine replays exactly the text of the last message.
+    last_message_token_ids: list[int] | None = None
+
+
+class TokenLogprob(msgspec.Struct, array_like=True):
+    token_id: int
+    logprob: float
+
+
+class EngineOutput(msgspec.Struct, omit_defaults=True, kw_only=True):
+    """One streamed delta. `token_ids` are the tokens new since the previous delta."""
+
+    token_ids: list[int] = []
+    finish_reason: FinishReason | None = None
+    # Per new token: its logprob and the top alternatives, when logprobs were asked for.
+    logprobs: list[float] | None = None
+    top_logprobs: list[list[TokenLogprob]] | None = None
+    # Sent once, on the first delta: how many prompt tokens the engine saw and how many of
+    # them it found in its prefix cache.
+    prompt_tokens: int | None = None
+    cached_tokens: int | None = None
+    error: str | None = None
+
+
+class EngineInfo(msgspec.Struct, kw_only=True):
+    """What an engine reports about itself once started; it goes into the model card."""
+
+    block_size: int
+    kv_capacity_blocks: int
+    context_length: int

@@ -1,0 +1,172 @@
+"""The OpenAI API boundary: request and response bodies of the HTTP frontend.
+
+Unknown request fields are accepted and ignored, as OpenAI's API does (documented in
+docs/api.md). Range checks that msgspec constraints can express live here; checks that need
+the model (context length) live in the preprocessor.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+NonNegInt = Annotated[int, msgspec.Meta(ge=0)]
+PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
+Temperature = Annotated[float, msgspec.Meta(ge=0.0, le=2.0)]
+Probability = Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]
+Penalty = Annotated[float, msgspec.Meta(ge=-2.0, le=2.0)]
+MAX_CHOICES = 16
+ChoiceCount = Annotated[int, msgspec.Meta(ge=1, le=MAX_CHOICES)]
+
+
+class StreamOptions(msgspec.Struct, omit_defaults=True):
+    include_usage: bool = False
+
+
+class ChatMessage(msgspec.Struct, omit_defaults=True):
+    role: str
+    # A string, or a list of content parts ({"type": "text", "text": ...}, images, ...).
+    content: str | list[dict[str, Any]] | None = None
+    name: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+    tool_call_id: str | None = None
+    reasoning_content: str | None = None
+
+
+class _SamplingFields(msgspec.Struct, omit_defaults=True, kw_only=True):
+    """Parameters shared by chat and text completions."""
+
+    model: str
+    max_tokens: NonNegInt | None = None
+    temperature: Temperature | None = None
+    top_p: Probability | None = None
+    top_k: int | None = None
+    min_p: Probability | None = None
+    seed: int | None = None
+    n: ChoiceCount = 1
+    stop: str | list[str] | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    presence_penalty: Penalty | None = None
+    frequency_penalty: Penalty | None = None
+    repetition_penalty: Annotated[float, msgspec.Meta(gt=0.0)] | None = None
+    min_tokens: NonNegInt = 0
+    ignore_eos: bool = False
+    user: str | None = None
+
+
+class ChatCompletionRequest(_SamplingFields, kw_only=True):
+    messages: list[ChatMessage]
+    max_completion_tokens: NonNegInt | None = None
+    logprobs: bool = False
+    top_logprobs: Annotated[int, msgspec.Meta(ge=0, le=20)] | None = None
+    tools: list[dict[str, Any]] | None = None
+    add_generation_prompt: bool = True
+    continue_final_message: bool = False
+    chat_template_kwargs: dict[str, Any] | None = None
+    documents: list[dict[str, Any]] | None = None
+
+
+# A completions prompt: text, texts, token ids, or lists of token ids.
+CompletionPrompt = str | list[str] | list[int] | list[list[int]]
+
+
+class CompletionRequest(_SamplingFields, kw_only=True):
+    prompt: CompletionPrompt
+    echo: bool = False
+    logprobs: Annotated[int, msgspec.Meta(ge=0, le=20)] | None = None
+
+
+# ---------------------------------------------------------------------------------------------
+# responses
+# ---------------------------------------------------------------------------------------------
+
+
+class Usage(msgspec.Struct):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    prompt_tokens_details: dict[str, int] | None = None
+
+
+class ResponseMessage(msgspec.Struct, omit_defaults=True):
+    role: str = "assistant"
+    content: str | None = None
+
+
+class ChatChoice(msgspec.Struct):
+    index: int
+    message: ResponseMessage
+    finish_reason: str | None
+    logprobs: dict[str, Any] | None = None
+
+
+class ChatCompletion(msgspec.Struct):
+    id: str
+    created: int
+    model: str
+    choices: list[ChatChoice]
+    usage: Usage
+    object: Literal["chat.completion"] = "chat.completion"
+
+
+class Delta(msgspec.Struct, omit_defaults=True):
+    role: str | None = None
+    content: str | None = None
+
+
+class ChatChunkChoice(msgspec.Struct):
+    index: int
+    delta: Delta
+    finish_reason: str | None = None
+    logprobs: dict[str, Any] | None = None
+
+
+class ChatCompletionChunk(msgspec.Struct):
+    id: str
+    created: int
+    model: str
+    choices: list[ChatChunkChoice]
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    usage: Usage | None = None
+
+
+class CompletionChoice(msgspec.Struct):
+    index: int
+    text: str
+    finish_reason: str | None = None
+    logprobs: dict[str, Any] | None = None
+
+
+class Completion(msgspec.Struct):
+    id: str
+    created: int
+    model: str
+    choices: list[CompletionChoice]
+    usage: Usage | None = None
+    object: Literal["text_completion"] = "text_completion"
+
+
+class ModelObject(msgspec.Struct):
+    id: str
+    created: int
+    owned_by: str = "dynamo"
+    object: Literal["model"] = "model"
+    max_model_len: int | None = None
+
+
+class ModelList(msgspec.Struct):
+    data: list[ModelObject]
+    object: Literal["list"] = "list"
+
+
+class ErrorBody(msgspec.Struct):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | int | None = None
+
+
+class ErrorResponse(msgspec.Struct):
+    error: ErrorBody

@@ -1,0 +1,1 @@
+"""Runtime: discovery, request plane, event plane."""

@@ -1,0 +1,118 @@
+"""The embedded event plane: KV events and load metrics from a worker to its subscribers.
+
+A worker serves the ``events`` endpoint on its request-plane server. A subscriber (a frontend's
+router) opens one long-lived stream to it and receives, in order:
+
+1. a ``KvSnapshot`` of the worker's whole cache, stamped with the current ``event_id``;
+2. then every ``KvEventBatch`` (``event_id`` one higher each time) and ``LoadMetrics`` report.
+
+A subscriber that falls too far behind is dropped; it reconnects and starts from a fresh
+snapshot, as it does when it sees a gap in ``event_id``. Events published in one event-loop
+iteration travel as one batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable, Sequence
+
+import msgspec
+
+from dynamo_core.engines.base import KvEventSink
+from dynamo_core.protocols.kv_events import (
+    EventPlaneMessage,
+    KvEvent,
+    KvEventBatch,
+    KvSnapshot,
+    KvStored,
+    LoadMetrics,
+)
+from dynamo_core.runtime.request_plane import RequestPlaneClient
+
+log = logging.getLogger(__name__)
+
+EVENTS_ENDPOINT = "events"
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder(EventPlaneMessage)
+
+# How many messages a subscriber may have queued before we drop it (it then resynchronises).
+SUBSCRIBER_QUEUE_LIMIT = 10_000
+
+
+class _SubscriberOverflow(Exception):
+    pass
+
+
+class EventPublisher(KvEventSink):
+    """The worker's side: numbers KV event batches and fans them out to subscribers."""
+
+    def __init__(self, worker_id: str, snapshot: Callable[[], list[KvStored]]):
+        self.worker_id = worker_id
+        self._snapshot = snapshot
+        self._event_id = 0
+        self._pending: list[KvEvent] = []
+        self._flush_scheduled = False
+        self._subscribers: set[asyncio.Queue] = set()
+        self._last_load: LoadMetrics | None = None
+
+    # KvEventSink
+    def publish(self, events: Sequence[KvEvent]) -> None:
+        if not events:
+            return
+        self._pending.extend(events)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        if not self._pending:
+            return
+        self._event_id += 1
+        batch = KvEventBatch(worker_id=self.worker_id, event_id=self._event_id, events=self._pending)
+        self._pending = []
+        self._fan_out(_encoder.encode(batch))
+
+    def publish_load(self, metrics: LoadMetrics, force: bool = False) -> None:
+        if metrics == self._last_load and not force:
+            return
+        self._last_load = metrics
+        self._fan_out(_encoder.encode(metrics))
+
+    def _fan_out(self, payload: bytes) -> None:
+        for queue in list(self._subscribers):
+            if queue.qsize() >= SUBSCRIBER_QUEUE_LIMIT:
+                self._subscribers.discard(queue)
+                queue.put_nowait(_SubscriberOverflow())
+            else:
+                queue.put_nowait(payload)
+
+    async def serve_subscription(self, _payload: bytes) -> AsyncIterator[bytes]:
+        """The ``events`` endpoint handler."""
+        self._flush()  # events already published belong before the snapshot's event_id
+        queue: asyncio.Queue = asyncio.Queue()
+        snapshot = KvSnapshot(worker_id=self.worker_id, event_id=self._event_id, stored=self._snapshot())
+        self._subscribers.add(queue)
+        try:
+            yield _encoder.encode(snapshot)
+            if self._last_load is not None:
+                yield _encoder.encode(self._last_load)
+            while True:
+                item = await queue.get()
+                if isinstance(item, _SubscriberOverflow):
+                    log.warning("event subscriber fell %d messages behind; dropped", SUBSCRIBER_QUEUE_LIMIT)
+                    return
+                yield item
+        finally:
+            self._subscribers.discard(queue)
+
+    @property
+    def subscriber_count(self) -> int:
+        return len(self._subscribers)
+
+
+async def subscribe(client: RequestPlaneClient, address: str) -> AsyncIterator[EventPlaneMessage]:
+    """The subscriber's side: decode the worker's event stream."""
+    async for payload in client.call(address, EVENTS_ENDPOINT, b""):
+        yield _decoder.decode(payload)

@@ -1,0 +1,328 @@
+"""The TCP request plane: request/response streams between frontends and workers.
+
+One TCP connection between a frontend and a worker carries any number of concurrent streams.
+Each frame is a 4-byte big-endian length followed by a msgpack-encoded ``Frame``:
+
+- ``Call(stream_id, endpoint, payload)`` opens a stream on one of the server's endpoints;
+- ``Data(stream_id, payload)`` carries one response item;
+- ``End(stream_id, error)`` closes the stream (``error`` set when the handler failed);
+- ``Cancel(stream_id)`` tells the server the caller gave up: its handler task is cancelled.
+
+Payloads are opaque bytes (the layers above encode their own Structs). Frames written in
+one event-loop iteration leave in one ``write`` call, which keeps syscalls per token low.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import struct
+from collections.abc import AsyncIterator, Callable
+
+import msgspec
+
+log = logging.getLogger(__name__)
+
+_LEN = struct.Struct(">I")
+MAX_FRAME_BYTES = 256 * 1024 * 1024
+
+
+class Call(msgspec.Struct, tag="call", array_like=True):
+    stream_id: int
+    endpoint: str
+    payload: bytes
+
+
+class Data(msgspec.Struct, tag="data", array_like=True):
+    stream_id: int
+    payload: bytes
+
+
+class End(msgspec.Struct, tag="end", array_like=True):
+    stream_id: int
+    error: str | None = None
+
+
+class Cancel(msgspec.Struct, tag="cancel", array_like=True):
+    stream_id: int
+
+
+Frame = Call | Data | End | Cancel
+
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder(Frame)
+
+
+class RequestPlaneError(RuntimeError):
+    """A stream could not complete because of the transport."""
+
+
+class ConnectionLostError(RequestPlaneError):
+    """The connection to the worker dropped while the stream was open."""
+
+
+class RemoteError(RequestPlaneError):
+    """The worker's handler failed; the message is the worker's."""
+
+
+class UnknownEndpointError(RemoteError):
+    pass
+
+
+Handler = Callable[[bytes], AsyncIterator[bytes]]
+
+
+class _FrameWriter:
+    """Buffers frames and writes them once per loop iteration; applies TCP backpressure."""
+
+    def __init__(self, writer: asyncio.StreamWriter):
+        self._writer = writer
+        self._pending: list[bytes] = []
+        self._scheduled = False
+        self.closed = False
+
+    def send(self, frame: Frame) -> None:
+        if self.closed:
+            return
+        body = _encoder.encode(frame)
+        self._pending.append(_LEN.pack(len(body)))
+        self._pending.append(body)
+        if not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._scheduled = False
+        if self.closed or not self._pending:
+            return
+        data = b"".join(self._pending)
+        self._pending.clear()
+        try:
+            self._writer.write(data)
+        except (ConnectionError, RuntimeError):
+            self.closed = True
+
+    async def drain(self) -> None:
+        """Wait while the peer is slower than us (the transport's buffer is over its limit)."""
+        transport = self._writer.transport
+        if transport.get_write_buffer_size() > 1 << 20:
+            self._flush()
+            try:
+                await self._writer.drain()
+            except ConnectionError:
+                self.closed = True
+
+    def close(self) -> None:
+        self._flush()
+        self.closed = True
+        with contextlib.suppress(Exception):
+            self._writer.close()
+
+
+async def _read_frame(reader: asyncio.StreamReader) -> Frame:
+    header = await reader.readexactly(_LEN.size)
+    (length,) = _LEN.unpack(header)
+    if length > MAX_FRAME_BYTES:
+        raise RequestPlaneError(f"frame of {length} bytes exceeds the {MAX_FRAME_BYTES}-byte limit")
+    return _decoder.decode(await reader.readexactly(length))
+
+
+# ---------------------------------------------------------------------------------------------
+# server
+# ---------------------------------------------------------------------------------------------
+
+
+class RequestPlaneServer:
+    """Serves named endpoints; each ``Call`` runs its handler in a task of its own."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0):
+        self._host, self._port = host, port
+        self._handlers: dict[str, Handler] = {}
+        self._server: asyncio.base_events.Server | None = None
+        self._connections: set[asyncio.Task] = set()
+
+    def register(self, endpoint: str, handler: Handler) -> None:
+        self._handlers[endpoint] = handler
+
+    async def start(self) -> str:
+        self._server = await asyncio.start_server(self._on_connection, self._host, self._port)
+        host, port = self._server.sockets[0].getsockname()[:2]
+        return f"{host}:{port}"
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for task in list(self._connections):
+            task.cancel()
+        for task in list(self._connections):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+    async def _on_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._connections.add(task)
+        frames = _FrameWriter(writer)
+        streams: dict[int, asyncio.Task] = {}
+        try:
+            while True:
+                frame = await _read_frame(reader)
+                if isinstance(frame, Call):
+                    handler = self._handlers.get(frame.endpoint)
+                    if handler is None:
+                        frames.send(End(frame.stream_id, f"unknown endpoint '{frame.endpoint}'"))
+                        continue
+                    stream_task = asyncio.create_task(self._run(handler, frame, frames, streams))
+                    streams[frame.stream_id] = stream_task
+                elif isinstance(frame, Cancel):
+                    stream_task = streams.get(frame.stream_id)
+                    if stream_task is not None:
+                        stream_task.cancel()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass  # the caller went away: cancel what it had open
+        except RequestPlaneError as exc:
+            log.warning("closing request-plane connection: %s", exc)
+        finally:
+            for stream_task in list(streams.values()):
+                stream_task.cancel()
+            frames.close()
+            self._connections.discard(task)
+
+    @staticmethod
+    async def _run(handler: Handler, call: Call, frames: _FrameWriter, streams: dict[int, asyncio.Task]) -> None:
+        error: str | None = None
+        try:
+            async for item in handler(call.payload):
+                frames.send(Data(call.stream_id, item))
+                await frames.drain()
+        except asyncio.CancelledError:
+            return  # the caller cancelled, or its connection dropped: nobody waits for an End
+        except Exception as exc:  # the handler's failure belongs to the caller, not the server
+            log.exception("endpoint '%s' failed", call.endpoint)
+            error = f"{type(exc).__name__}: {exc}"
+        finally:
+            streams.pop(call.stream_id, None)
+        frames.send(End(call.stream_id, error))
+
+
+# ---------------------------------------------------------------------------------------------
+# client
+# ---------------------------------------------------------------------------------------------
+
+
+_END_OF_STREAM = object()
+
+
+class _Connection:
+    def __init__(self, address: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
+        self.address = address
+        self._reader = reader
+        self.frames = _FrameWriter(writer)
+        self.streams: dict[int, asyncio.Queue] = {}
+        self._ids = itertools.count(1)
+        self.closed = False
+        self._reader_task = asyncio.create_task(self._read_loop(), name=f"request-plane-{address}")
+
+    def open_stream(self, endpoint: str, payload: bytes) -> tuple[int, asyncio.Queue]:
+        stream_id = next(self._ids)
+        queue: asyncio.Queue = asyncio.Queue()
+        self.streams[stream_id] = queue
+        self.frames.send(Call(stream_id, endpoint, payload))
+        return stream_id, queue
+
+    def cancel_stream(self, stream_id: int) -> None:
+        if self.streams.pop(stream_id, None) is not None and not self.closed:
+            self.frames.send(Cancel(stream_id))
+
+    async def _read_loop(self) -> None:
+        reason = "connection closed by the worker"
+        try:
+            while True:
+                frame = await _read_frame(self._reader)
+                queue = self.streams.get(frame.stream_id)
+                if queue is None:
+                    continue  # a stream we cancelled; late frames are dropped
+                if isinstance(frame, Data):
+                    queue.put_nowait(frame.payload)
+                elif isinstance(frame, End):
+                    del self.streams[frame.stream_id]
+                    queue.put_nowait(RemoteError(frame.error) if frame.error else _END_OF_STREAM)
+        except (asyncio.IncompleteReadError, ConnectionError) as exc:
+            reason = f"connection to {self.address} lost ({type(exc).__name__})"
+        except asyncio.CancelledError:
+            reason = "client closed"
+            raise
+        except RequestPlaneError as exc:
+            reason = str(exc)
+        finally:
+            self.closed = True
+            self.frames.close()
+            for queue in self.streams.values():
+                queue.put_nowait(ConnectionLostError(reason))
+            self.streams.clear()
+
+    async def close(self) -> None:
+        self._reader_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await self._reader_task
+
+
+class RequestPlaneClient:
+    """Opens streams to worker endpoints, reusing one connection per worker address."""
+
+    def __init__(self, connect_timeout_s: float = 5.0):
+        self._connections: dict[str, _Connection] = {}
+        self._connecting: dict[str, asyncio.Future] = {}
+        self._connect_timeout = connect_timeout_s
+
+    async def _connection(self, address: str) -> _Connection:
+        conn = self._connections.get(address)
+        if conn is not None and not conn.closed:
+            return conn
+        pending = self._connecting.get(address)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        future: asyncio.Future = asyncio.get_running_loop().create_future()
+        self._connecting[address] = future
+        try:
+            host, port = address.rsplit(":", 1)
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection(host, int(port)), self._connect_timeout
+            )
+            conn = _Connection(address, reader, writer)
+            self._connections[address] = conn
+            future.set_result(conn)
+            return conn
+        except (OSError, asyncio.TimeoutError) as exc:
+            error = ConnectionLostError(f"cannot connect to {address}: {exc}")
+            future.set_exception(error)
+            future.exception()  # mark retrieved: concurrent callers may be none
+            raise error from exc
+        finally:
+            del self._connecting[address]
+
+    async def call(self, address: str, endpoint: str, payload: bytes) -> AsyncIterator[bytes]:
+        """Stream the endpoint's response items. Closing the iterator early cancels the call."""
+        conn = await self._connection(address)
+        stream_id, queue = conn.open_stream(endpoint, payload)
+        finished = False
+        try:
+            while True:
+                item = await queue.get()
+                if item is _END_OF_STREAM:
+                    finished = True
+                    return
+                if isinstance(item, Exception):
+                    finished = True
+                    raise item
+                yield item
+        finally:
+            if not finished:
+                conn.cancel_stream(stream_id)
+
+    async def close(self) -> None:
+        for conn in list(self._connections.values()):
+            await conn.close()
+        self._connections.clear()

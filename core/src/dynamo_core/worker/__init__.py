@@ -1,0 +1,1 @@
+"""Worker processes: host one engine each."""

@@ -1,0 +1,181 @@
+"""A worker process: hosts one engine, serves `generate` and `events`, registers in discovery."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import msgspec
+
+from dynamo_core.engines.base import Engine, EngineContext
+from dynamo_core.plugins import get_registry
+from dynamo_core.protocols.discovery import InstanceRecord, ModelCard
+from dynamo_core.protocols.engine import EngineOutput, FinishReason, PreprocessedRequest
+from dynamo_core.runtime.discovery import DiscoveryBackend, DiscoveryConfig
+from dynamo_core.runtime.event_plane import EVENTS_ENDPOINT, EventPublisher
+from dynamo_core.runtime.request_plane import RequestPlaneServer
+from dynamo_core.tokenizer import BUILTIN_TOKENIZER
+
+log = logging.getLogger(__name__)
+
+GENERATE_ENDPOINT = "generate"
+BACKEND_COMPONENT = "backend"
+LOAD_REPORT_INTERVAL_S = 0.05
+LOAD_HEARTBEAT_S = 1.0
+
+_request_decoder = msgspec.msgpack.Decoder(PreprocessedRequest)
+_output_encoder = msgspec.msgpack.Encoder()
+
+
+@dataclass
+class WorkerConfig:
+    engine: str = "mocker"
+    model_path: str | None = None
+    model_name: str | None = None
+    namespace: str = "dynamo"
+    role: str = "agg"
+    discovery: str = "file"
+    discovery_config: DiscoveryConfig = field(default_factory=DiscoveryConfig)
+    host: str = "127.0.0.1"
+    port: int = 0
+    engine_options: argparse.Namespace = field(default_factory=argparse.Namespace)
+    drain_timeout_s: float = 30.0
+
+
+def served_model_name(config: WorkerConfig) -> str:
+    if config.model_name:
+        return config.model_name
+    if config.model_path:
+        return Path(config.model_path).resolve().name
+    return config.engine  # `--engine mocker` with no model serves a model named "mocker"
+
+
+class Worker:
+    def __init__(self, config: WorkerConfig, discovery: DiscoveryBackend | None = None):
+        self.config = config
+        self.worker_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        registry = get_registry()
+        self._engine_spec = registry.get("engine", config.engine)
+        self._discovery = discovery or registry.get("discovery", config.discovery).create(
+            config.discovery_config
+        )
+        self._owns_discovery = discovery is None
+        self._server = RequestPlaneServer(config.host, config.port)
+        self.engine: Engine | None = None
+        self.events: EventPublisher | None = None
+        self.record: InstanceRecord | None = None
+        self._active: set[asyncio.Task] = set()
+        self._stopping = asyncio.Event()
+        self._load_task: asyncio.Task | None = None
+
+    async def start(self) -> InstanceRecord:
+        config = self.config
+        name = served_model_name(config)
+        # The publisher needs the engine for snapshots, and the engine needs the publisher.
+        self.events = EventPublisher(self.worker_id, lambda: self.engine.kv_snapshot() if self.engine else [])
+        context = EngineContext(
+            model_path=config.model_path,
+            served_name=name,
+            options=config.engine_options,
+            kv_events=self.events,
+            worker_id=self.worker_id,
+            role=config.role,
+        )
+        self.engine = self._engine_spec.create(context)
+        info = await self.engine.start()
+        self._server.register(GENERATE_ENDPOINT, self._generate)
+        self._server.register(EVENTS_ENDPOINT, self.events.serve_subscription)
+        address = await self._server.start()
+        card = ModelCard(
+            served_name=name,
+            tokenizer=str(Path(config.model_path).resolve()) if config.model_path else BUILTIN_TOKENIZER,
+            context_length=info.context_length,
+            block_size=info.block_size,
+            kv_capacity_blocks=info.kv_capacity_blocks,
+            role=config.role,
+            engine=config.engine,
+            wants_last_message_tokens=getattr(self.engine, "wants_last_message_tokens", False),
+        )
+        self.record = InstanceRecord(
+            instance_id=self.worker_id,
+            namespace=config.namespace,
+            component=BACKEND_COMPONENT,
+            endpoint=GENERATE_ENDPOINT,
+            address=address,
+            hostname=socket.gethostname(),
+            pid=os.getpid(),
+            model=card,
+        )
+        await self._discovery.put(self.record.path, msgspec.msgpack.encode(self.record))
+        self._load_task = asyncio.create_task(self._report_load(), name="worker-load-report")
+        log.info(
+            "worker ready: engine=%s model=%s role=%s instance=%s address=%s block_size=%d kv_blocks=%d",
+            config.engine, name, config.role, self.worker_id, address, info.block_size, info.kv_capacity_blocks,
+        )
+        return self.record
+
+    async def _generate(self, payload: bytes) -> AsyncIterator[bytes]:
+        assert self.engine is not None
+        request = _request_decoder.decode(payload)
+        if self._stopping.is_set():
+            yield _output_encoder.encode(
+                EngineOutput(finish_reason=FinishReason.ERROR, error="worker is shutting down")
+            )
+            return
+        task = asyncio.current_task()
+        assert task is not None
+        self._active.add(task)
+        stream = self.engine.generate(request)
+        try:
+            async for output in stream:
+                yield _output_encoder.encode(output)
+        finally:
+            self._active.discard(task)
+            await stream.aclose()
+
+    async def _report_load(self) -> None:
+        assert self.engine is not None and self.events is not None
+        since_forced = 0.0
+        while True:
+            await asyncio.sleep(LOAD_REPORT_INTERVAL_S)
+            since_forced += LOAD_REPORT_INTERVAL_S
+            force = since_forced >= LOAD_HEARTBEAT_S
+            if force:
+                since_forced = 0.0
+            self.events.publish_load(self.engine.load_metrics(self.worker_id), force=force)
+
+    async def stop(self) -> None:
+        """Leave discovery first (no new requests), let in-flight requests finish, then stop."""
+        self._stopping.set()
+        if self.record is not None:
+            with contextlib.suppress(Exception):
+                await self._discovery.delete(self.record.path)
+        if self._active:
+            log.info("draining %d in-flight request(s)", len(self._active))
+            await asyncio.wait(set(self._active), timeout=self.config.drain_timeout_s)
+        if self._load_task is not None:
+            self._load_task.cancel()
+        await self._server.stop()
+        if self.engine is not None:
+            await self.engine.stop()
+        if self._owns_discovery:
+            await self._discovery.close()
+
+    async def run_until_signalled(self) -> None:
+        await self.start()
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        log.info("worker %s stopping", self.worker_id)
+        await self.stop()

@@ -1,0 +1,1 @@
+"""KV-cache-aware routing plugin for dynamo."""

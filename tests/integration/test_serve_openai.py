@@ -1,0 +1,223 @@
+"""`dynamo serve` with real worker processes, spoken to by the official `openai` client."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+import openai
+import pytest
+
+from conftest import http_get, wait_until
+
+pytestmark = pytest.mark.timeout(180)
+
+
+@pytest.fixture
+def mocker_serve(cluster, mistral_tokenizer_dir):
+    """2 mocker workers behind one frontend, with the test's sentencepiece tokenizer."""
+    process, base = cluster.serve(
+        "--model", str(mistral_tokenizer_dir), "--model-name", "test-model", "--speedup-ratio", "100",
+        workers=2,
+    )
+    return process, base
+
+
+def _client(base: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0, timeout=60)
+
+
+def test_openai_client_chat_and_completions_streaming_and_not(mocker_serve):
+    _, base = mocker_serve
+    client = _client(base)
+
+    models = client.models.list()
+    assert [m.id for m in models.data] == ["test-model"]
+
+    chat = client.chat.completions.create(
+        model="test-model", messages=[{"role": "user", "content": "Hello there"}], max_tokens=12
+    )
+    assert chat.object == "chat.completion"
+    assert chat.choices[0].finish_reason == "length"
+    assert chat.choices[0].message.content
+    assert chat.usage.completion_tokens == 12
+    assert chat.usage.prompt_tokens > 5
+
+    stream = client.chat.completions.create(
+        model="test-model", messages=[{"role": "user", "content": "Stream please"}], max_tokens=10, stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text
+    assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == ["length"]
+    assert chunks[-1].usage.completion_tokens == 10
+
+    completion = client.completions.create(model="test-model", prompt="Once upon a time", max_tokens=7)
+    assert completion.object == "text_completion"
+    assert completion.usage.completion_tokens == 7
+    assert completion.choices[0].text
+
+    streamed = client.completions.create(model="test-model", prompt=[1, 2, 3, 4], max_tokens=5, stream=True)
+    pieces = list(streamed)
+    assert "".join(p.choices[0].text for p in pieces)
+    assert pieces[-1].choices[0].finish_reason == "length"
+
+
+def test_requests_spread_over_both_workers(mocker_serve):
+    _, base = mocker_serve
+    client = _client(base)
+    for _ in range(4):
+        client.completions.create(model="test-model", prompt="spread", max_tokens=2)
+    _, metrics = http_get(f"{base}/metrics")
+    assert 'dynamo_frontend_requests_total{endpoint="completions",model="test-model",status="ok"} 4.0' in metrics
+    status, health = http_get(f"{base}/health")
+    assert status == 200 and len(health["instances"]) == 2
+
+
+def test_stop_strings_and_n_choices(mocker_serve):
+    _, base = mocker_serve
+    client = _client(base)
+    full = client.completions.create(model="test-model", prompt="abc", max_tokens=30, seed=7).choices[0].text
+    words = full.split()
+    assert len(words) >= 3
+    stop = " " + words[2]
+    cut = client.completions.create(model="test-model", prompt="abc", max_tokens=30, seed=7, stop=[stop])
+    assert cut.choices[0].finish_reason == "stop"
+    assert cut.choices[0].text == full[: full.index(stop)]
+
+    many = client.chat.completions.create(
+        model="test-model", messages=[{"role": "user", "content": "hi"}], max_tokens=4, n=3
+    )
+    assert sorted(c.index for c in many.choices) == [0, 1, 2]
+    assert many.usage.completion_tokens == 12
+
+
+def test_killed_worker_leaves_routing_and_in_flight_request_ends_with_error(cluster, mistral_tokenizer_dir):
+    # Slow workers, so a request is surely in flight when its worker dies.
+    serve, base = cluster.serve(
+        "--model", str(mistral_tokenizer_dir), "--model-name", "test-model", "--speedup-ratio", "1",
+        workers=2,
+    )
+    client = _client(base)
+    instances = http_get(f"{base}/health")[1]["instances"]
+
+    outcomes: list[str] = []
+
+    def long_stream():
+        try:
+            stream = client.chat.completions.create(
+                model="test-model", messages=[{"role": "user", "content": "long"}], max_tokens=400, stream=True
+            )
+            for _ in stream:
+                pass
+            outcomes.append("completed")
+        except openai.APIError as exc:
+            outcomes.append(f"error: {exc}")
+
+    threads = [threading.Thread(target=long_stream) for _ in range(2)]
+    for t in threads:
+        t.start()
+    # Round-robin gives each worker one stream; wait until both are busy.
+    wait_until(lambda: all(i["in_flight"] for i in http_get(f"{base}/health")[1]["instances"]), 20, serve)
+    victim = instances[0]
+    os.kill(victim["pid"], signal.SIGKILL)
+    killed_at = time.monotonic()
+
+    wait_until(lambda: len(http_get(f"{base}/health")[1]["instances"]) == 1, 10, serve)
+    assert time.monotonic() - killed_at < 5.0, "the dead worker should leave discovery within seconds"
+    remaining = http_get(f"{base}/health")[1]["instances"]
+    assert victim["instance_id"] not in {i["instance_id"] for i in remaining}
+
+    # Later requests succeed on the survivor.
+    for _ in range(3):
+        reply = client.completions.create(model="test-model", prompt="after", max_tokens=2)
+        assert reply.choices[0].finish_reason == "length"
+
+    # The stream on the killed worker ended with an error instead of hanging; the other finished.
+    for t in threads:
+        t.join(60)
+    assert not any(t.is_alive() for t in threads)
+    assert sorted(o.split(":")[0] for o in outcomes) == ["completed", "error"], outcomes
+
+
+def test_multibyte_text_streams_back_byte_identical_through_echo(cluster, mistral_tokenizer_dir):
+    _, base = cluster.serve("--engine", "echo", "--model", str(mistral_tokenizer_dir), workers=1)
+    model = mistral_tokenizer_dir.name
+    client = _client(base)
+    text = "Grüße, 世界! 😀👍🏽 Ünïcödé — ça va? 日本語のテキスト 🚀 end"
+    stream = client.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": text}], stream=True, max_tokens=500
+    )
+    pieces = [c.choices[0].delta.content or "" for c in stream if c.choices]
+    assert "".join(pieces) == text
+    assert all("\ufffd" not in p for p in pieces)
+    reply = client.chat.completions.create(model=model, messages=[{"role": "user", "content": text}])
+    assert reply.choices[0].message.content == text
+    assert reply.choices[0].finish_reason == "stop"
+
+
+def test_builtin_tokenizer_echo_roundtrips_without_a_model_dir(cluster):
+    _, base = cluster.serve("--engine", "echo", workers=1)
+    client = _client(base)
+    text = "naïve café ☕ 你好 🙂"
+    reply = client.chat.completions.create(model="echo", messages=[{"role": "user", "content": text}])
+    assert reply.choices[0].message.content == text
+
+
+BAD_REQUESTS = [
+    ("chat", b"{not json", 400, None),
+    ("chat", b'{"model": "test-model"}', 400, "messages"),
+    ("chat", b'{"model": "test-model", "messages": []}', 400, "messages"),
+    ("chat", b'{"model": "nope", "messages": [{"role": "user", "content": "x"}]}', 404, "model"),
+    ("chat", b'{"model": "test-model", "messages": [{"role": "user", "content": "x"}], "max_tokens": -1}', 400, "max_tokens"),
+    ("chat", b'{"model": "test-model", "messages": [{"role": "user", "content": "x"}], "max_tokens": 1.5}', 400, "max_tokens"),
+    ("chat", b'{"model": "test-model", "messages": [{"role": "user", "content": "x"}], "max_tokens": "5"}', 400, "max_tokens"),
+    ("chat", b'{"model": "test-model", "messages": [{"role": "user", "content": "x"}], "temperature": 9}', 400, "temperature"),
+    ("completions", b'{"model": "test-model", "prompt": "x", "max_tokens": 999999}', 400, "max_tokens"),
+    ("completions", b'{"model": "test-model", "prompt": [99999999]}', 400, "prompt"),
+    ("completions", b'{"model": "test-model"}', 400, "prompt"),
+]
+
+
+def test_bad_input_gets_openai_shaped_errors_and_server_keeps_serving(mocker_serve):
+    import urllib.request
+
+    _, base = mocker_serve
+    for endpoint, body, status, param in BAD_REQUESTS:
+        path = "/v1/chat/completions" if endpoint == "chat" else "/v1/completions"
+        request = urllib.request.Request(f"{base}{path}", data=body, headers={"Content-Type": "application/json"})
+        try:
+            urllib.request.urlopen(request, timeout=10)
+            raise AssertionError(f"{body!r} was accepted")
+        except urllib.error.HTTPError as exc:
+            payload = __import__("json").loads(exc.read())
+            assert exc.code == status, (body, exc.code, payload)
+            error = payload["error"]
+            assert set(error) == {"message", "type", "param", "code"}, payload
+            assert error["message"]
+            if param is not None:
+                assert error["param"] == param, (body, error)
+
+    long_prompt = "word " * 5000  # past the model's 4096-token context
+    with pytest.raises(openai.BadRequestError) as info:
+        _client(base).chat.completions.create(model="test-model", messages=[{"role": "user", "content": long_prompt}])
+    assert "maximum context length" in str(info.value)
+    # Still serving.
+    assert _client(base).completions.create(model="test-model", prompt="ok", max_tokens=1).choices[0].text is not None
+
+
+def test_frontend_without_workers_answers_503_then_serves_once_one_registers(cluster):
+    _, base = cluster.frontend()
+    status, body = http_get(f"{base}/health")
+    assert status == 503 and body["instances"] == []
+    with pytest.raises(openai.APIStatusError) as info:
+        _client(base).chat.completions.create(model="echo", messages=[{"role": "user", "content": "x"}])
+    assert info.value.status_code == 503
+    assert "no worker" in info.value.message.lower()
+    cluster.start("worker", "--engine", "echo")
+    cluster.wait_for_workers(base, 1)
+    reply = _client(base).chat.completions.create(model="echo", messages=[{"role": "user", "content": "back"}])
+    assert reply.choices[0].message.content == "back"
