@@ -19,8 +19,6 @@ import pytest
 TESTS_DIR = Path(__file__).parent
 sys.path.insert(0, str(TESTS_DIR))
 
-from tokenizer_fixture import build_mistral_tokenizer_dir  # noqa: E402
-
 DYNAMO = [sys.executable, "-m", "dynamo_core.cli.main"]
 
 
@@ -150,4 +148,30 @@ def cluster(tmp_path: Path) -> Iterator[DynamoCluster]:
 @pytest.fixture(scope="session")
 def mistral_tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An HF-format tokenizer directory built from mistral-common's sentencepiece model."""
+    from tokenizer_fixture import build_mistral_tokenizer_dir
+
     return build_mistral_tokenizer_dir(tmp_path_factory.mktemp("mistral-tokenizer"))
+
+
+@pytest.fixture
+def etcd_server(tmp_path: Path):
+    from servers import EtcdServer
+
+    server = EtcdServer(tmp_path)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def nats_server(tmp_path: Path):
+    from servers import NatsServer
+
+    server = NatsServer(tmp_path)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

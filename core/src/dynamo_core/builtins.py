@@ -68,7 +68,14 @@ def dynamo_routers() -> list[RouterSpec]:
 def dynamo_discovery_backends() -> list[DiscoverySpec]:
     from dynamo_core.runtime.discovery import file_backend_spec, mem_backend_spec
 
-    return [mem_backend_spec(), file_backend_spec()]
+    return [mem_backend_spec(), file_backend_spec(), DiscoverySpec("etcd", _create_etcd, "etcd v3 with leases (many hosts)")]
+
+
+def _create_etcd(config):
+    # Imported on use: the etcd client pulls in grpc, which single-host users never need.
+    from dynamo_core.runtime.etcd_discovery import EtcdDiscovery
+
+    return EtcdDiscovery(config)
 
 
 @hookimpl

@@ -20,7 +20,6 @@ KNOWN_PROVIDERS: dict[tuple[str, str], str] = {
     ("engine", "sglang"): "dynamo-sglang",
     ("engine", "trtllm"): "dynamo-trtllm",
     ("router", "kv"): "dynamo-router-kv",
-    ("discovery", "etcd"): "dynamo-core (a release with etcd support)",
     ("transfer", "nixl"): "dynamo-nixl",
 }
 

@@ -38,6 +38,22 @@ def add_discovery_options(parser: argparse.ArgumentParser) -> None:
         help="directory of the file discovery store (env DYN_FILE_DISCOVERY_DIR; default: a per-user temp dir)",
     )
     group.add_argument(
+        "--etcd-endpoints", default=os.environ.get("ETCD_ENDPOINTS", ""),
+        help="etcd discovery: comma-separated endpoints (env ETCD_ENDPOINTS; default: http://127.0.0.1:2379)",
+    )
+    group.add_argument(
+        "--request-plane", choices=["tcp", "nats"], default=env_default("DYN_REQUEST_PLANE", "tcp"),
+        help="how requests reach workers (env DYN_REQUEST_PLANE; default: %(default)s)",
+    )
+    group.add_argument(
+        "--event-plane", choices=["tcp", "nats"], default=env_default("DYN_EVENT_PLANE", "tcp"),
+        help="how workers publish KV events and load (env DYN_EVENT_PLANE; default: %(default)s)",
+    )
+    group.add_argument(
+        "--nats-url", default=os.environ.get("NATS_SERVER", ""),
+        help="NATS server(s) for the nats planes (env NATS_SERVER; default: nats://127.0.0.1:4222)",
+    )
+    group.add_argument(
         "--lease-ttl", type=float, default=env_default("DYN_LEASE_TTL", 3.0),
         help="seconds after which a silent worker is dropped from discovery (env DYN_LEASE_TTL; default: %(default)s)",
     )

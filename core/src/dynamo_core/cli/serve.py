@@ -41,11 +41,16 @@ def _shared_runtime_args(ns: argparse.Namespace) -> list[str]:
     args = ["--namespace", ns.namespace, "--discovery", ns.discovery, "--lease-ttl", str(ns.lease_ttl)]
     if ns.file_discovery_dir:
         args += ["--file-discovery-dir", ns.file_discovery_dir]
+    if ns.etcd_endpoints:
+        args += ["--etcd-endpoints", ns.etcd_endpoints]
+    if ns.nats_url:
+        args += ["--nats-url", ns.nats_url]
     return args
 
 
 def worker_argv(ns: argparse.Namespace, parser: argparse.ArgumentParser) -> list[str]:
     args = ["worker", "--engine", ns.engine, *_shared_runtime_args(ns)]
+    args += ["--request-plane", ns.request_plane, "--event-plane", ns.event_plane]
     if ns.model:
         args += ["--model", os.path.abspath(ns.model)]
     if ns.model_name:

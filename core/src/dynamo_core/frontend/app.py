@@ -21,7 +21,7 @@ from dynamo_core.frontend.preprocessor import prepare_chat, prepare_completion
 from dynamo_core.plugins import get_registry
 from dynamo_core.protocols.openai import ChatCompletionRequest, CompletionRequest, ModelList, ModelObject
 from dynamo_core.runtime.discovery import DiscoveryBackend, DiscoveryConfig
-from dynamo_core.runtime.request_plane import RequestPlaneClient
+from dynamo_core.runtime.transports import TransportClients
 
 log = logging.getLogger(__name__)
 _json = msgspec.json.Encoder()
@@ -36,6 +36,7 @@ class FrontendConfig:
     router_options: argparse.Namespace = field(default_factory=argparse.Namespace)
     discovery: str = "file"
     discovery_config: DiscoveryConfig = field(default_factory=DiscoveryConfig)
+    nats_url: str | None = None
 
 
 def _json_response(payload, status_code: int = 200) -> Response:
@@ -47,7 +48,7 @@ def create_app(config: FrontendConfig, discovery: DiscoveryBackend | None = None
     router_spec = plugins.get("router", config.router)
     owns_discovery = discovery is None
     discovery = discovery or plugins.get("discovery", config.discovery).create(config.discovery_config)
-    client = RequestPlaneClient()
+    client = TransportClients(config.nats_url)
     registry = ModelRegistry(discovery, client, config.namespace, router_spec.create, config.router_options)
     state = ServingState(registry=registry, engine=EngineClient(client))
 
@@ -143,6 +144,7 @@ async def run_frontend(config: FrontendConfig, discovery: DiscoveryBackend | Non
             log_level="warning",
             access_log=False,
             loop="none",  # run on the caller's loop
+            http="httptools",
             lifespan="on",
             timeout_graceful_shutdown=5,
         )

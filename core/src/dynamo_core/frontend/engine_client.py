@@ -16,7 +16,8 @@ from dynamo_core.frontend.errors import EngineError, ServiceUnavailableError
 from dynamo_core.frontend.model_registry import ServedModel
 from dynamo_core.protocols.engine import EngineOutput, PreprocessedRequest
 from dynamo_core.routers.base import NoWorkerAvailableError
-from dynamo_core.runtime.request_plane import ConnectionLostError, RemoteError, RequestPlaneClient
+from dynamo_core.runtime.request_plane import ConnectionLostError, RemoteError
+from dynamo_core.runtime.transports import TransportClients
 from dynamo_core.worker.worker import GENERATE_ENDPOINT
 
 log = logging.getLogger(__name__)
@@ -26,7 +27,7 @@ _output_decoder = msgspec.msgpack.Decoder(EngineOutput)
 
 
 class EngineClient:
-    def __init__(self, client: RequestPlaneClient):
+    def __init__(self, client: TransportClients):
         self._client = client
 
     async def generate(self, model: ServedModel, request: PreprocessedRequest) -> AsyncIterator[EngineOutput]:
@@ -51,7 +52,7 @@ class EngineClient:
             handle.state.in_flight += 1
             output_tokens = 0
             received = False
-            stream = self._client.call(handle.record.address, GENERATE_ENDPOINT, payload)
+            stream = self._client.call(handle.record, GENERATE_ENDPOINT, payload)
             try:
                 async for item in stream:
                     output = _output_decoder.decode(item)

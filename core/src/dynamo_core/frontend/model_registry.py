@@ -21,8 +21,8 @@ from dynamo_core.protocols.discovery import InstanceRecord, ModelCard
 from dynamo_core.protocols.kv_events import KvEventBatch, KvSnapshot, LoadMetrics
 from dynamo_core.routers.base import Router, RouterContext, WorkerState
 from dynamo_core.runtime.discovery import DiscoveryBackend, WatchEventKind
-from dynamo_core.runtime.event_plane import subscribe
-from dynamo_core.runtime.request_plane import RequestPlaneClient, RequestPlaneError
+from dynamo_core.runtime.request_plane import RequestPlaneError
+from dynamo_core.runtime.transports import TransportClients
 from dynamo_core.tokenizer import TokenizerBundle, load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -58,7 +58,7 @@ class ModelRegistry:
     def __init__(
         self,
         discovery: DiscoveryBackend,
-        client: RequestPlaneClient,
+        client: TransportClients,
         namespace: str,
         router_factory: RouterFactory,
         router_options,
@@ -186,7 +186,7 @@ class ModelRegistry:
         router, state = model.router, handle.state
         while handle.state.worker_id in model.workers:
             try:
-                async for message in subscribe(self._client, handle.record.address):
+                async for message in self._client.events(handle.record):
                     if isinstance(message, LoadMetrics):
                         state.load = message
                         router.on_load(message)

@@ -27,7 +27,8 @@ class InstanceRecord(msgspec.Struct, omit_defaults=True, kw_only=True):
     component: str
     endpoint: str
     address: str  # host:port of its request plane server
-    transport: str = "tcp"
+    transport: str = "tcp"  # request plane: tcp (address host:port) | nats (address = subject prefix)
+    event_plane: str = "tcp"  # tcp: the `events` endpoint; nats: `{namespace}.events.{instance_id}`
     hostname: str = ""
     pid: int = 0
     model: ModelCard | None = None

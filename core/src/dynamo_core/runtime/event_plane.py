@@ -55,6 +55,18 @@ class EventPublisher(KvEventSink):
         self._flush_scheduled = False
         self._subscribers: set[asyncio.Queue] = set()
         self._last_load: LoadMetrics | None = None
+        self._listeners: list[Callable[[bytes], None]] = []
+
+    def add_listener(self, listener: Callable[[bytes], None]) -> None:
+        """Also hand every encoded message to `listener` (e.g. to republish it on NATS)."""
+        self._listeners.append(listener)
+
+    def snapshot_payload(self) -> bytes:
+        """The current cache as an encoded `KvSnapshot` (pending events flushed first)."""
+        self._flush()
+        return _encoder.encode(
+            KvSnapshot(worker_id=self.worker_id, event_id=self._event_id, stored=self._snapshot())
+        )
 
     # KvEventSink
     def publish(self, events: Sequence[KvEvent]) -> None:
@@ -81,6 +93,8 @@ class EventPublisher(KvEventSink):
         self._fan_out(_encoder.encode(metrics))
 
     def _fan_out(self, payload: bytes) -> None:
+        for listener in self._listeners:
+            listener(payload)
         for queue in list(self._subscribers):
             if queue.qsize() >= SUBSCRIBER_QUEUE_LIMIT:
                 self._subscribers.discard(queue)
@@ -90,12 +104,12 @@ class EventPublisher(KvEventSink):
 
     async def serve_subscription(self, _payload: bytes) -> AsyncIterator[bytes]:
         """The ``events`` endpoint handler."""
-        self._flush()  # events already published belong before the snapshot's event_id
+        # Flushed inside snapshot_payload: events already published belong before its event_id.
+        snapshot = self.snapshot_payload()
         queue: asyncio.Queue = asyncio.Queue()
-        snapshot = KvSnapshot(worker_id=self.worker_id, event_id=self._event_id, stored=self._snapshot())
         self._subscribers.add(queue)
         try:
-            yield _encoder.encode(snapshot)
+            yield snapshot
             if self._last_load is not None:
                 yield _encoder.encode(self._last_load)
             while True:
@@ -110,6 +124,10 @@ class EventPublisher(KvEventSink):
     @property
     def subscriber_count(self) -> int:
         return len(self._subscribers)
+
+
+def decode_message(payload: bytes) -> EventPlaneMessage:
+    return _decoder.decode(payload)
 
 
 async def subscribe(client: RequestPlaneClient, address: str) -> AsyncIterator[EventPlaneMessage]:

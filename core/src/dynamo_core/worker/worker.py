@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
 import signal
 import socket
 import uuid
@@ -49,6 +50,9 @@ class WorkerConfig:
     port: int = 0
     engine_options: argparse.Namespace = field(default_factory=argparse.Namespace)
     drain_timeout_s: float = 30.0
+    request_plane: str = "tcp"  # tcp | nats
+    event_plane: str = "tcp"  # tcp | nats
+    nats_url: str | None = None
 
 
 def served_model_name(config: WorkerConfig) -> str:
@@ -62,14 +66,27 @@ def served_model_name(config: WorkerConfig) -> str:
 class Worker:
     def __init__(self, config: WorkerConfig, discovery: DiscoveryBackend | None = None):
         self.config = config
-        self.worker_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        # Safe in file paths, etcd keys and NATS subject tokens.
+        host = re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname())
+        self.worker_id = f"{host}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         registry = get_registry()
         self._engine_spec = registry.get("engine", config.engine)
         self._discovery = discovery or registry.get("discovery", config.discovery).create(
             config.discovery_config
         )
         self._owns_discovery = discovery is None
-        self._server = RequestPlaneServer(config.host, config.port)
+        if config.request_plane == "nats":
+            from dynamo_core.runtime.nats_plane import NatsRequestServer, nats_url
+
+            prefix = f"{config.namespace}.instance.{self.worker_id}"
+            self._server = NatsRequestServer(nats_url(config.nats_url), prefix)
+        elif config.request_plane == "tcp":
+            self._server = RequestPlaneServer(config.host, config.port)
+        else:
+            raise ValueError(f"unknown request plane '{config.request_plane}' (tcp, nats)")
+        if config.event_plane not in ("tcp", "nats"):
+            raise ValueError(f"unknown event plane '{config.event_plane}' (tcp, nats)")
+        self._nats_events = None
         self.engine: Engine | None = None
         self.events: EventPublisher | None = None
         self.record: InstanceRecord | None = None
@@ -95,6 +112,8 @@ class Worker:
         self._server.register(GENERATE_ENDPOINT, self._generate)
         self._server.register(EVENTS_ENDPOINT, self.events.serve_subscription)
         address = await self._server.start()
+        if config.event_plane == "nats":
+            await self._start_nats_events()
         card = ModelCard(
             served_name=name,
             tokenizer=str(Path(config.model_path).resolve()) if config.model_path else BUILTIN_TOKENIZER,
@@ -111,6 +130,8 @@ class Worker:
             component=BACKEND_COMPONENT,
             endpoint=GENERATE_ENDPOINT,
             address=address,
+            transport=config.request_plane,
+            event_plane=config.event_plane,
             hostname=socket.gethostname(),
             pid=os.getpid(),
             model=card,
@@ -122,6 +143,23 @@ class Worker:
             config.engine, name, config.role, self.worker_id, address, info.block_size, info.kv_capacity_blocks,
         )
         return self.record
+
+    async def _start_nats_events(self) -> None:
+        from dynamo_core.runtime.nats_plane import NatsEventForwarder, connect, events_subject, nats_url
+
+        assert self.events is not None
+        nc = await connect(nats_url(self.config.nats_url), f"worker {self.worker_id} events")
+        forwarder = NatsEventForwarder(nc, events_subject(self.config.namespace, self.worker_id), self.events.snapshot_payload)
+        await forwarder.start()
+        pending: set[asyncio.Task] = set()
+
+        def forward(payload: bytes) -> None:
+            task = asyncio.ensure_future(forwarder.forward(payload))
+            pending.add(task)
+            task.add_done_callback(pending.discard)
+
+        self.events.add_listener(forward)
+        self._nats_events = nc
 
     async def _generate(self, payload: bytes) -> AsyncIterator[bytes]:
         assert self.engine is not None
@@ -167,6 +205,9 @@ class Worker:
         await self._server.stop()
         if self.engine is not None:
             await self.engine.stop()
+        if self._nats_events is not None:
+            with contextlib.suppress(Exception):
+                await self._nats_events.close()
         if self._owns_discovery:
             await self._discovery.close()
 

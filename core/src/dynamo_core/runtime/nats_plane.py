@@ -1,0 +1,334 @@
+"""The NATS request plane and event plane, for deployments that span hosts.
+
+Request plane. A worker subscribes to `{prefix}.{endpoint}` for each endpoint and to
+`{prefix}.cancel`, where `prefix` is `{namespace}.instance.{instance_id}` (its record's
+address). A caller subscribes to a fresh inbox, publishes the request with the inbox as reply
+subject, and receives frames there (the TCP plane's `Data` and `End`, plus `Accepted` and
+`Keepalive`):
+
+- `Accepted` within `ACCEPT_TIMEOUT_S` proves a live worker took the request; without it the
+  caller fails fast with `ConnectionLostError` and the frontend routes the request elsewhere.
+- `Keepalive` every `KEEPALIVE_S` while a handler runs silently (a long prefill); a stream with
+  no frame for `STALL_TIMEOUT_S` (worker gone, NATS restarted mid-stream) ends with
+  `ConnectionLostError` rather than hanging.
+- Flow control: the caller acknowledges every `ACK_EVERY` frames on `{prefix}.ack`; the worker
+  pauses a stream that is `WINDOW` frames ahead of its acknowledgements.
+- Data frames are numbered and keepalives carry the count sent, so a frame lost while NATS
+  restarts ends the stream with `ConnectionLostError` instead of silently dropping tokens.
+- Closing the stream early publishes the inbox on `{prefix}.cancel`, cancelling the handler.
+
+Event plane. A worker publishes `KvEventBatch` and `LoadMetrics` on `{namespace}.events.{id}`
+and answers snapshot requests on `{namespace}.events.{id}.snapshot`; a subscriber subscribes
+first, then asks for the snapshot and drops buffered batches the snapshot already covers, so
+any number of frontends see the same ordered state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections.abc import AsyncIterator, Callable
+
+import msgspec
+import nats
+from nats.aio.client import Client as NatsConnection
+from nats.aio.msg import Msg
+
+from dynamo_core.protocols.kv_events import EventPlaneMessage, KvEventBatch, KvSnapshot
+from dynamo_core.runtime.request_plane import ConnectionLostError, Data, End, Handler, RemoteError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
+ACCEPT_TIMEOUT_S = 5.0
+KEEPALIVE_S = 2.0
+STALL_TIMEOUT_S = 10.0
+WINDOW = 512
+ACK_EVERY = 128
+
+
+class Accepted(msgspec.Struct, tag="accepted", array_like=True):
+    pass
+
+
+class Keepalive(msgspec.Struct, tag="keepalive", array_like=True):
+    sent: int  # Data frames published so far: lets the caller see lost trailing frames
+
+
+class Ack(msgspec.Struct, array_like=True):
+    inbox: str
+    received: int
+
+
+ReplyFrame = Accepted | Keepalive | Data | End
+_encoder = msgspec.msgpack.Encoder()
+_reply_decoder = msgspec.msgpack.Decoder(ReplyFrame)
+_ack_decoder = msgspec.msgpack.Decoder(Ack)
+_event_decoder = msgspec.msgpack.Decoder(EventPlaneMessage)
+
+
+def nats_url(explicit: str | None = None) -> str:
+    return explicit or os.environ.get("NATS_SERVER") or DEFAULT_NATS_URL
+
+
+async def connect(url: str, name: str) -> NatsConnection:
+    """A connection that reconnects forever: NATS restarts must not take a process down."""
+
+    async def on_disconnect():
+        log.warning("NATS connection lost; reconnecting")
+
+    async def on_reconnect():
+        log.info("NATS connection re-established")
+
+    async def on_error(exc):
+        log.debug("NATS error: %s", exc)
+
+    return await nats.connect(
+        servers=[u.strip() for u in url.split(",")],
+        name=name,
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=0.5,
+        connect_timeout=5,
+        allow_reconnect=True,
+        disconnected_cb=on_disconnect,
+        reconnected_cb=on_reconnect,
+        error_cb=on_error,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# request plane: server
+# ---------------------------------------------------------------------------------------------
+
+
+class _ServerStream:
+    def __init__(self) -> None:
+        self.sent = 0
+        self.acked = 0
+        self.credit = asyncio.Event()
+        self.credit.set()
+        self.task: asyncio.Task | None = None
+
+
+class NatsRequestServer:
+    def __init__(self, url: str, prefix: str):
+        self._url, self.prefix = url, prefix
+        self._nc: NatsConnection | None = None
+        self._handlers: dict[str, Handler] = {}
+        self._streams: dict[str, _ServerStream] = {}
+
+    def register(self, endpoint: str, handler: Handler) -> None:
+        self._handlers[endpoint] = handler
+
+    async def start(self) -> str:
+        self._nc = await connect(self._url, f"worker {self.prefix}")
+        for endpoint, handler in self._handlers.items():
+            await self._nc.subscribe(f"{self.prefix}.{endpoint}", cb=self._on_request(handler))
+        await self._nc.subscribe(f"{self.prefix}.cancel", cb=self._on_cancel)
+        await self._nc.subscribe(f"{self.prefix}.ack", cb=self._on_ack)
+        await self._nc.flush()
+        return self.prefix
+
+    def _on_request(self, handler: Handler) -> Callable:
+        async def receive(msg: Msg) -> None:
+            if not msg.reply:
+                return
+            stream = _ServerStream()
+            self._streams[msg.reply] = stream
+            stream.task = asyncio.create_task(self._run(handler, msg.data, msg.reply, stream))
+
+        return receive
+
+    async def _run(self, handler: Handler, payload: bytes, inbox: str, stream: _ServerStream) -> None:
+        nc = self._nc
+        assert nc is not None
+        error: str | None = None
+        cancelled = False
+        keepalive = asyncio.create_task(self._keepalive(inbox, stream))
+        try:
+            await nc.publish(inbox, _encoder.encode(Accepted()))
+            async for item in handler(payload):
+                await stream.credit.wait()
+                # Data frames are numbered from 1 (in the `stream_id` slot, unused on NATS) so
+                # the caller notices frames lost in a NATS restart instead of missing tokens.
+                stream.sent += 1
+                await nc.publish(inbox, _encoder.encode(Data(stream.sent, item)))
+                if stream.sent - stream.acked >= WINDOW:
+                    stream.credit.clear()
+        except asyncio.CancelledError:
+            cancelled = True
+        except Exception as exc:
+            log.exception("endpoint of %s failed", self.prefix)
+            error = f"{type(exc).__name__}: {exc}"
+        finally:
+            keepalive.cancel()
+            self._streams.pop(inbox, None)
+        if not cancelled:
+            with contextlib.suppress(Exception):
+                await nc.publish(inbox, _encoder.encode(End(0, error)))
+
+    async def _keepalive(self, inbox: str, stream: _ServerStream) -> None:
+        assert self._nc is not None
+        while True:
+            await asyncio.sleep(KEEPALIVE_S)
+            with contextlib.suppress(Exception):
+                await self._nc.publish(inbox, _encoder.encode(Keepalive(stream.sent)))
+
+    async def _on_cancel(self, msg: Msg) -> None:
+        stream = self._streams.get(msg.data.decode())
+        if stream is not None and stream.task is not None:
+            stream.task.cancel()
+
+    async def _on_ack(self, msg: Msg) -> None:
+        ack = _ack_decoder.decode(msg.data)
+        stream = self._streams.get(ack.inbox)
+        if stream is not None:
+            stream.acked = max(stream.acked, ack.received)
+            if stream.sent - stream.acked < WINDOW:
+                stream.credit.set()
+
+    async def stop(self) -> None:
+        for stream in list(self._streams.values()):
+            if stream.task is not None:
+                stream.task.cancel()
+        if self._nc is not None:
+            with contextlib.suppress(Exception):
+                await self._nc.drain()
+
+
+# ---------------------------------------------------------------------------------------------
+# request plane: client
+# ---------------------------------------------------------------------------------------------
+
+
+class NatsRequestClient:
+    def __init__(self, url: str):
+        self._url = url
+        self._nc: NatsConnection | None = None
+        self._lock = asyncio.Lock()
+
+    async def connection(self) -> NatsConnection:
+        async with self._lock:
+            if self._nc is None:
+                self._nc = await connect(self._url, "frontend")
+            return self._nc
+
+    async def call(self, prefix: str, endpoint: str, payload: bytes) -> AsyncIterator[bytes]:
+        nc = await self.connection()
+        inbox = nc.new_inbox()
+        queue: asyncio.Queue[bytes | None] = asyncio.Queue()
+
+        async def receive(msg: Msg) -> None:
+            # NATS itself answers "no responders" (status 503, no data) when nobody subscribes.
+            if not msg.data and msg.headers and msg.headers.get("Status") == "503":
+                queue.put_nowait(None)
+            else:
+                queue.put_nowait(msg.data)
+
+        sub = await nc.subscribe(inbox, cb=receive)
+        finished = False
+        try:
+            await nc.publish(f"{prefix}.{endpoint}", payload, reply=inbox)
+            try:
+                raw = await asyncio.wait_for(queue.get(), ACCEPT_TIMEOUT_S)
+            except asyncio.TimeoutError:
+                finished = True  # nobody took it: nothing to cancel
+                raise ConnectionLostError(f"no worker answered on {prefix} within {ACCEPT_TIMEOUT_S:.0f} s") from None
+            if raw is None:
+                finished = True
+                raise ConnectionLostError(f"no worker answered on {prefix}: nobody is subscribed")
+            first = _reply_decoder.decode(raw)
+            if not isinstance(first, Accepted):
+                raise ConnectionLostError(f"protocol error: {prefix} answered {type(first).__name__} first")
+            received = 0
+            while True:
+                try:
+                    raw = await asyncio.wait_for(queue.get(), STALL_TIMEOUT_S)
+                except asyncio.TimeoutError:
+                    raise ConnectionLostError(f"worker {prefix} went silent for {STALL_TIMEOUT_S:.0f} s") from None
+                if raw is None:
+                    raise ConnectionLostError(f"worker {prefix} is gone")
+                frame = _reply_decoder.decode(raw)
+                if isinstance(frame, Keepalive):
+                    if frame.sent > received:
+                        raise ConnectionLostError(f"lost {frame.sent - received} frame(s) from {prefix}")
+                elif isinstance(frame, Data):
+                    if frame.stream_id != received + 1:
+                        raise ConnectionLostError(f"lost frame(s) from {prefix} (got #{frame.stream_id} after #{received})")
+                    received += 1
+                    if received % ACK_EVERY == 0:
+                        await nc.publish(f"{prefix}.ack", _encoder.encode(Ack(inbox, received)))
+                    yield frame.payload
+                elif isinstance(frame, End):
+                    finished = True
+                    if frame.error:
+                        raise RemoteError(frame.error)
+                    return
+        finally:
+            if not finished:
+                with contextlib.suppress(Exception):
+                    await nc.publish(f"{prefix}.cancel", inbox.encode())
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+
+    async def close(self) -> None:
+        if self._nc is not None:
+            with contextlib.suppress(Exception):
+                await self._nc.close()
+            self._nc = None
+
+
+# ---------------------------------------------------------------------------------------------
+# event plane
+# ---------------------------------------------------------------------------------------------
+
+
+def events_subject(namespace: str, worker_id: str) -> str:
+    return f"{namespace}.events.{worker_id}"
+
+
+class NatsEventForwarder:
+    """Worker side: republishes the local event publisher's stream on NATS subjects."""
+
+    def __init__(self, nc: NatsConnection, subject: str, snapshot: Callable[[], bytes]):
+        self._nc, self._subject, self._snapshot = nc, subject, snapshot
+
+    async def start(self) -> None:
+        async def answer(msg: Msg) -> None:
+            await msg.respond(self._snapshot())
+
+        await self._nc.subscribe(f"{self._subject}.snapshot", cb=answer)
+
+    async def forward(self, payload: bytes) -> None:
+        await self._nc.publish(self._subject, payload)
+
+
+async def subscribe_events(nc: NatsConnection, subject: str) -> AsyncIterator[EventPlaneMessage]:
+    """Subscriber side: a snapshot first, then the batches after it, in order."""
+    queue: asyncio.Queue[bytes] = asyncio.Queue()
+
+    async def receive(msg: Msg) -> None:
+        queue.put_nowait(msg.data)
+
+    sub = await nc.subscribe(subject, cb=receive)
+    try:
+        reply = await nc.request(f"{subject}.snapshot", b"", timeout=ACCEPT_TIMEOUT_S)
+        snapshot = _event_decoder.decode(reply.data)
+        if not isinstance(snapshot, KvSnapshot):
+            raise ConnectionLostError(f"{subject}: expected a snapshot, got {type(snapshot).__name__}")
+        yield snapshot
+        last = snapshot.event_id
+        while True:
+            message = _event_decoder.decode(await queue.get())
+            if isinstance(message, KvEventBatch):
+                if message.event_id <= last:
+                    continue  # already part of the snapshot
+                last = message.event_id
+            yield message
+    except nats.errors.TimeoutError as exc:
+        raise ConnectionLostError(f"{subject}: no snapshot answer") from exc
+    finally:
+        with contextlib.suppress(Exception):
+            await sub.unsubscribe()
