@@ -102,7 +102,13 @@ class DynamoCluster:
         port = free_port()
         process = self.start("frontend", "--http-port", str(port), *args)
         base = f"http://127.0.0.1:{port}"
-        wait_until(lambda: http_get(f"{base}/live")[0] == 200, 30, process)
+        def live():
+            try:
+                return http_get(f"{base}/live", timeout=2)[0] == 200
+            except OSError:
+                return False
+
+        wait_until(live, 30, process)
         return process, base
 
     @staticmethod

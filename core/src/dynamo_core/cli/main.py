@@ -208,11 +208,28 @@ def cmd_plugins(argv: list[str]) -> int:
     return 0
 
 
+def cmd_check(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="dynamo check",
+        description="Preflight report: Python, plugins, GPU, etcd/NATS reachability, free ports. Exits 1 on a problem.",
+    )
+    options.add_engine_option(parser)
+    options.add_router_option(parser)
+    options.add_http_options(parser)
+    options.add_discovery_options(parser)
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    ns = parser.parse_args(argv)
+    from dynamo_core.cli.check import print_report, run_checks
+
+    return print_report(run_checks(ns), ns.json)
+
+
 COMMANDS = {
     "serve": (cmd_serve, "run a frontend and workers on this machine"),
     "frontend": (cmd_frontend, "run the HTTP frontend and router"),
     "worker": (cmd_worker, "run one worker hosting an engine"),
     "plugins": (cmd_plugins, "list installed plugins"),
+    "check": (cmd_check, "preflight report: plugins, GPU, etcd/NATS, ports"),
 }
 
 

@@ -23,7 +23,8 @@ from dynamo_core.routers.base import Router, RouterContext, WorkerState
 from dynamo_core.runtime.discovery import DiscoveryBackend, WatchEventKind
 from dynamo_core.runtime.request_plane import RequestPlaneError
 from dynamo_core.runtime.transports import TransportClients
-from dynamo_core.tokenizer import TokenizerBundle, load_tokenizer
+from dynamo_core.runtime.model_files import MODEL_FILES_ENDPOINT, fetch_model_files, local_copy_matches
+from dynamo_core.tokenizer import BUILTIN_TOKENIZER, TokenizerBundle, load_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -117,10 +118,10 @@ class ModelRegistry:
         worker_id = record.instance_id
         model = self.models.get(card.served_name)
         if model is None:
-            model = await self._add_model(card)
+            model = await self._add_model(record)
             if model is None:
                 return
-        elif card.tokenizer != model.card.tokenizer:
+        elif (card.tokenizer_digest or card.tokenizer) != (model.card.tokenizer_digest or model.card.tokenizer):
             log.warning(
                 "worker %s serves '%s' with tokenizer %s, but the model uses %s; ignoring the worker",
                 worker_id, card.served_name, card.tokenizer, model.card.tokenizer,
@@ -138,9 +139,25 @@ class ModelRegistry:
         handle.subscription = asyncio.create_task(self._subscribe(model, handle), name=f"events-{worker_id}")
         log.info("worker %s joined model '%s' at %s (%d worker(s))", worker_id, model.name, record.address, len(model.workers))
 
-    async def _add_model(self, card: ModelCard) -> ServedModel | None:
+    async def _tokenizer_source(self, record: InstanceRecord) -> str:
+        """A local directory holding the model's tokenizer: the card's own path when this host
+        has an identical copy, else files fetched from the worker into the cache."""
+        card = record.model
+        assert card is not None
+        if card.tokenizer == BUILTIN_TOKENIZER or not card.tokenizer_digest:
+            return card.tokenizer
+        if await asyncio.to_thread(local_copy_matches, card.tokenizer, card.tokenizer_digest):
+            return card.tokenizer
+        log.info("fetching the tokenizer of '%s' from worker %s", card.served_name, record.instance_id)
+        chunks = self._client.call(record, MODEL_FILES_ENDPOINT, b"")
+        return str(await fetch_model_files(chunks, card.tokenizer_digest))
+
+    async def _add_model(self, record: InstanceRecord) -> ServedModel | None:
+        card = record.model
+        assert card is not None
         try:
-            tokenizer = await asyncio.to_thread(load_tokenizer, card.tokenizer)
+            source = await self._tokenizer_source(record)
+            tokenizer = await asyncio.to_thread(load_tokenizer, source)
         except Exception as exc:
             log.error("cannot load the tokenizer of model '%s' from %s: %s", card.served_name, card.tokenizer, exc)
             return None

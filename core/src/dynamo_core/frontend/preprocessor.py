@@ -162,10 +162,15 @@ def _completion_prompts(model: ServedModel, prompt) -> list[tuple[list[int], str
     vocab = model.tokenizer.vocab_size
     if isinstance(prompt, str):
         prompts: list = [prompt]
-    elif prompt and isinstance(prompt[0], int):
+    elif prompt and all(isinstance(p, int) for p in prompt):
         prompts = [prompt]
-    else:
+    elif all(isinstance(p, str) for p in prompt) or all(isinstance(p, list) for p in prompt):
         prompts = list(prompt)
+    else:
+        raise BadRequestError(
+            "'prompt' must be a string, a list of strings, a list of token ids or a list of lists of token ids",
+            param="prompt",
+        )
     if not prompts:
         raise BadRequestError("'prompt' must not be empty", param="prompt")
     out = []

@@ -17,6 +17,9 @@ class ModelCard(msgspec.Struct, omit_defaults=True, kw_only=True):
     engine: str = ""
     chat_template: str | None = None  # overrides the tokenizer directory's template
     wants_last_message_tokens: bool = False
+    # sha256 over the tokenizer files; a frontend on another host fetches the files from a
+    # worker (`model_files` endpoint) when it has no identical copy.
+    tokenizer_digest: str = ""
 
 
 class InstanceRecord(msgspec.Struct, omit_defaults=True, kw_only=True):
@@ -36,3 +39,11 @@ class InstanceRecord(msgspec.Struct, omit_defaults=True, kw_only=True):
     @property
     def path(self) -> str:
         return f"{self.namespace}/{self.component}/{self.endpoint}/{self.instance_id}"
+
+
+class ModelFileChunk(msgspec.Struct, array_like=True):
+    """A piece of one tokenizer file, streamed by a worker's `model_files` endpoint."""
+
+    name: str
+    data: bytes
+    last: bool

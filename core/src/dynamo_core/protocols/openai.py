@@ -68,8 +68,9 @@ class ChatCompletionRequest(_SamplingFields, kw_only=True):
     documents: list[dict[str, Any]] | None = None
 
 
-# A completions prompt: text, texts, token ids, or lists of token ids.
-CompletionPrompt = str | list[str] | list[int] | list[list[int]]
+# A completions prompt: text, texts, token ids, or lists of token ids. (msgspec takes one list
+# type per union; the preprocessor checks that a list does not mix the three kinds.)
+CompletionPrompt = str | list[str | int | list[int]]
 
 
 class CompletionRequest(_SamplingFields, kw_only=True):

@@ -68,6 +68,10 @@ class EtcdDiscovery(DiscoveryBackend):
                 return client
             raise ConnectionError("no etcd endpoint reachable: " + "; ".join(errors))
 
+    async def server_status(self):
+        """etcd's status answer (version, leader, ...) from the first reachable endpoint."""
+        return await (await self._connect()).status()
+
     async def _reset(self) -> None:
         client, self._client, self._lease = self._client, None, None
         if client is not None:

@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import socket
 import struct
 from collections.abc import AsyncIterator, Callable
 
@@ -147,8 +148,12 @@ class RequestPlaneServer:
         self._handlers[endpoint] = handler
 
     async def start(self) -> str:
+        """Listen, and return the address other hosts should use to reach this server."""
         self._server = await asyncio.start_server(self._on_connection, self._host, self._port)
         host, port = self._server.sockets[0].getsockname()[:2]
+        if host in ("0.0.0.0", "::"):
+            # Bound to every interface: advertise this host's own address, not the wildcard.
+            host = socket.gethostbyname(socket.gethostname())
         return f"{host}:{port}"
 
     async def stop(self) -> None:

@@ -23,6 +23,7 @@ from dynamo_core.protocols.discovery import InstanceRecord, ModelCard
 from dynamo_core.protocols.engine import EngineOutput, FinishReason, PreprocessedRequest
 from dynamo_core.runtime.discovery import DiscoveryBackend, DiscoveryConfig
 from dynamo_core.runtime.event_plane import EVENTS_ENDPOINT, EventPublisher
+from dynamo_core.runtime.model_files import MODEL_FILES_ENDPOINT, serve_model_files, tokenizer_digest
 from dynamo_core.runtime.request_plane import RequestPlaneServer
 from dynamo_core.tokenizer import BUILTIN_TOKENIZER
 
@@ -111,6 +112,8 @@ class Worker:
         info = await self.engine.start()
         self._server.register(GENERATE_ENDPOINT, self._generate)
         self._server.register(EVENTS_ENDPOINT, self.events.serve_subscription)
+        if config.model_path:
+            self._server.register(MODEL_FILES_ENDPOINT, serve_model_files(config.model_path))
         address = await self._server.start()
         if config.event_plane == "nats":
             await self._start_nats_events()
@@ -123,6 +126,7 @@ class Worker:
             role=config.role,
             engine=config.engine,
             wants_last_message_tokens=getattr(self.engine, "wants_last_message_tokens", False),
+            tokenizer_digest=tokenizer_digest(config.model_path) if config.model_path else "",
         )
         self.record = InstanceRecord(
             instance_id=self.worker_id,

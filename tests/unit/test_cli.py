@@ -1,0 +1,62 @@
+"""The `dynamo` command's parsing and plugin errors (run as real subprocesses where it matters)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from dynamo_core.cli import main as cli
+from dynamo_core.cli import options
+from dynamo_core.cli.serve import frontend_argv, worker_argv
+
+DYNAMO = [sys.executable, "-m", "dynamo_core.cli.main"]
+
+
+def _run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(DYNAMO + list(args), capture_output=True, text=True, timeout=60)
+
+
+def test_missing_engine_names_the_package_to_install():
+    result = _run("serve", "--engine", "vllm")
+    assert result.returncode == 2
+    assert "engine 'vllm' is not installed; pip install dynamo-vllm" in result.stderr
+
+
+def test_plugins_lists_builtins_with_their_distribution_as_json():
+    result = _run("plugins", "--json")
+    rows = {(r["kind"], r["name"]): r["distribution"] for r in json.loads(result.stdout)}
+    for key in [("engine", "mocker"), ("engine", "echo"), ("router", "round-robin"), ("router", "random"),
+                ("router", "least-loaded"), ("discovery", "file"), ("discovery", "mem"), ("discovery", "etcd")]:
+        assert rows[key] == "dynamo-core"
+    table = _run("plugins").stdout
+    assert table.splitlines()[0].split() == ["KIND", "NAME", "DISTRIBUTION", "DESCRIPTION"]
+
+
+def test_serve_help_lists_the_engines_own_options():
+    out = _run("serve", "--engine", "mocker", "--help").stdout
+    for flag in ("--speedup-ratio", "--num-gpu-blocks", "--block-size", "--no-prefix-caching", "--max-num-seqs"):
+        assert flag in out
+
+
+def test_serve_passes_engine_options_to_workers_and_router_options_to_the_frontend():
+    parser = cli.build_serve_parser("mocker", "round-robin")
+    ns = parser.parse_args(["--speedup-ratio", "10", "--no-prefix-caching", "--workers", "3", "--namespace", "x"])
+    argv = worker_argv(ns, parser)
+    assert argv[:3] == ["worker", "--engine", "mocker"]
+    assert "--speedup-ratio" in argv and argv[argv.index("--speedup-ratio") + 1] == "10.0"
+    assert "--no-prefix-caching" in argv
+    assert argv[argv.index("--namespace") + 1] == "x"
+    assert "--workers" not in argv
+    fe = frontend_argv(ns, parser)
+    assert fe[:3] == ["frontend", "--router", "round-robin"] and "--speedup-ratio" not in fe
+    engine_ns = options.group_namespace(parser, options.ENGINE_GROUP_TITLE, ns)
+    assert engine_ns.speedup_ratio == 10.0 and not hasattr(engine_ns, "workers")
+
+
+def test_check_fails_with_exit_1_when_etcd_is_unreachable():
+    result = _run("check", "--discovery", "etcd", "--etcd-endpoints", "http://127.0.0.1:1", "--http-port", "0")
+    assert result.returncode == 1
+    assert "FAIL  etcd" in result.stdout
+    ok = _run("check", "--http-port", "0")
+    assert ok.returncode == 0, ok.stdout
