@@ -26,6 +26,7 @@ def setup_logging(role: str) -> None:
         format=f"%(asctime)s %(levelname)-7s {role}[%(process)d] %(name)s: %(message)s",
         datefmt="%H:%M:%S",
         stream=sys.stderr,
+        force=True,  # libraries imported earlier may have configured logging already
     )
 
 

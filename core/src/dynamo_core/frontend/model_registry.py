@@ -180,8 +180,10 @@ class ModelRegistry:
         if model is None:
             return
         handle = model.workers.pop(worker_id, None)
-        if handle and handle.subscription:
-            handle.subscription.cancel()
+        if handle is not None:
+            self._client.worker_gone(handle.record)
+            if handle.subscription:
+                handle.subscription.cancel()
         model.router.on_worker_removed(worker_id)
         log.info("worker %s left model '%s' (%d worker(s) left)", worker_id, model.name, len(model.workers))
         if not model.workers:

@@ -44,7 +44,7 @@ log = logging.getLogger(__name__)
 DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
 ACCEPT_TIMEOUT_S = 5.0
 KEEPALIVE_S = 2.0
-STALL_TIMEOUT_S = 10.0
+STALL_TIMEOUT_S = 6.0  # three keepalives missed
 WINDOW = 512
 ACK_EVERY = 128
 
@@ -208,6 +208,12 @@ class NatsRequestClient:
         self._url = url
         self._nc: NatsConnection | None = None
         self._lock = asyncio.Lock()
+        self._open: dict[str, set[asyncio.Queue]] = {}  # prefix -> queues of its open streams
+
+    def fail_streams(self, prefix: str) -> None:
+        """End every open stream to `prefix` now (discovery says that worker is gone)."""
+        for queue in self._open.get(prefix, ()):
+            queue.put_nowait(None)
 
     async def connection(self) -> NatsConnection:
         async with self._lock:
@@ -229,6 +235,7 @@ class NatsRequestClient:
 
         sub = await nc.subscribe(inbox, cb=receive)
         finished = False
+        self._open.setdefault(prefix, set()).add(queue)
         try:
             await nc.publish(f"{prefix}.{endpoint}", payload, reply=inbox)
             try:
@@ -267,6 +274,11 @@ class NatsRequestClient:
                         raise RemoteError(frame.error)
                     return
         finally:
+            streams = self._open.get(prefix)
+            if streams is not None:
+                streams.discard(queue)
+                if not streams:
+                    del self._open[prefix]
             if not finished:
                 with contextlib.suppress(Exception):
                     await nc.publish(f"{prefix}.cancel", inbox.encode())

@@ -61,6 +61,12 @@ class TransportClients:
             async for payload in client.call(record.address, event_plane.EVENTS_ENDPOINT, b""):
                 yield event_plane.decode_message(payload)
 
+    def worker_gone(self, record: InstanceRecord) -> None:
+        """Discovery dropped this worker: end its open streams now rather than at a timeout.
+        (TCP notices by itself when the connection closes.)"""
+        if record.transport == "nats" and self._nats is not None:
+            self._nats.fail_streams(record.address)
+
     async def close(self) -> None:
         await self.tcp.close()
         if self._nats is not None:
