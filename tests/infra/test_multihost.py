@@ -135,8 +135,8 @@ def test_chat_through_frontend_etcd_nats_and_workers_on_four_hosts(hosts, tmp_pa
         shutil.copytree(mistral_tokenizer_dir, model_dir)
         dynamo = [sys.executable, "-m", "dynamo_core.cli.main"]
         for name in ("w1", "w2"):
-            procs.append(hosts.run(name, [*dynamo, "worker", "--engine", "mocker", "--model", str(model_dir),
-                                          "--model-name", "shared", "--speedup-ratio", "50", *common],
+            procs.append(hosts.run(name, [*dynamo, "worker", "--engine", "echo", "--model", str(model_dir),
+                                          "--model-name", "shared", *common],
                                    tmp_path / f"{name}.log", env))
         # Wait for both workers to register (their logs say so), then hide the model directory.
         deadline = time.monotonic() + 90
@@ -155,8 +155,8 @@ def test_chat_through_frontend_etcd_nats_and_workers_on_four_hosts(hosts, tmp_pa
         assert client.returncode == 0, client.stderr + (tmp_path / "fe.log").read_text()[-3000:]
         result = json.loads(client.stdout.strip().splitlines()[-1])
         assert result["models"] == ["shared"]
-        assert result["content"] and result["usage"] == 8
-        assert result["streamed"]
+        assert result["content"] == "Hello across hosts"
+        assert result["streamed"] == "Stream"
         fe_log = (tmp_path / "fe.log").read_text()
         assert "fetching the tokenizer of 'shared'" in fe_log
         # The frontend really saw both workers, on their own hosts.
