@@ -107,6 +107,18 @@ class MockerEngine(Engine):
     # --- the step loop ----------------------------------------------------------------------
 
     async def _run(self) -> None:
+        try:
+            await self._steps()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a bug here must fail the requests, never leave them hanging
+            for req in list(self.scheduler.running) + list(self.scheduler.waiting):
+                req.finished = True
+                self.scheduler.remove(req)
+                req.queue.put_nowait(EngineOutput(finish_reason=FinishReason.ERROR, error=f"mocker failed: {exc!r}"))
+            raise
+
+    async def _steps(self) -> None:
         timing, speedup = self.config.timing, self.config.speedup_ratio
         deadline = time.monotonic()
         while self.scheduler.has_work():

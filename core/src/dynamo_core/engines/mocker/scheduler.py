@@ -136,9 +136,14 @@ class Scheduler:
             cached = self.pool.cached_prefix_length(hashes)
             if needed - cached > self.pool.free_blocks:
                 break  # wait for blocks to come free
-            self.waiting.popleft()
             matched = self.pool.match_prefix(hashes[:cached])
-            req.blocks = matched + self.pool.allocate(needed - len(matched))
+            try:
+                # Matching may have taken evictable blocks out of the free count.
+                req.blocks = matched + self.pool.allocate(needed - len(matched))
+            except OutOfBlocksError:
+                self.pool.free(matched)
+                break
+            self.waiting.popleft()
             req.computed = len(matched) * self.pool.block_size
             req.committed_blocks = len(matched)
             req.last_hash = hashes[len(matched) - 1] if matched else None
