@@ -128,6 +128,7 @@ def create_app(config: FrontendConfig, discovery: DiscoveryBackend | None = None
         on_shutdown=[on_shutdown],
         exception_handlers={Exception: openai_error_handler},
         openapi_config=OpenAPIConfig(title="dynamo", version="0.1.0", path="/openapi"),
+        logging_config=None,  # keep the process's own logging setup (DYN_LOG, one format)
         debug=False,
     )
     app.state.serving = state
