@@ -105,14 +105,18 @@ def test_killed_worker_leaves_routing_and_in_flight_request_ends_with_error(clus
     instances = http_get(f"{base}/health")[1]["instances"]
 
     outcomes: list[str] = []
+    streaming = threading.Semaphore(0)
 
     def long_stream():
         try:
             stream = client.chat.completions.create(
                 model="test-model", messages=[{"role": "user", "content": "long"}], max_tokens=400, stream=True
             )
-            for _ in stream:
-                pass
+            first = True
+            for chunk in stream:
+                if first and chunk.choices and chunk.choices[0].delta.content:
+                    first = False
+                    streaming.release()
             outcomes.append("completed")
         except openai.APIError as exc:
             outcomes.append(f"error: {exc}")
@@ -120,8 +124,10 @@ def test_killed_worker_leaves_routing_and_in_flight_request_ends_with_error(clus
     threads = [threading.Thread(target=long_stream) for _ in range(2)]
     for t in threads:
         t.start()
-    # Round-robin gives each worker one stream; wait until both are busy.
-    wait_until(lambda: all(i["in_flight"] for i in http_get(f"{base}/health")[1]["instances"]), 20, serve)
+    # Round-robin gives each worker one stream; wait until both are producing tokens (a worker
+    # killed before its first token costs nothing: the request is routed again).
+    assert streaming.acquire(timeout=20) and streaming.acquire(timeout=20)
+    assert all(i["in_flight"] for i in http_get(f"{base}/health")[1]["instances"])
     victim = instances[0]
     os.kill(victim["pid"], signal.SIGKILL)
     killed_at = time.monotonic()

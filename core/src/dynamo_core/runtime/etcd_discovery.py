@@ -82,7 +82,7 @@ class EtcdDiscovery(DiscoveryBackend):
         client = await self._connect()
         if self._lease is None:
             self._lease = await client.lease(self._ttl)
-            for key, value in self._own.items():  # after a reconnect: register everything again
+            for key, value in list(self._own.items()):  # after a reconnect: register everything again
                 await client.put(key.encode(), value, lease=self._lease)
         return client, self._lease
 
