@@ -76,7 +76,8 @@ class RawHttpConnection:
 
     async def post_lines(self, path: str, body: bytes):
         """Send a POST; yield (status, None) first, then each line of the response body."""
-        if self._writer is None or self._writer.is_closing():
+        reused = self._writer is not None and not self._writer.is_closing()
+        if not reused:
             await self._connect()
         assert self._reader is not None and self._writer is not None
         head = (
@@ -85,7 +86,17 @@ class RawHttpConnection:
         ).encode()
         self._writer.write(head + body)
         reader = self._reader
-        status_line = await reader.readline()
+        try:
+            status_line = await reader.readline()
+        except ConnectionError:
+            status_line = b""
+        if not status_line and reused:
+            # The server closed this idle keep-alive connection before reading the request
+            # (uvicorn does after 5 s): nothing was processed, so send it again on a new one.
+            await self._connect()
+            self._writer.write(head + body)
+            reader = self._reader
+            status_line = await reader.readline()
         if not status_line:
             self._writer = None
             raise ConnectionError("server closed the connection")

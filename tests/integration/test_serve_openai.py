@@ -75,6 +75,11 @@ def test_requests_spread_over_both_workers(mocker_serve):
     assert 'dynamo_frontend_requests_total{endpoint="completions",model="test-model",status="ok"} 4.0' in metrics
     status, health = http_get(f"{base}/health")
     assert status == 200 and len(health["instances"]) == 2
+    # Each child shows its role in `ps`: its command line reads `.../dynamo worker --engine mocker ...`.
+    for instance in health["instances"]:
+        cmdline = open(f"/proc/{instance['pid']}/cmdline", "rb").read().split(b"\0")
+        words = [os.path.basename(w.decode()) for w in cmdline if w]
+        assert words[1:4] == ["dynamo", "worker", "--engine"] and words[4] == "mocker", words
 
 
 def test_stop_strings_and_n_choices(mocker_serve):

@@ -142,7 +142,7 @@ class RequestPlaneServer:
         self._host, self._port = host, port
         self._handlers: dict[str, Handler] = {}
         self._server: asyncio.base_events.Server | None = None
-        self._connections: set[asyncio.Task] = set()
+        self._connections: dict[asyncio.Task, _FrameWriter] = {}
 
     def register(self, endpoint: str, handler: Handler) -> None:
         self._handlers[endpoint] = handler
@@ -159,17 +159,18 @@ class RequestPlaneServer:
     async def stop(self) -> None:
         if self._server is not None:
             self._server.close()
-        for task in list(self._connections):
-            task.cancel()
-        for task in list(self._connections):
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        # Close the sockets rather than cancel the tasks: each connection's loop then ends by
+        # itself (cancelling its streams), and asyncio has no cancelled callback to complain of.
+        for frames in list(self._connections.values()):
+            frames.close()
+        if self._connections:
+            await asyncio.wait(list(self._connections), timeout=5)
 
     async def _on_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
-        self._connections.add(task)
         frames = _FrameWriter(writer)
+        self._connections[task] = frames
         streams: dict[int, asyncio.Task] = {}
         try:
             while True:
@@ -193,7 +194,7 @@ class RequestPlaneServer:
             for stream_task in list(streams.values()):
                 stream_task.cancel()
             frames.close()
-            self._connections.discard(task)
+            self._connections.pop(task, None)
 
     @staticmethod
     async def _run(handler: Handler, call: Call, frames: _FrameWriter, streams: dict[int, asyncio.Task]) -> None:
