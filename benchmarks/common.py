@@ -10,7 +10,9 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-import httpx
+import urllib.request
+from urllib.parse import urlsplit
+
 import msgspec
 
 
@@ -55,6 +57,11 @@ def _chunk_text(choice: dict) -> str:
     if delta is not None:
         return delta.get("content") or ""
     return choice.get("text") or ""
+
+
+def host_port(url: str) -> tuple[str, int]:
+    parts = urlsplit(url)
+    return parts.hostname or "127.0.0.1", parts.port or 80
 
 
 class RawHttpConnection:
@@ -138,6 +145,26 @@ class RawHttpConnection:
             self._writer = None
 
 
+def _record_chunk(record: RequestRecord, chunk: _Chunk, last: float | None) -> float | None:
+    """Account one SSE chunk; return the time of the latest content chunk."""
+    if chunk.error:
+        record.error = chunk.error.get("message", "error")
+        return last
+    if chunk.usage is not None:
+        record.output_tokens = chunk.usage.completion_tokens
+        record.prompt_tokens = chunk.usage.prompt_tokens
+        details = chunk.usage.prompt_tokens_details or {}
+        record.cached_tokens = details.get("cached_tokens", 0) or 0
+    if chunk.choices and _chunk_text(chunk.choices[0]):
+        now = time.perf_counter()
+        if record.ttft is None:
+            record.ttft = now - record.start
+        elif last is not None:
+            record.gaps.append(now - last)
+        return now
+    return last
+
+
 async def stream_request_raw(conn: RawHttpConnection, path: str, body: dict) -> RequestRecord:
     """`stream_request` over a `RawHttpConnection` (one request at a time per connection)."""
     record = RequestRecord(start=time.perf_counter())
@@ -151,61 +178,11 @@ async def stream_request_raw(conn: RawHttpConnection, path: str, body: dict) -> 
             record.end = time.perf_counter()
             return record
         async for _, line in lines:
-            if not line.startswith(b"data: ") or line.startswith(b"data: [DONE]"):
-                continue
-            chunk = _decode_chunk(line[6:])
-            if chunk.error:
-                record.error = chunk.error.get("message", "error")
-                continue
-            if chunk.usage is not None:
-                record.output_tokens = chunk.usage.completion_tokens
-                record.prompt_tokens = chunk.usage.prompt_tokens
-                details = chunk.usage.prompt_tokens_details or {}
-                record.cached_tokens = details.get("cached_tokens", 0) or 0
-            if chunk.choices and _chunk_text(chunk.choices[0]):
-                now = time.perf_counter()
-                if record.ttft is None:
-                    record.ttft = now - record.start
-                elif last is not None:
-                    record.gaps.append(now - last)
-                last = now
+            if line.startswith(b"data: ") and not line.startswith(b"data: [DONE]"):
+                last = _record_chunk(record, _decode_chunk(line[6:]), last)
     except (OSError, asyncio.IncompleteReadError, ValueError) as exc:
         record.error = f"{type(exc).__name__}: {exc}"
         conn._writer = None
-    record.end = time.perf_counter()
-    return record
-
-
-async def stream_request(client: httpx.AsyncClient, path: str, body: dict) -> RequestRecord:
-    """Send one streaming request; time its first content and the gaps between contents."""
-    record = RequestRecord(start=time.perf_counter())
-    last = None
-    try:
-        async with client.stream("POST", path, json=body) as response:
-            if response.status_code != 200:
-                record.error = f"HTTP {response.status_code}: {(await response.aread())[:200]!r}"
-                return record
-            async for line in response.aiter_lines():
-                if not line.startswith("data: ") or line == "data: [DONE]":
-                    continue
-                chunk = _decode_chunk(line[6:])
-                if chunk.error:
-                    record.error = chunk.error.get("message", "error")
-                    break
-                if chunk.usage is not None:
-                    record.output_tokens = chunk.usage.completion_tokens
-                    record.prompt_tokens = chunk.usage.prompt_tokens
-                    details = chunk.usage.prompt_tokens_details or {}
-                    record.cached_tokens = details.get("cached_tokens", 0) or 0
-                if chunk.choices and _chunk_text(chunk.choices[0]):
-                    now = time.perf_counter()
-                    if record.ttft is None:
-                        record.ttft = now - record.start
-                    elif last is not None:
-                        record.gaps.append(now - last)
-                    last = now
-    except httpx.HTTPError as exc:
-        record.error = f"{type(exc).__name__}: {exc}"
     record.end = time.perf_counter()
     return record
 
@@ -239,11 +216,11 @@ def process_cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-async def scrape_cpu_seconds(client: httpx.AsyncClient) -> float | None:
+async def scrape_cpu_seconds(base_url: str) -> float | None:
     """The frontend's own `process_cpu_seconds_total` from its /metrics."""
     try:
-        text = (await client.get("/metrics")).text
-    except httpx.HTTPError:
+        text = await asyncio.to_thread(lambda: urllib.request.urlopen(f"{base_url}/metrics", timeout=10).read().decode())
+    except OSError:
         return None
     for line in text.splitlines():
         if line.startswith("process_cpu_seconds_total "):

@@ -15,10 +15,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import random
 import time
-
-import httpx
 
 from benchmarks.common import (
     markdown_table,
@@ -40,14 +39,19 @@ def make_words(n: int, rng: random.Random) -> str:
     return " ".join(rng.choice(WORDS) for _ in range(max(n, 1)))
 
 
-async def calibrate(client: httpx.AsyncClient, model: str, probe_words: int = 200) -> float:
-    """Prompt tokens per word for this server's tokenizer and chat template."""
-    text = make_words(probe_words, random.Random(0))
-    body = {"model": model, "messages": [{"role": "user", "content": text}], "max_tokens": 1}
-    reply = (await client.post("/v1/chat/completions", json=body)).json()
-    empty = {"model": model, "messages": [{"role": "user", "content": ""}], "max_tokens": 1}
-    overhead = (await client.post("/v1/chat/completions", json=empty)).json()["usage"]["prompt_tokens"]
-    return (reply["usage"]["prompt_tokens"] - overhead) / probe_words, overhead
+async def _prompt_tokens(conn: RawHttpConnection, model: str, text: str) -> int:
+    body = json.dumps({"model": model, "messages": [{"role": "user", "content": text}], "max_tokens": 1}).encode()
+    lines = [line async for _, line in conn.post_lines("/v1/chat/completions", body)]
+    return json.loads(b"".join(l for l in lines if l))["usage"]["prompt_tokens"]
+
+
+async def calibrate(url: str, model: str, probe_words: int = 200) -> tuple[float, int]:
+    """Prompt tokens per word for this server's tokenizer and chat template, and the
+    template's own overhead in tokens."""
+    conn = RawHttpConnection(*host_port(url))
+    full = await _prompt_tokens(conn, model, make_words(probe_words, random.Random(0)))
+    overhead = await _prompt_tokens(conn, model, "")
+    return (full - overhead) / probe_words, overhead
 
 
 class PromptFactory:
@@ -64,17 +68,15 @@ class PromptFactory:
         return prefix + " " + make_words(self.words - self.prefix_words, self.rng)
 
 
-async def run_level(client: httpx.AsyncClient, args, concurrency: int, prompts: PromptFactory) -> dict:
+async def run_level(args, concurrency: int, prompts: PromptFactory) -> dict:
     records = []
     stop_at = time.perf_counter() + args.warmup + args.duration
     count_from = time.perf_counter() + args.warmup
     sent = 0
 
-    url = httpx.URL(args.url)
-
     async def worker():
         nonlocal sent
-        conn = RawHttpConnection(url.host, url.port or 80)
+        conn = RawHttpConnection(*host_port(args.url))
         while time.perf_counter() < stop_at and (args.requests is None or sent < args.requests):
             sent += 1
             body = {
@@ -90,12 +92,12 @@ async def run_level(client: httpx.AsyncClient, args, concurrency: int, prompts: 
                 records.append(record)
 
     await asyncio.sleep(0)
-    cpu_before = await scrape_cpu_seconds(client)
+    cpu_before = await scrape_cpu_seconds(args.url)
     own_before = process_cpu_seconds()
     started = time.perf_counter()
     await asyncio.gather(*[worker() for _ in range(concurrency)])
     wall = time.perf_counter() - (started + args.warmup)  # the measured window
-    cpu_after = await scrape_cpu_seconds(client)
+    cpu_after = await scrape_cpu_seconds(args.url)
     row = summarize(records, wall)
     row["concurrency"] = concurrency
     total_requests = sent or 1
@@ -124,21 +126,19 @@ COLUMNS = [
 
 
 async def main_async(args) -> list[dict]:
-    limits = httpx.Limits(max_connections=max(args.concurrency) + 8, max_keepalive_connections=max(args.concurrency) + 8)
-    async with httpx.AsyncClient(base_url=args.url, timeout=httpx.Timeout(300.0), limits=limits) as client:
-        per_word, overhead = await calibrate(client, args.model)
-        words = max(1, round((args.prompt_tokens - overhead) / per_word))
-        prefix_words = round(args.shared_prefix_tokens / per_word) if args.shared_prefix_tokens else 0
-        print(f"calibrated: {per_word:.2f} tokens/word, template overhead {overhead} tokens -> {words} words a prompt", flush=True)
-        rows = []
-        for concurrency in args.concurrency:
-            prompts = PromptFactory(words, prefix_words, args.prefix_groups, seed=concurrency)
-            row = await run_level(client, args, concurrency, prompts)
-            row["label"] = args.label
-            rows.append(row)
-            print(f"concurrency {concurrency}: {row['requests']} requests, {row['req_per_s']:.1f} req/s, "
-                  f"TTFT p50 {row['ttft_p50_ms']:.1f} ms, errors {row['errors']}", flush=True)
-        return rows
+    per_word, overhead = await calibrate(args.url, args.model)
+    words = max(1, round((args.prompt_tokens - overhead) / per_word))
+    prefix_words = round(args.shared_prefix_tokens / per_word) if args.shared_prefix_tokens else 0
+    print(f"calibrated: {per_word:.2f} tokens/word, template overhead {overhead} tokens -> {words} words a prompt", flush=True)
+    rows = []
+    for concurrency in args.concurrency:
+        prompts = PromptFactory(words, prefix_words, args.prefix_groups, seed=concurrency)
+        row = await run_level(args, concurrency, prompts)
+        row["label"] = args.label
+        rows.append(row)
+        print(f"concurrency {concurrency}: {row['requests']} requests, {row['req_per_s']:.1f} req/s, "
+              f"TTFT p50 {row['ttft_p50_ms']:.1f} ms, errors {row['errors']}", flush=True)
+    return rows
 
 
 def parse_args(argv=None):

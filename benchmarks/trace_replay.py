@@ -25,9 +25,7 @@ import random
 import time
 from dataclasses import dataclass
 
-import httpx
-
-from benchmarks.common import RawHttpConnection, markdown_table, stream_request_raw, summarize, write_json
+from benchmarks.common import RawHttpConnection, host_port, markdown_table, stream_request_raw, summarize, write_json
 
 TRACE_BLOCK = 512
 
@@ -99,7 +97,6 @@ def ideal_hit_rate(requests: list[TraceRequest], block_len: int) -> float:
 
 
 async def replay(args, requests: list[TraceRequest]) -> dict:
-    url = httpx.URL(args.url)
     semaphore = asyncio.Semaphore(args.concurrency_limit)
     idle: list[RawHttpConnection] = []
     records = []
@@ -110,7 +107,7 @@ async def replay(args, requests: list[TraceRequest]) -> dict:
         if delay > 0:
             await asyncio.sleep(delay)
         async with semaphore:
-            conn = idle.pop() if idle else RawHttpConnection(url.host, url.port or 80)
+            conn = idle.pop() if idle else RawHttpConnection(*host_port(args.url))
             body = {
                 "model": args.model, "prompt": req.prompt, "max_tokens": req.max_tokens, "ignore_eos": True,
                 "stream": True, "stream_options": {"include_usage": True},

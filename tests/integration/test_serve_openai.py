@@ -232,3 +232,21 @@ def test_frontend_without_workers_answers_503_then_serves_once_one_registers(clu
     cluster.wait_for_workers(base, 1)
     reply = _client(base).chat.completions.create(model="echo", messages=[{"role": "user", "content": "back"}])
     assert reply.choices[0].message.content == "back"
+
+
+def test_sigterm_stops_serve_and_every_child(cluster):
+    serve, base = cluster.serve("--engine", "echo", workers=2)
+    pids = [i["pid"] for i in http_get(f"{base}/health")[1]["instances"]]
+    assert serve.stop() == 0
+    for pid in pids:
+        wait_until(lambda: not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split()[2] == "Z", 10)
+    with pytest.raises(OSError):
+        http_get(f"{base}/live", timeout=2)
+
+
+def test_mem_discovery_runs_frontend_and_workers_in_one_process(cluster):
+    serve, base = cluster.serve("--engine", "echo", "--discovery", "mem", workers=2)
+    instances = http_get(f"{base}/health")[1]["instances"]
+    assert {i["pid"] for i in instances} == {serve.pid}
+    reply = _client(base).chat.completions.create(model="echo", messages=[{"role": "user", "content": "one process"}])
+    assert reply.choices[0].message.content == "one process"

@@ -172,14 +172,28 @@ async def chat_completions(state: ServingState, body: bytes) -> Response:
             media_type="text/event-stream",
             headers=SSE_HEADERS,
         )
-    texts = [[] for _ in range(req.n)]
-    finish: list[str | None] = [None] * req.n
+    texts, finish = await _collect(first, deltas, tracker, usage)
+    response = ChatCompletion(
+        id=request_id,
+        created=created,
+        model=model.name,
+        choices=[
+            ChatChoice(i, ResponseMessage(content="".join(texts.get(i, []))), finish.get(i)) for i in range(req.n)
+        ],
+        usage=_usage(usage),
+    )
+    return Response(_json.encode(response), media_type="application/json")
+
+
+async def _collect(first, deltas, tracker: _Tracker, usage: UsageCounter) -> tuple[dict[int, list[str]], dict[int, str]]:
+    """Drain every choice's deltas (non-streaming responses): texts and finish reasons by index."""
+    texts: dict[int, list[str]] = {}
+    finish: dict[int, str] = {}
     status = "ok"
     try:
-        delta = first
         async for delta in _chain(first, deltas):
             tracker.on_delta(delta)
-            texts[delta.index].append(delta.text)
+            texts.setdefault(delta.index, []).append(delta.text)
             if delta.finish_reason:
                 finish[delta.index] = delta.finish_reason
     except Exception as exc:
@@ -187,16 +201,7 @@ async def chat_completions(state: ServingState, body: bytes) -> Response:
         raise
     finally:
         tracker.finish(status, usage)
-    response = ChatCompletion(
-        id=request_id,
-        created=created,
-        model=model.name,
-        choices=[
-            ChatChoice(i, ResponseMessage(content="".join(texts[i])), finish[i]) for i in range(req.n)
-        ],
-        usage=_usage(usage),
-    )
-    return Response(_json.encode(response), media_type="application/json")
+    return texts, finish
 
 
 async def _chain(first: ChoiceDelta | None, rest: AsyncIterator[ChoiceDelta]) -> AsyncIterator[ChoiceDelta]:
@@ -254,25 +259,15 @@ async def completions(state: ServingState, body: bytes) -> Response:
             media_type="text/event-stream",
             headers=SSE_HEADERS,
         )
-    texts = {c.index: [echo_text.get(c.index, "")] for c in choices}
-    finish: dict[int, str | None] = {c.index: None for c in choices}
-    status = "ok"
-    try:
-        async for delta in _chain(first, deltas):
-            tracker.on_delta(delta)
-            texts[delta.index].append(delta.text)
-            if delta.finish_reason:
-                finish[delta.index] = delta.finish_reason
-    except Exception as exc:
-        status = type(exc).__name__
-        raise
-    finally:
-        tracker.finish(status, usage)
+    texts, finish = await _collect(first, deltas, tracker, usage)
     response = Completion(
         id=request_id,
         created=created,
         model=model.name,
-        choices=[CompletionChoice(i, "".join(texts[i]), finish[i]) for i in sorted(texts)],
+        choices=[
+            CompletionChoice(c.index, echo_text.get(c.index, "") + "".join(texts.get(c.index, [])), finish.get(c.index))
+            for c in choices
+        ],
         usage=_usage(usage),
     )
     return Response(_json.encode(response), media_type="application/json")

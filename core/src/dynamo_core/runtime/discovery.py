@@ -85,6 +85,13 @@ class DiscoverySpec:
     description: str = ""
 
 
+def diff_events(known: dict[str, bytes], current: dict[str, bytes]) -> list[WatchEvent]:
+    """The events that take a watcher from `known` to `current` (backends that re-list)."""
+    events = [WatchEvent(WatchEventKind.PUT, k, v) for k, v in current.items() if known.get(k) != v]
+    events += [WatchEvent(WatchEventKind.DELETE, k) for k in known.keys() - current.keys()]
+    return events
+
+
 # ---------------------------------------------------------------------------------------------
 # mem
 # ---------------------------------------------------------------------------------------------
@@ -266,11 +273,8 @@ class FileDiscovery(DiscoveryBackend):
         known: dict[str, bytes] = {}
         while True:
             current = {k: v for k, (_, v) in self._scan(prefix).items()}
-            for key, value in current.items():
-                if known.get(key) != value:
-                    yield WatchEvent(WatchEventKind.PUT, key, value)
-            for key in known.keys() - current.keys():
-                yield WatchEvent(WatchEventKind.DELETE, key)
+            for event in diff_events(known, current):
+                yield event
             known = current
             await asyncio.sleep(self._poll)
 

@@ -18,7 +18,7 @@ from urllib.parse import urlparse
 
 import aetcd
 
-from dynamo_core.runtime.discovery import DiscoveryBackend, DiscoveryConfig, WatchEvent, WatchEventKind
+from dynamo_core.runtime.discovery import DiscoveryBackend, DiscoveryConfig, WatchEvent, WatchEventKind, diff_events
 
 log = logging.getLogger(__name__)
 
@@ -131,11 +131,8 @@ class EtcdDiscovery(DiscoveryBackend):
                 watch = await client.watch_prefix(prefix.encode())
                 try:
                     current = {kv.key.decode(): kv.value for kv in await client.get_prefix(prefix.encode())}
-                    for key, value in current.items():
-                        if known.get(key) != value:
-                            yield WatchEvent(WatchEventKind.PUT, key, value)
-                    for key in known.keys() - current.keys():
-                        yield WatchEvent(WatchEventKind.DELETE, key)
+                    for event in diff_events(known, current):
+                        yield event
                     known = current
                     async for event in watch:
                         key = event.kv.key.decode()

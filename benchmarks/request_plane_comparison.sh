@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# The core gateway benchmark (2 mocker workers at --speedup-ratio 1000, ~512-token prompts,
+# 64 output tokens) through the TCP request plane and through NATS (request + event planes),
+# to show what NATS adds per request. Needs nats-server on PATH (Debian: nats-server).
+#   bash benchmarks/request_plane_comparison.sh [CONCURRENCY_LIST] [DURATION]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+levels=${1:-8,32,128}
+duration=${2:-10}
+port=8132
+nats_port=4232
+tmp=$(mktemp -d)
+nats-server -a 127.0.0.1 -p $nats_port -js -sd "$tmp/nats" > "$tmp/nats.log" 2>&1 &
+nats=$!
+trap 'kill $nats 2>/dev/null || true; rm -rf "$tmp"' EXIT
+for plane in tcp nats; do
+  DYN_FILE_DISCOVERY_DIR=$tmp/disc-$plane uv run dynamo serve --workers 2 --speedup-ratio 1000 --http-port $port \
+    --request-plane $plane --event-plane $plane --nats-url nats://127.0.0.1:$nats_port > "$tmp/serve-$plane.log" 2>&1 &
+  serve=$!
+  for _ in $(seq 1 120); do
+    if curl -sf "localhost:$port/health" | grep -o instance_id | wc -l | grep -q '^2$'; then break; fi
+    sleep 0.5
+  done
+  echo "== request plane: $plane"
+  uv run python -m benchmarks.loadgen --url "http://127.0.0.1:$port" --concurrency "$levels" --duration "$duration" \
+    --warmup 2 --label "$plane"
+  kill -TERM $serve; wait $serve || true
+done
