@@ -1,109 +1,206 @@
-"""Closed-loop load generator for OpenAI streaming chat.
+"""Closed-loop load generator for OpenAI streaming chat completions.
 
-    python -m benchmarks.loadgen --url http://127.0.0.1:8000 --model mocker \
+    python -m benchmarks.loadgen --url http://127.0.0.1:8000 --model mocker \\
         --concurrency 8,32,128 --duration 20 --prompt-tokens 512 --output-tokens 64
 
-For each concurrency level, C clients each send their next request as soon as the previous
-one ends, for `--duration` seconds (after `--warmup` seconds not counted). Prompts are
-calibrated once against the server's own tokenizer (a 1-token request reports
-`usage.prompt_tokens`) to land near `--prompt-tokens`. Reported per level: requests/s, output
-tokens/s, TTFT, ITL and end-to-end latency percentiles, errors, the frontend's CPU-seconds per
-1000 requests (from its /metrics `process_cpu_seconds_total`) and the generator's own.
+For each concurrency level C, C workers each send their next request as soon as the previous
+one ends: first for `--warmup` seconds (not counted), then for `--duration` seconds (or
+`--requests N` requests). Requests stream (`max_tokens` = `--output-tokens`, `ignore_eos`,
+usage in the last chunk). Prompts are made of words, calibrated once against the server's own
+tokenizer and chat template (`usage.prompt_tokens` of `max_tokens=1` requests) so that they
+come out at about `--prompt-tokens`; the achieved mean is reported. With
+`--shared-prefix-tokens N --prefix-groups G` each prompt starts with one of G fixed N-token
+prefixes.
+
+Reported per level: requests/s, output tokens/s, TTFT, ITL and end-to-end percentiles, errors,
+the frontend's CPU-seconds per 1000 requests (from `process_cpu_seconds_total` on its
+/metrics, scraped before and after the level) and the generator's own, so a reader can tell
+whether the generator kept up.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import random
 import time
+from dataclasses import dataclass
+from typing import Any
 
 from benchmarks.common import (
+    RequestRecord,
+    StreamClient,
+    append_json_lines,
     markdown_table,
+    print_errors,
     process_cpu_seconds,
-    RawHttpConnection,
-    scrape_cpu_seconds,
-    stream_request_raw,
+    run_async,
     summarize,
-    write_json,
 )
 
+CHAT_PATH = "/v1/chat/completions"
+
+# Equal-length common words: each is one token for BPE vocabularies and five bytes (plus a
+# space) for byte-level ones, so a prompt's token count barely varies with the words drawn.
 WORDS = (
-    "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike november oscar papa "
-    "quebec romeo sierra tango uniform victor whiskey xray yankee zulu river mountain forest ocean"
+    "apple bread chair dance eagle field grape horse image judge knife lemon mouse north ocean piano "
+    "queen river stone table uncle voice water youth zebra plant cloud light sound green black white"
 ).split()
+MARKER_WORDS = 4  # leading words that number the request, so no two prompts share a first block
 
 
-def make_words(n: int, rng: random.Random) -> str:
-    return " ".join(rng.choice(WORDS) for _ in range(max(n, 1)))
+# ---------------------------------------------------------------------------------------------
+# prompts
+# ---------------------------------------------------------------------------------------------
 
 
-async def _prompt_tokens(conn: RawHttpConnection, model: str, text: str) -> int:
-    body = json.dumps({"model": model, "messages": [{"role": "user", "content": text}], "max_tokens": 1}).encode()
-    lines = [line async for _, line in conn.post_lines("/v1/chat/completions", body)]
-    return json.loads(b"".join(l for l in lines if l))["usage"]["prompt_tokens"]
+def random_words(count: int, rng: random.Random) -> list[str]:
+    return rng.choices(WORDS, k=max(count, 0))
 
 
-async def calibrate(url: str, model: str, probe_words: int = 200) -> tuple[float, int]:
-    """Prompt tokens per word for this server's tokenizer and chat template, and the
-    template's own overhead in tokens."""
-    conn = RawHttpConnection(*host_port(url))
-    full = await _prompt_tokens(conn, model, make_words(probe_words, random.Random(0)))
-    overhead = await _prompt_tokens(conn, model, "")
-    return (full - overhead) / probe_words, overhead
+def request_marker(sequence: int) -> list[str]:
+    """`sequence` written in base len(WORDS): distinct for the first 32**4 (1M) requests."""
+    digits = []
+    for _ in range(MARKER_WORDS):
+        sequence, digit = divmod(sequence, len(WORDS))
+        digits.append(WORDS[digit])
+    return digits
 
 
 class PromptFactory:
-    def __init__(self, words_per_prompt: int, shared_prefix_words: int, groups: int, seed: int):
-        self.rng = random.Random(seed)
-        self.words = words_per_prompt
-        self.prefixes = [make_words(shared_prefix_words, random.Random(1000 + g)) for g in range(groups)] if shared_prefix_words else []
-        self.prefix_words = shared_prefix_words
+    """Prompts of a fixed word count: [shared prefix] + request marker + random words."""
+
+    def __init__(self, words: int, prefix_words: int, prefix_groups: int, seed: int):
+        self.words = max(words, MARKER_WORDS + prefix_words + 1)
+        self.prefix_words = prefix_words
+        self.prefixes = [random_words(prefix_words, random.Random(f"prefix-{g}")) for g in range(prefix_groups)]
+        self._rng = random.Random(seed)
+        self._sequence = 0
 
     def next(self) -> str:
-        if not self.prefixes:
-            return make_words(self.words, self.rng)
-        prefix = self.rng.choice(self.prefixes)
-        return prefix + " " + make_words(self.words - self.prefix_words, self.rng)
+        self._sequence += 1
+        prefix = self._rng.choice(self.prefixes) if self.prefix_words else []
+        tail = random_words(self.words - len(prefix) - MARKER_WORDS, self._rng)
+        return " ".join([*prefix, *request_marker(self._sequence), *tail])
 
 
-async def run_level(args, concurrency: int, prompts: PromptFactory) -> dict:
-    records = []
-    stop_at = time.perf_counter() + args.warmup + args.duration
-    count_from = time.perf_counter() + args.warmup
-    sent = 0
+async def prompt_tokens_of(client: StreamClient, model: str, text: str) -> int:
+    body = {"model": model, "messages": [{"role": "user", "content": text}], "max_tokens": 1}
+    return int((await client.post_json(CHAT_PATH, body))["usage"]["prompt_tokens"])
 
-    async def worker():
-        nonlocal sent
-        conn = RawHttpConnection(*host_port(args.url))
-        while time.perf_counter() < stop_at and (args.requests is None or sent < args.requests):
-            sent += 1
-            body = {
-                "model": args.model,
-                "messages": [{"role": "user", "content": prompts.next()}],
-                "max_tokens": args.output_tokens,
-                "ignore_eos": True,
-                "stream": True,
-                "stream_options": {"include_usage": True},
-            }
-            record = await stream_request_raw(conn, "/v1/chat/completions", body)
-            if record.start >= count_from:
-                records.append(record)
 
-    await asyncio.sleep(0)
-    cpu_before = await scrape_cpu_seconds(args.url)
-    own_before = process_cpu_seconds()
+@dataclass
+class Calibration:
+    tokens_per_word: float
+    template_tokens: int  # what the chat template adds around the user's text
+    words: int  # words a prompt needs for the target
+    prefix_words: int
+
+    def describe(self) -> str:
+        return (f"calibrated: {self.tokens_per_word:.2f} tokens/word, chat template {self.template_tokens} tokens "
+                f"-> {self.words} words a prompt ({self.prefix_words} of them a shared prefix)")
+
+
+async def calibrate(client: StreamClient, args: argparse.Namespace) -> Calibration:
+    """Fit tokens = template + per_word * words from two probes, then correct the word count
+    with a third probe at the chosen size (tokenizers are not exactly linear)."""
+    small, large = 8, 256
+    rng = random.Random(0)
+    tokens_small = await prompt_tokens_of(client, args.model, " ".join(random_words(small, rng)))
+    tokens_large = await prompt_tokens_of(client, args.model, " ".join(random_words(large, rng)))
+    per_word = max((tokens_large - tokens_small) / (large - small), 1e-6)
+    template = max(round(tokens_small - per_word * small), 0)
+    words = max(round((args.prompt_tokens - template) / per_word), 1)
+    prefix_words = round(args.shared_prefix_tokens / per_word) if args.shared_prefix_tokens else 0
+    probe = PromptFactory(words, prefix_words, max(args.prefix_groups, 1), seed=0)
+    measured = await prompt_tokens_of(client, args.model, probe.next())
+    words = max(words + round((args.prompt_tokens - measured) / per_word), 1)
+    return Calibration(per_word, template, words, prefix_words)
+
+
+# ---------------------------------------------------------------------------------------------
+# one concurrency level
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Level:
+    """The time window of one concurrency level and what it has started."""
+
+    warm_until: float
+    stop_at: float | None  # duration mode: no request starts after this
+    max_requests: int | None  # request mode: how many requests to measure after warm-up
+    measured_starts: int = 0
+
+    def next_phase(self) -> str | None:
+        """"warmup" or "measured" for the request about to start; None once the level is over."""
+        now = time.perf_counter()
+        if now < self.warm_until:
+            return "warmup"
+        if self.stop_at is not None:
+            return "measured" if now < self.stop_at else None
+        if self.measured_starts >= (self.max_requests or 0):
+            return None
+        self.measured_starts += 1
+        return "measured"
+
+
+def chat_body(args: argparse.Namespace, prompt: str) -> dict[str, Any]:
+    return {
+        "model": args.model,
+        "messages": [{"role": "user", "content": prompt}],
+        "max_tokens": args.output_tokens,
+        "ignore_eos": True,
+        "stream": True,
+        # continuous_usage_stats (vLLM) puts token counts on every chunk; others ignore it.
+        "stream_options": {"include_usage": True, "continuous_usage_stats": True},
+    }
+
+
+def measured_records(records: list[tuple[str, RequestRecord]], level: Level) -> tuple[list[RequestRecord], float]:
+    """The records that count, and the window they count over.
+
+    Duration mode counts the requests that ended inside [end of warm-up, stop]: a steady
+    window, free of the ramp-up and of the drain at the end. Request mode counts the N requests
+    started after warm-up, from the first one's start to the last one's end.
+    """
+    if level.stop_at is not None:
+        window = level.stop_at - level.warm_until
+        ended = [r for _, r in records if r.end is not None and level.warm_until <= r.end <= level.stop_at]
+        return ended, window
+    measured = [r for phase, r in records if phase == "measured"]
+    if not measured:
+        return [], 0.0
+    return measured, max(r.end or r.start for r in measured) - min(r.start for r in measured)
+
+
+async def run_level(client: StreamClient, args: argparse.Namespace, concurrency: int, prompts: PromptFactory) -> dict[str, Any]:
+    records: list[tuple[str, RequestRecord]] = []
+    frontend_cpu_before = await client.metric("process_cpu_seconds_total")
+    own_cpu_before = process_cpu_seconds()
     started = time.perf_counter()
-    await asyncio.gather(*[worker() for _ in range(concurrency)])
-    wall = time.perf_counter() - (started + args.warmup)  # the measured window
-    cpu_after = await scrape_cpu_seconds(args.url)
-    row = summarize(records, wall)
+    warm_until = started + args.warmup
+    level = Level(warm_until, warm_until + args.duration if args.requests is None else None, args.requests)
+
+    async def worker() -> None:
+        while (phase := level.next_phase()) is not None:
+            records.append((phase, await client.stream(CHAT_PATH, chat_body(args, prompts.next()))))
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    wall = time.perf_counter() - started
+    own_cpu = process_cpu_seconds() - own_cpu_before
+    frontend_cpu_after = await client.metric("process_cpu_seconds_total")
+
+    counted, window = measured_records(records, level)
+    row = summarize(counted, window)
     row["concurrency"] = concurrency
-    total_requests = sent or 1
-    if cpu_before is not None and cpu_after is not None:
-        row["frontend_cpu_s_per_1k"] = (cpu_after - cpu_before) / total_requests * 1000
-    row["loadgen_cpu_s_per_1k"] = (process_cpu_seconds() - own_before) / total_requests * 1000
+    # CPU covers the whole level (warm-up and drain included), so divide by every request sent.
+    per_1k = 1000 / max(len(records), 1)
+    if frontend_cpu_before is not None and frontend_cpu_after is not None:
+        row["frontend_cpu_s_per_1k"] = (frontend_cpu_after - frontend_cpu_before) * per_1k
+        row["frontend_cpu_util"] = (frontend_cpu_after - frontend_cpu_before) / wall
+    row["loadgen_cpu_s_per_1k"] = own_cpu * per_1k
+    row["loadgen_cpu_util"] = own_cpu / wall
     return row
 
 
@@ -120,55 +217,99 @@ COLUMNS = [
     ("e2e_p50_ms", "E2E p50 ms", ".0f"),
     ("e2e_p99_ms", "E2E p99 ms", ".0f"),
     ("mean_prompt_tokens", "prompt tok", ".0f"),
+    ("mean_output_tokens", "output tok", ".0f"),
+    ("tokens_per_chunk", "tok/chunk", ".1f"),
+    ("prefix_hit_rate", "prefix hit", ".0%"),
     ("frontend_cpu_s_per_1k", "frontend CPU s/1k req", ".2f"),
+    ("frontend_cpu_util", "frontend CPU util", ".0%"),
     ("loadgen_cpu_s_per_1k", "loadgen CPU s/1k req", ".2f"),
+    ("loadgen_cpu_util", "loadgen CPU util", ".0%"),
 ]
 
 
-async def main_async(args) -> list[dict]:
-    per_word, overhead = await calibrate(args.url, args.model)
-    words = max(1, round((args.prompt_tokens - overhead) / per_word))
-    prefix_words = round(args.shared_prefix_tokens / per_word) if args.shared_prefix_tokens else 0
-    print(f"calibrated: {per_word:.2f} tokens/word, template overhead {overhead} tokens -> {words} words a prompt", flush=True)
-    rows = []
-    for concurrency in args.concurrency:
-        prompts = PromptFactory(words, prefix_words, args.prefix_groups, seed=concurrency)
-        row = await run_level(args, concurrency, prompts)
-        row["label"] = args.label
-        rows.append(row)
-        print(f"concurrency {concurrency}: {row['requests']} requests, {row['req_per_s']:.1f} req/s, "
-              f"TTFT p50 {row['ttft_p50_ms']:.1f} ms, errors {row['errors']}", flush=True)
-    return rows
+# ---------------------------------------------------------------------------------------------
+# command line
+# ---------------------------------------------------------------------------------------------
 
 
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--url", default="http://127.0.0.1:8000")
+async def main_async(args: argparse.Namespace) -> list[dict[str, Any]]:
+    client = StreamClient(args.url, max(args.concurrency), args.client, args.timeout)
+    try:
+        calibration = await calibrate(client, args)
+        print(calibration.describe(), flush=True)
+        rows = []
+        for concurrency in args.concurrency:
+            prompts = PromptFactory(calibration.words, calibration.prefix_words, max(args.prefix_groups, 1), seed=concurrency)
+            row = await run_level(client, args, concurrency, prompts)
+            row.update(settings(args, calibration))
+            rows.append(row)
+            print(f"concurrency {concurrency}: {row['requests']} requests, {row['req_per_s']:.1f} req/s, "
+                  f"TTFT p50 {row['ttft_p50_ms']:.1f} ms, {row['errors']} errors", flush=True)
+        return rows
+    finally:
+        await client.aclose()
+
+
+def settings(args: argparse.Namespace, calibration: Calibration) -> dict[str, Any]:
+    """What a JSON row needs to be read on its own later."""
+    return {
+        "benchmark": "loadgen",
+        "label": args.label,
+        "url": args.url,
+        "model": args.model,
+        "client": args.client,
+        "target_prompt_tokens": args.prompt_tokens,
+        "target_output_tokens": args.output_tokens,
+        "shared_prefix_tokens": args.shared_prefix_tokens,
+        "prefix_groups": args.prefix_groups if args.shared_prefix_tokens else 0,
+        "prompt_words": calibration.words,
+        "duration_s": args.duration if args.requests is None else None,
+        "measured_requests": args.requests,
+        "warmup_s": args.warmup,
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def concurrency_list(text: str) -> list[int]:
+    levels = [int(part) for part in text.split(",") if part.strip()]
+    if not levels or min(levels) < 1:
+        raise argparse.ArgumentTypeError("concurrency levels are positive integers, e.g. 8,32,128")
+    return levels
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.loadgen", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--url", default="http://127.0.0.1:8000", help="the frontend's base URL")
     p.add_argument("--model", default="mocker")
-    p.add_argument("--concurrency", type=lambda s: [int(x) for x in s.split(",")], default=[8, 32, 128])
-    p.add_argument("--duration", type=float, default=20.0, help="measured seconds per level")
-    p.add_argument("--warmup", type=float, default=3.0, help="seconds per level not counted")
-    p.add_argument("--requests", type=int, default=None, help="stop each level after this many requests instead")
+    p.add_argument("--concurrency", type=concurrency_list, default=[8, 32, 128], help="comma-separated levels")
+    p.add_argument("--duration", type=float, default=20.0, help="measured seconds a level")
+    p.add_argument("--requests", type=int, default=None, help="measure this many requests a level instead of --duration")
+    p.add_argument("--warmup", type=float, default=5.0, help="seconds of load a level before measuring")
     p.add_argument("--prompt-tokens", type=int, default=512)
     p.add_argument("--output-tokens", type=int, default=64)
-    p.add_argument("--shared-prefix-tokens", type=int, default=0, help="leading tokens shared within a prefix group")
-    p.add_argument("--prefix-groups", type=int, default=4)
-    p.add_argument("--label", default="")
-    p.add_argument("--json-out", default=None, help="append one JSON line per level here")
-    return p.parse_args(argv)
+    p.add_argument("--shared-prefix-tokens", type=int, default=0, help="leading prompt tokens taken from a prefix group")
+    p.add_argument("--prefix-groups", type=int, default=4, help="distinct shared prefixes")
+    p.add_argument("--client", choices=["raw", "httpx"], default="raw", help="streaming transport (see common.py)")
+    p.add_argument("--timeout", type=float, default=600.0, help="seconds before a request counts as failed")
+    p.add_argument("--label", default="", help="a name kept in the JSON rows")
+    p.add_argument("--json-out", default=None, help="append one JSON line a level to this file")
+    args = p.parse_args(argv)
+    if args.shared_prefix_tokens >= args.prompt_tokens:
+        p.error("--shared-prefix-tokens must be below --prompt-tokens")
+    if args.requests is not None and args.requests < 1:
+        p.error("--requests must be positive")
+    return args
 
 
-def main(argv=None) -> None:
+def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    try:
-        import uvloop
-
-        rows = uvloop.run(main_async(args))
-    except ImportError:
-        rows = asyncio.run(main_async(args))
+    rows = run_async(main_async(args))
     print()
     print(markdown_table(rows, COLUMNS))
-    write_json(args.json_out, rows)
+    print_errors(rows, "concurrency")
+    append_json_lines(args.json_out, rows)
 
 
 if __name__ == "__main__":

@@ -7,28 +7,39 @@
 # - arrivals are sped up by TIME_SCALE, and so is the mocker (--speedup-ratio).
 # The system then carries the trace's real load, only faster and with shorter token runs.
 #   bash benchmarks/router_comparison.sh [MAX_REQUESTS] [TIME_SCALE] [TOKEN_SCALE]
+# KV_BLOCKS=N overrides the per-worker KV capacity (e.g. an engine with host-memory offload).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 max_requests=${1:-100000}
 time_scale=${2:-24}
 token_scale=${3:-0.03125}
 prefill_rate=$(python3 -c "print(12000 * $token_scale)")
-kv_blocks=$(python3 -c "print(max(64, round(470000 * $token_scale / 16)))")
+# The attention terms scale with context length: shrink the prefill "doubling context" and grow
+# the decode cost per KV token by the same factor, so a scaled context costs what the full one does.
+doubling=$(python3 -c "print(max(1, round(32768 * $token_scale)))")
+per_kv=$(python3 -c "print(0.045 / $token_scale)")
+kv_blocks=${KV_BLOCKS:-$(python3 -c "print(max(64, round(470000 * $token_scale / 16)))")}
 traces_dir=${TRACES_DIR:-../shared/data/traces}
 out=${OUT_JSON:-bench-results/router_comparison.jsonl}
 mkdir -p "$(dirname "$out")"
 port=8131
-for trace in conversation_trace synthetic_trace; do
-  for router in kv round-robin least-loaded; do
+for trace in ${TRACES:-conversation_trace synthetic_trace}; do
+  for router in ${ROUTERS:-kv round-robin least-loaded}; do
     disc=$(mktemp -d)
     DYN_FILE_DISCOVERY_DIR=$disc uv run dynamo serve --router "$router" --workers 4 --num-gpu-blocks "$kv_blocks" \
-      --prefill-tokens-per-s "$prefill_rate" --speedup-ratio "$time_scale" \
-      --http-port $port > "bench-results/serve-$router.log" 2>&1 &
+      --prefill-tokens-per-s "$prefill_rate" --prefill-doubling-context "$doubling" \
+      --decode-ms-per-1k-kv-tokens "$per_kv" --speedup-ratio "$time_scale" \
+      --http-port $port > "bench-results/serve-$trace-$router.log" 2>&1 &
     serve=$!
-    for _ in $(seq 1 120); do
-      if curl -sf "localhost:$port/health" | grep -o instance_id | wc -l | grep -q '^4$'; then break; fi
+    ready=no
+    for _ in $(seq 1 240); do
+      if curl -sf "localhost:$port/health" | grep -o instance_id | wc -l | grep -q '^4$'; then ready=yes; break; fi
       sleep 0.5
     done
+    if [ $ready != yes ]; then
+      echo "serve with --router $router did not come up; see bench-results/serve-$trace-$router.log" >&2
+      kill -TERM $serve 2>/dev/null || true; exit 1
+    fi
     uv run python -m benchmarks.trace_replay --url "http://127.0.0.1:$port" --trace "$traces_dir/$trace.jsonl" \
       --max-requests "$max_requests" --time-scale "$time_scale" --token-scale "$token_scale" \
       --label "$router" --json-out "$out"

@@ -250,3 +250,33 @@ def test_mem_discovery_runs_frontend_and_workers_in_one_process(cluster):
     assert {i["pid"] for i in instances} == {serve.pid}
     reply = _client(base).chat.completions.create(model="echo", messages=[{"role": "user", "content": "one process"}])
     assert reply.choices[0].message.content == "one process"
+
+
+def test_tokenize_detokenize_and_single_model_endpoints(cluster, mistral_tokenizer_dir):
+    import json
+    import urllib.request
+
+    _, base = cluster.serve("--engine", "echo", "--model", str(mistral_tokenizer_dir), "--model-name", "m", workers=1)
+
+    def post(path, body):
+        request = urllib.request.Request(f"{base}{path}", data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read())
+
+    status, body = post("/tokenize", {"model": "m", "prompt": "Hello world"})
+    assert status == 200 and body["tokens"][0] == 1 and body["count"] == len(body["tokens"]) and body["max_model_len"] == 4096
+    status, chat = post("/tokenize", {"model": "m", "messages": [{"role": "user", "content": "Hello world"}]})
+    reply = _client(base).chat.completions.create(model="m", messages=[{"role": "user", "content": "Hello world"}], max_tokens=1)
+    assert chat["count"] == reply.usage.prompt_tokens  # the chat endpoint's own template path
+    status, text = post("/detokenize", {"model": "m", "tokens": body["tokens"]})
+    assert status == 200 and text["prompt"] == "<s> Hello world"
+    status, error = post("/detokenize", {"model": "m", "tokens": [10**9]})
+    assert status == 400 and error["error"]["param"] == "tokens"
+    status, error = post("/tokenize", {"model": "m"})
+    assert status == 400
+    assert http_get(f"{base}/v1/models/m") == (200, {"id": "m", "created": http_get(f"{base}/v1/models")[1]["data"][0]["created"],
+                                                      "owned_by": "dynamo", "object": "model", "max_model_len": 4096})
+    assert http_get(f"{base}/v1/models/nope")[0] == 404

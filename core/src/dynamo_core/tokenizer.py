@@ -1,8 +1,21 @@
-"""Tokenizers for the gateway: an HF-format directory, or the built-in byte-level one.
+"""Tokenizers for the gateway: an HF-format model directory, or the built-in byte-level one.
 
-`load_tokenizer(source)` returns a `TokenizerBundle`: the HF `tokenizers.Tokenizer`, the
-special tokens and EOS ids, and the chat template, read the way `transformers` reads them
-(`chat_template.jinja` first, then `tokenizer_config.json`'s `chat_template`).
+`load_tokenizer(source)` returns a `TokenizerBundle`: the HF `tokenizers.Tokenizer`, the special
+tokens, the EOS ids and the chat template, read from the directory the way `transformers` reads
+them, so a prompt tokenizes here exactly as it would in the engine:
+
+- `tokenizer.json` is the tokenizer (added tokens, normalizer, post-processor and decoder);
+- `tokenizer_config.json` names `bos_token`, `eos_token` (a string, or an AddedToken-style dict
+  with "content"), `add_bos_token` and `chat_template` (a string, or a list of named templates
+  of which "default" is used); `special_tokens_map.json`, when present, overrides the token
+  names as it does in `transformers`;
+- `chat_template.jinja` takes precedence over the config's `chat_template`;
+- the `eos_token_id`s of `generation_config.json` and `config.json` (an int or a list) join the
+  EOS token's id, since instruction-tuned models often end turns with a token other than
+  `eos_token` (Llama 3's `<|eot_id|>`, for one).
+
+`BUILTIN_TOKENIZER` ("builtin:bytes") needs no files: one token per UTF-8 byte plus ChatML's
+special tokens, for the mocker and echo engines on a machine with no model downloaded.
 """
 
 from __future__ import annotations
@@ -12,12 +25,13 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
 
 BUILTIN_TOKENIZER = "builtin:bytes"
 
-# ChatML, as many instruction-tuned models use; the built-in tokenizer's special tokens match it.
+# ChatML, as many instruction-tuned models use it; the built-in tokenizer's special tokens match.
 CHATML_TEMPLATE = (
     "{% for message in messages %}"
     "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
@@ -25,100 +39,171 @@ CHATML_TEMPLATE = (
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
 )
 
+_BUILTIN_SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
+_BUILTIN_EOS_TOKENS = ("<|im_end|>", "<|endoftext|>")
+
 
 class TokenizerLoadError(RuntimeError):
-    """The tokenizer source is missing or malformed."""
+    """The tokenizer source is missing or malformed; the message names the file and the fault."""
 
 
 @dataclass(frozen=True)
 class TokenizerBundle:
+    """A model's tokenizer with what the gateway needs around it.
+
+    Frozen, because `load_tokenizer` shares one bundle between every request of a model; use
+    `dataclasses.replace` for a variant (a model card's own chat template, say).
+    """
+
     tokenizer: Tokenizer
-    eos_token_ids: list[int]
+    eos_token_ids: list[int]  # every id that ends generation; the EOS token's own id first
     bos_token: str | None
     eos_token: str | None
     chat_template: str | None
-    vocab_size: int
-    add_bos_token: bool = False
+    vocab_size: int  # ids the tokenizer knows, added tokens included
+    add_bos_token: bool = False  # whether `encode(..., add_special_tokens=True)` prepends BOS
 
     def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
+        """Token ids of `text`. Special-token strings in `text` (e.g. "<|im_end|>") become their
+        ids, as in `transformers`; `add_special_tokens` applies the post-processor (BOS etc.).
+        A rendered chat prompt already holds its special tokens, so the default is False."""
         return self.tokenizer.encode(text, add_special_tokens=add_special_tokens).ids
 
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
+        """Text of `ids`. Ids the tokenizer does not know are ignored; a byte sequence that is not
+        valid UTF-8 decodes to U+FFFD."""
         return self.tokenizer.decode(list(ids), skip_special_tokens=skip_special_tokens)
+
+    def id_to_token(self, token_id: int) -> str | None:
+        """The vocabulary entry of `token_id` (e.g. "▁Hello", "Ġworld", "<0x0A>"), or None."""
+        return self.tokenizer.id_to_token(token_id)
+
+    @functools.cached_property
+    def special_token_ids(self) -> frozenset[int]:
+        """Ids that `decode(..., skip_special_tokens=True)` drops."""
+        return frozenset(i for i, token in self.tokenizer.get_added_tokens_decoder().items() if token.special)
+
+
+# ---------------------------------------------------------------------------------------------
+# the built-in tokenizer
+# ---------------------------------------------------------------------------------------------
+
+
+def _byte_symbols() -> list[str]:
+    """The printable stand-in of each byte value, as GPT-2's byte-level BPE (and so the
+    `ByteLevel` decoder) defines them: printable Latin-1 bytes stand for themselves, the others
+    are shifted past U+0100 in order."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    symbols: dict[int, str] = {b: chr(b) for b in printable}
+    shifted = 0
+    for b in range(256):
+        if b not in symbols:
+            symbols[b] = chr(256 + shifted)
+            shifted += 1
+    return [symbols[b] for b in range(256)]
 
 
 def _builtin() -> TokenizerBundle:
-    """A byte-level BPE with no merges: every UTF-8 byte is a token, so any text round-trips."""
-    byte_to_unicode = pre_tokenizers.ByteLevel.alphabet()
-    vocab = {symbol: i for i, symbol in enumerate(sorted(byte_to_unicode))}
+    """A byte-level BPE without merges: token id b is byte b, so every UTF-8 string (and every
+    byte sequence a model might emit) has exactly one tokenization and decodes back unchanged."""
+    vocab = {symbol: byte for byte, symbol in enumerate(_byte_symbols())}
     tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    # No prefix space and no regex split: both would only matter for merges, and a prefix space
+    # would add a byte that decoding cannot tell from the text's own.
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     tokenizer.decoder = decoders.ByteLevel()
-    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-    tokenizer.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in specials])
-    eos = [tokenizer.token_to_id("<|im_end|>"), tokenizer.token_to_id("<|endoftext|>")]
+    tokenizer.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in _BUILTIN_SPECIAL_TOKENS])
     return TokenizerBundle(
         tokenizer=tokenizer,
-        eos_token_ids=eos,
+        eos_token_ids=[tokenizer.token_to_id(t) for t in _BUILTIN_EOS_TOKENS],
         bos_token=None,
-        eos_token="<|im_end|>",
+        eos_token=_BUILTIN_EOS_TOKENS[0],
         chat_template=CHATML_TEMPLATE,
         vocab_size=tokenizer.get_vocab_size(with_added_tokens=True),
+        add_bos_token=False,
     )
 
 
-def _token_content(value) -> str | None:
-    if isinstance(value, dict):
-        return value.get("content")
-    return value if isinstance(value, str) else None
+# ---------------------------------------------------------------------------------------------
+# HF-format directories
+# ---------------------------------------------------------------------------------------------
 
 
-def _read_json(path: Path) -> dict:
+def _read_json(path: Path) -> dict[str, Any]:
+    """The JSON object in `path`, or {} when the file does not exist."""
     if not path.is_file():
         return {}
     try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise TokenizerLoadError(f"{path}: {exc}") from exc
-    return data if isinstance(data, dict) else {}
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise TokenizerLoadError(f"{path} is not readable JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise TokenizerLoadError(f"{path} must hold a JSON object, not {type(data).__name__}")
+    return data
 
 
-def _eos_ids_from(config: dict) -> list[int]:
+def _token_content(value: Any) -> str | None:
+    """A special token as configs write it: "</s>", or {"content": "</s>", "lstrip": ...}."""
+    if isinstance(value, dict):
+        content = value.get("content")
+        return content if isinstance(content, str) else None
+    return value if isinstance(value, str) else None
+
+
+def _eos_ids_in(config: dict[str, Any]) -> list[int]:
     value = config.get("eos_token_id")
-    if isinstance(value, int):
-        return [value]
-    if isinstance(value, list):
-        return [v for v in value if isinstance(v, int)]
-    return []
+    values = value if isinstance(value, list) else [value]
+    return [v for v in values if isinstance(v, int) and not isinstance(v, bool) and v >= 0]
 
 
-def _chat_template(directory: Path, config: dict) -> str | None:
+def _chat_template(directory: Path, config: dict[str, Any]) -> str | None:
     jinja = directory / "chat_template.jinja"
     if jinja.is_file():
-        return jinja.read_text()
+        try:
+            return jinja.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise TokenizerLoadError(f"{jinja} is not readable: {exc}") from exc
     template = config.get("chat_template")
-    if isinstance(template, list):  # named templates: use "default"
+    if isinstance(template, list):
+        # Named templates ("default", "tool_use", "rag", ...): chat uses "default", as
+        # `transformers` does when no name is asked for; without one there is no chat template.
         named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
-        return named.get("default") or next(iter(named.values()), None)
+        default = named.get("default")
+        return default if isinstance(default, str) else None
     return template if isinstance(template, str) else None
+
+
+def _starts_with_bos(tokenizer: Tokenizer, bos: str | None) -> bool:
+    """Whether the post-processor prepends `bos`: what `add_bos_token` means when the config
+    does not say."""
+    bos_id = tokenizer.token_to_id(bos) if bos is not None else None
+    return bos_id is not None and tokenizer.encode("", add_special_tokens=True).ids[:1] == [bos_id]
 
 
 def _from_directory(directory: Path) -> TokenizerBundle:
     tokenizer_file = directory / "tokenizer.json"
     if not tokenizer_file.is_file():
-        raise TokenizerLoadError(f"{directory} has no tokenizer.json (an HF-format model directory is expected)")
+        raise TokenizerLoadError(
+            f"{directory} has no tokenizer.json (an HF-format model directory with a fast tokenizer is expected)"
+        )
     try:
         tokenizer = Tokenizer.from_file(str(tokenizer_file))
-    except Exception as exc:
-        raise TokenizerLoadError(f"{tokenizer_file}: {exc}") from exc
+    except Exception as exc:  # the Rust loader raises plain Exception for every fault
+        raise TokenizerLoadError(f"{tokenizer_file} is not a valid tokenizer: {exc}") from exc
+
     config = _read_json(directory / "tokenizer_config.json")
-    bos = _token_content(config.get("bos_token"))
-    eos = _token_content(config.get("eos_token"))
+    names = {**config, **_read_json(directory / "special_tokens_map.json")}
+    bos = _token_content(names.get("bos_token"))
+    eos = _token_content(names.get("eos_token"))
+
     eos_ids: list[int] = []
-    if eos is not None and tokenizer.token_to_id(eos) is not None:
-        eos_ids.append(tokenizer.token_to_id(eos))
+    eos_id = tokenizer.token_to_id(eos) if eos is not None else None
+    if eos_id is not None:
+        eos_ids.append(eos_id)
     for extra in (_read_json(directory / "generation_config.json"), _read_json(directory / "config.json")):
-        eos_ids += [i for i in _eos_ids_from(extra) if i not in eos_ids]
+        eos_ids += [i for i in _eos_ids_in(extra) if i not in eos_ids]
+
+    add_bos = config.get("add_bos_token")
     return TokenizerBundle(
         tokenizer=tokenizer,
         eos_token_ids=eos_ids,
@@ -126,16 +211,21 @@ def _from_directory(directory: Path) -> TokenizerBundle:
         eos_token=eos,
         chat_template=_chat_template(directory, config),
         vocab_size=tokenizer.get_vocab_size(with_added_tokens=True),
-        add_bos_token=bool(config.get("add_bos_token", False)),
+        add_bos_token=add_bos if isinstance(add_bos, bool) else _starts_with_bos(tokenizer, bos),
     )
 
 
 @functools.lru_cache(maxsize=32)
 def load_tokenizer(source: str) -> TokenizerBundle:
-    """Load (once per source) the tokenizer of a model directory, or the built-in one."""
+    """The tokenizer of `source`: an HF-format directory, or `BUILTIN_TOKENIZER`.
+
+    Loaded once per source string and shared; raises `TokenizerLoadError` (not cached) when the
+    directory or one of its files is missing or malformed. Loading a large tokenizer.json takes
+    a while: call this off the event loop.
+    """
     if source == BUILTIN_TOKENIZER:
         return _builtin()
     directory = Path(source)
     if not directory.is_dir():
-        raise TokenizerLoadError(f"tokenizer source {source!r} is not a directory")
+        raise TokenizerLoadError(f"tokenizer source {source!r} is not a directory (nor {BUILTIN_TOKENIZER!r})")
     return _from_directory(directory)

@@ -13,18 +13,29 @@ from litestar.openapi import OpenAPIConfig
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from dynamo_core.frontend import metrics
-from dynamo_core.frontend.completions import ServingState, chat_completions, completions, find_model
+from dynamo_core.frontend.completions import ServingState, chat_completions, completions, decode_body, find_model
 from dynamo_core.frontend.engine_client import EngineClient
 from dynamo_core.frontend.errors import BadRequestError, openai_error_handler
 from dynamo_core.frontend.model_registry import ModelRegistry
-from dynamo_core.frontend.preprocessor import prepare_chat, prepare_completion
+from dynamo_core.frontend.preprocessor import prepare_chat, prepare_completion, tokenize_for_endpoint
 from dynamo_core.plugins import get_registry
-from dynamo_core.protocols.openai import ChatCompletionRequest, CompletionRequest, ModelList, ModelObject
+from dynamo_core.protocols.openai import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    DetokenizeRequest,
+    DetokenizeResponse,
+    ModelList,
+    ModelObject,
+    TokenizeRequest,
+    TokenizeResponse,
+)
 from dynamo_core.runtime.discovery import DiscoveryBackend, DiscoveryConfig
 from dynamo_core.runtime.transports import TransportClients
 
 log = logging.getLogger(__name__)
 _json = msgspec.json.Encoder()
+_tokenize_decoder = msgspec.json.Decoder(TokenizeRequest)
+_detokenize_decoder = msgspec.json.Decoder(DetokenizeRequest)
 
 
 @dataclass
@@ -67,6 +78,27 @@ def create_app(config: FrontendConfig, discovery: DiscoveryBackend | None = None
             for m in sorted(registry.models.values(), key=lambda m: m.name)
         ]
         return _json_response(ModelList(data=data))
+
+    @get("/v1/models/{model_id:path}", summary="One served model")
+    async def get_model(model_id: str) -> Response:
+        model = find_model(state, model_id.lstrip("/"))
+        return _json_response(ModelObject(id=model.name, created=model.created, max_model_len=model.card.context_length))
+
+    @post("/tokenize", summary="Token ids of a prompt, or of chat messages as the chat endpoint renders them", status_code=200)
+    async def tokenize(request: Request) -> Response:
+        req = decode_body(_tokenize_decoder, await request.body())
+        model = find_model(state, req.model)
+        tokens = tokenize_for_endpoint(model, req)
+        return _json_response(TokenizeResponse(tokens=tokens, count=len(tokens), max_model_len=model.card.context_length))
+
+    @post("/detokenize", summary="Text of token ids", status_code=200)
+    async def detokenize(request: Request) -> Response:
+        req = decode_body(_detokenize_decoder, await request.body())
+        model = find_model(state, req.model)
+        vocab = model.tokenizer.vocab_size
+        if any(t < 0 or t >= vocab for t in req.tokens):
+            raise BadRequestError(f"token ids must lie in [0, {vocab})", param="tokens")
+        return _json_response(DetokenizeResponse(prompt=model.tokenizer.decode(req.tokens, skip_special_tokens=False)))
 
     @get("/health", summary="200 while at least one worker serves; 503 otherwise")
     async def health() -> Response:
@@ -123,7 +155,7 @@ def create_app(config: FrontendConfig, discovery: DiscoveryBackend | None = None
             await discovery.close()
 
     app = Litestar(
-        route_handlers=[chat, text, list_models, health, live, prometheus_metrics, debug_routing],
+        route_handlers=[chat, text, list_models, get_model, tokenize, detokenize, health, live, prometheus_metrics, debug_routing],
         on_startup=[on_startup],
         on_shutdown=[on_shutdown],
         exception_handlers={Exception: openai_error_handler},

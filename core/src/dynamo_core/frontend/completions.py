@@ -59,7 +59,7 @@ class ServingState:
     engine: EngineClient
 
 
-def _decode(decoder: msgspec.json.Decoder, body: bytes):
+def decode_body(decoder: msgspec.json.Decoder, body: bytes):
     try:
         return decoder.decode(body)
     except (msgspec.ValidationError, msgspec.DecodeError) as exc:
@@ -89,6 +89,7 @@ class _Tracker:
         self.model, self.endpoint = model, endpoint
         self.start = self.last = time.perf_counter()
         self.first = True
+        self._itl = metrics.ITL.labels(model)  # looked up once: observed per delta
         metrics.INFLIGHT.labels(model).inc()
 
     def on_delta(self, delta: ChoiceDelta) -> None:
@@ -98,7 +99,9 @@ class _Tracker:
             self.first = False
         elif delta.token_ids:
             per_token = (now - self.last) / len(delta.token_ids)
-            metrics.ITL.labels(self.model).observe(per_token)
+            observe = self._itl.observe
+            for _ in delta.token_ids:
+                observe(per_token)
         self.last = now
 
     def finish(self, status: str, usage: UsageCounter) -> None:
@@ -159,7 +162,7 @@ def _stop_list(stop) -> list[str]:
 
 
 async def chat_completions(state: ServingState, body: bytes) -> Response:
-    req: ChatCompletionRequest = _decode(_chat_decoder, body)
+    req: ChatCompletionRequest = decode_body(_chat_decoder, body)
     model = find_model(state, req.model)
     request_id = f"chatcmpl-{uuid.uuid4().hex}"
     choices = await prepare_chat(model, req, request_id)
@@ -245,7 +248,7 @@ async def _chat_stream(
 
 
 async def completions(state: ServingState, body: bytes) -> Response:
-    req: CompletionRequest = _decode(_completion_decoder, body)
+    req: CompletionRequest = decode_body(_completion_decoder, body)
     model = find_model(state, req.model)
     request_id = f"cmpl-{uuid.uuid4().hex}"
     choices = await prepare_completion(model, req, request_id)

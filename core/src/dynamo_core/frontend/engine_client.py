@@ -14,7 +14,7 @@ import msgspec
 
 from dynamo_core.frontend.errors import EngineError, ServiceUnavailableError
 from dynamo_core.frontend.model_registry import ServedModel
-from dynamo_core.protocols.engine import EngineOutput, PreprocessedRequest
+from dynamo_core.protocols.engine import EngineOutput, PreprocessedRequest, merge_outputs
 from dynamo_core.routers.base import NoWorkerAvailableError
 from dynamo_core.runtime.request_plane import ConnectionLostError, RemoteError
 from dynamo_core.runtime.transports import TransportClients
@@ -52,10 +52,11 @@ class EngineClient:
             handle.state.in_flight += 1
             output_tokens = 0
             received = False
-            stream = self._client.call(handle.record, GENERATE_ENDPOINT, payload)
+            stream = self._client.call_batched(handle.record, GENERATE_ENDPOINT, payload)
             try:
-                async for item in stream:
-                    output = _output_decoder.decode(item)
+                async for batch in stream:
+                    # Deltas that queued up while we were busy go out as one.
+                    output = merge_outputs([_output_decoder.decode(item) for item in batch])
                     if not received:
                         received = True
                         router.on_first_token(request.request_id, worker_id)

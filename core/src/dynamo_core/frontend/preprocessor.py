@@ -118,6 +118,29 @@ def _render_and_encode(model: ServedModel, req: ChatCompletionRequest) -> tuple[
     return token_ids, last_ids
 
 
+def tokenize_for_endpoint(model: ServedModel, req) -> list[int]:
+    """`POST /tokenize`: a prompt, or chat messages through the same template path as chat."""
+    bundle = model.tokenizer
+    if (req.prompt is None) == (req.messages is None):
+        raise BadRequestError("give exactly one of 'prompt' and 'messages'", param="prompt")
+    if req.prompt is not None:
+        return bundle.encode(req.prompt, add_special_tokens=req.add_special_tokens)
+    if not req.messages:
+        raise BadRequestError("'messages' must contain at least one message", param="messages")
+    try:
+        rendered = render_chat_template(
+            bundle,
+            [msgspec.to_builtins(m) for m in req.messages],
+            tools=req.tools,
+            add_generation_prompt=req.add_generation_prompt and not req.continue_final_message,
+            continue_final_message=req.continue_final_message,
+            template_kwargs=req.chat_template_kwargs,
+        )
+    except ChatTemplateError as exc:
+        raise BadRequestError(str(exc), param="messages") from exc
+    return bundle.encode(rendered, add_special_tokens=False)
+
+
 def _chat_prompt_chars(req: ChatCompletionRequest) -> int:
     return sum(len(m.content) if isinstance(m.content, str) else 256 for m in req.messages)
 

@@ -82,3 +82,22 @@ class EngineInfo(msgspec.Struct, kw_only=True):
     block_size: int
     kv_capacity_blocks: int
     context_length: int
+
+
+def merge_outputs(outputs: list[EngineOutput]) -> EngineOutput:
+    """Consecutive deltas of one stream as one delta (tokens, logprobs and ends combined)."""
+    if len(outputs) == 1:
+        return outputs[0]
+    first, last = outputs[0], outputs[-1]
+    merged = EngineOutput(
+        token_ids=[t for o in outputs for t in o.token_ids],
+        finish_reason=last.finish_reason,
+        prompt_tokens=first.prompt_tokens,
+        cached_tokens=first.cached_tokens,
+        error=last.error,
+    )
+    if any(o.logprobs is not None for o in outputs):
+        merged.logprobs = [lp for o in outputs for lp in (o.logprobs or [])]
+    if any(o.top_logprobs is not None for o in outputs):
+        merged.top_logprobs = [tl for o in outputs for tl in (o.top_logprobs or [])]
+    return merged

@@ -311,19 +311,30 @@ class RequestPlaneClient:
 
     async def call(self, address: str, endpoint: str, payload: bytes) -> AsyncIterator[bytes]:
         """Stream the endpoint's response items. Closing the iterator early cancels the call."""
+        async for batch in self.call_batched(address, endpoint, payload):
+            for item in batch:
+                yield item
+
+    async def call_batched(self, address: str, endpoint: str, payload: bytes) -> AsyncIterator[list[bytes]]:
+        """Like `call`, but yields every item already received at once: a consumer that falls
+        behind catches up in one step instead of one wake-up per item."""
         conn = await self._connection(address)
         stream_id, queue = conn.open_stream(endpoint, payload)
         finished = False
         try:
             while True:
-                item = await queue.get()
-                if item is _END_OF_STREAM:
+                batch = [await queue.get()]
+                while not queue.empty():
+                    batch.append(queue.get_nowait())
+                end = batch[-1]
+                if end is _END_OF_STREAM or isinstance(end, Exception):
                     finished = True
-                    return
-                if isinstance(item, Exception):
-                    finished = True
-                    raise item
-                yield item
+                    if len(batch) > 1:
+                        yield batch[:-1]
+                    if end is _END_OF_STREAM:
+                        return
+                    raise end
+                yield batch
         finally:
             if not finished:
                 conn.cancel_stream(stream_id)

@@ -45,6 +45,15 @@ class TransportClients:
         else:
             raise RequestPlaneError(f"worker {record.instance_id} uses unknown transport '{record.transport}'")
 
+    async def call_batched(self, record: InstanceRecord, endpoint: str, payload: bytes) -> AsyncIterator[list[bytes]]:
+        """`call`, yielding all items already received together (see RequestPlaneClient)."""
+        if record.transport == "tcp":
+            async for batch in self.tcp.call_batched(record.address, endpoint, payload):
+                yield batch
+        else:
+            async for item in self.call(record, endpoint, payload):
+                yield [item]
+
     async def events(self, record: InstanceRecord) -> AsyncIterator[EventPlaneMessage]:
         if record.event_plane == "nats":
             from dynamo_core.runtime.nats_plane import events_subject, subscribe_events

@@ -9,6 +9,10 @@ import msgspec
 from dynamo_core.engines.mocker.timing import H100_LLAMA_8B, TimingProfile
 
 
+class MockerConfigError(ValueError):
+    """An option value the mocker cannot run with; the message names the flag."""
+
+
 class MockerConfig(msgspec.Struct, kw_only=True, frozen=True):
     block_size: int = 16
     num_gpu_blocks: int = 8192
@@ -16,57 +20,74 @@ class MockerConfig(msgspec.Struct, kw_only=True, frozen=True):
     max_num_batched_tokens: int = 8192
     enable_prefix_caching: bool = True
     speedup_ratio: float = 1.0
-    context_length: int | None = None
+    context_length: int | None = None  # None: the model's config.json, else 32768
     timing: TimingProfile = H100_LLAMA_8B
 
     def __post_init__(self) -> None:
         for name in ("block_size", "num_gpu_blocks", "max_num_seqs", "max_num_batched_tokens"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be at least 1")
-        if self.speedup_ratio <= 0:
-            raise ValueError("--speedup-ratio must be positive")
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise MockerConfigError(f"--{_flag(name)} must be a positive integer, got {value!r}")
+        if not self.speedup_ratio > 0:
+            raise MockerConfigError(f"--speedup-ratio must be positive, got {self.speedup_ratio!r}")
         if self.context_length is not None and self.context_length < 1:
-            raise ValueError("--context-length must be at least 1")
-        if self.timing.prefill_tokens_per_s <= 0 or self.timing.decode_base_ms < 0:
-            raise ValueError("--prefill-tokens-per-s must be positive and --decode-base-ms non-negative")
+            raise MockerConfigError(f"--context-length must be a positive integer, got {self.context_length!r}")
+        if not self.timing.prefill_tokens_per_s > 0:
+            raise MockerConfigError(f"--prefill-tokens-per-s must be positive, got {self.timing.prefill_tokens_per_s!r}")
+        for name in ("prefill_doubling_context", "decode_base_ms", "decode_ms_per_seq", "decode_ms_per_1k_kv_tokens"):
+            value = getattr(self.timing, name)
+            if not value >= 0:
+                raise MockerConfigError(f"--{_flag(name)} must be zero or positive, got {value!r}")
 
     @classmethod
-    def from_namespace(cls, ns: argparse.Namespace) -> "MockerConfig":
-        defaults = cls()
-        get = lambda name, default: default if getattr(ns, name, None) is None else getattr(ns, name)  # noqa: E731
-        timing = TimingProfile(
-            prefill_tokens_per_s=get("prefill_tokens_per_s", H100_LLAMA_8B.prefill_tokens_per_s),
-            decode_base_ms=get("decode_base_ms", H100_LLAMA_8B.decode_base_ms),
-            decode_ms_per_seq=get("decode_ms_per_seq", H100_LLAMA_8B.decode_ms_per_seq),
-            decode_ms_per_1k_kv_tokens=get("decode_ms_per_1k_kv_tokens", H100_LLAMA_8B.decode_ms_per_1k_kv_tokens),
-        )
+    def from_namespace(cls, ns: argparse.Namespace) -> MockerConfig:
+        """Build from parsed flags; flags absent from `ns` keep their defaults."""
+        base, profile = cls(), H100_LLAMA_8B
+
+        def get(name: str, default):
+            value = getattr(ns, name, None)
+            return default if value is None else value
+
+        timing = TimingProfile(**{name: get(name, getattr(profile, name)) for name in profile.__struct_fields__})
         return cls(
-            block_size=get("block_size", defaults.block_size),
-            num_gpu_blocks=get("num_gpu_blocks", defaults.num_gpu_blocks),
-            max_num_seqs=get("max_num_seqs", defaults.max_num_seqs),
-            max_num_batched_tokens=get("max_num_batched_tokens", defaults.max_num_batched_tokens),
+            block_size=get("block_size", base.block_size),
+            num_gpu_blocks=get("num_gpu_blocks", base.num_gpu_blocks),
+            max_num_seqs=get("max_num_seqs", base.max_num_seqs),
+            max_num_batched_tokens=get("max_num_batched_tokens", base.max_num_batched_tokens),
             enable_prefix_caching=not getattr(ns, "no_prefix_caching", False),
-            speedup_ratio=get("speedup_ratio", defaults.speedup_ratio),
+            speedup_ratio=get("speedup_ratio", base.speedup_ratio),
             context_length=getattr(ns, "context_length", None),
             timing=timing,
         )
 
 
+def _flag(field_name: str) -> str:
+    return field_name.replace("_", "-")
+
+
 def add_mocker_options(group: argparse._ArgumentGroup) -> None:
     d, t = MockerConfig(), H100_LLAMA_8B
-    group.add_argument("--block-size", type=int, default=d.block_size, help="tokens per KV block (default: %(default)s)")
-    group.add_argument("--num-gpu-blocks", type=int, default=d.num_gpu_blocks, help="KV cache capacity in blocks (default: %(default)s)")
-    group.add_argument("--max-num-seqs", type=int, default=d.max_num_seqs, help="most requests running at once (default: %(default)s)")
-    group.add_argument("--max-num-batched-tokens", type=int, default=d.max_num_batched_tokens,
-                       help="token budget of one step, shared by decodes and prefill chunks (default: %(default)s)")
-    group.add_argument("--no-prefix-caching", action="store_true", help="do not reuse cached prompt blocks (and publish no KV events)")
-    group.add_argument("--speedup-ratio", type=float, default=d.speedup_ratio,
-                       help="run simulated time this many times faster than the profile (default: %(default)s)")
-    group.add_argument("--context-length", type=int, default=None, help="context length (default: the model's config.json, else 32768)")
-    group.add_argument("--prefill-tokens-per-s", type=float, default=t.prefill_tokens_per_s,
-                       help="uncached prompt tokens prefilled per second (default: %(default)s, Llama-3.1-8B on an H100)")
-    group.add_argument("--decode-base-ms", type=float, default=t.decode_base_ms, help="decode step time at batch 1 (default: %(default)s)")
-    group.add_argument("--decode-ms-per-seq", type=float, default=t.decode_ms_per_seq,
-                       help="decode step time added per running sequence (default: %(default)s)")
-    group.add_argument("--decode-ms-per-1k-kv-tokens", type=float, default=t.decode_ms_per_1k_kv_tokens,
-                       help="decode step time added per 1000 active KV tokens (default: %(default)s)")
+    add = group.add_argument
+    add("--block-size", type=int, default=d.block_size, help="tokens per KV block (default: %(default)s)")
+    add("--num-gpu-blocks", type=int, default=d.num_gpu_blocks, help="KV cache capacity in blocks (default: %(default)s)")
+    add("--max-num-seqs", type=int, default=d.max_num_seqs, help="most sequences running at once (default: %(default)s)")
+    add("--max-num-batched-tokens", type=int, default=d.max_num_batched_tokens,
+        help="token budget of one step, shared by decodes and prefill chunks (default: %(default)s)")
+    add("--no-prefix-caching", action="store_true",
+        help="never reuse cached prompt blocks, and publish no KV events (default: prefix caching on)")
+    add("--speedup-ratio", type=float, default=d.speedup_ratio,
+        help="divide all simulated time by this (default: %(default)s)")
+    add("--context-length", type=int, default=None,
+        help="longest prompt + output (default: the model's config.json max_position_embeddings, else 32768)")
+    add("--prefill-tokens-per-s", type=float, default=t.prefill_tokens_per_s,
+        help="uncached prompt tokens prefilled per second at the start of a context "
+             "(default: %(default)s, Llama-3.1-8B bf16 on one H100 with vLLM)")
+    add("--prefill-doubling-context", type=float, default=t.prefill_doubling_context,
+        help="context position at which a prompt token's prefill costs twice as much as at the start, "
+             "since attention grows with context; 0 makes prefill cost flat (default: %(default)s)")
+    add("--decode-base-ms", type=float, default=t.decode_base_ms,
+        help="time of any step's forward pass before per-sequence costs (default: %(default)s)")
+    add("--decode-ms-per-seq", type=float, default=t.decode_ms_per_seq,
+        help="step time added per decoding sequence (default: %(default)s)")
+    add("--decode-ms-per-1k-kv-tokens", type=float, default=t.decode_ms_per_1k_kv_tokens,
+        help="step time added per 1000 context tokens the decoding sequences attend to (default: %(default)s)")

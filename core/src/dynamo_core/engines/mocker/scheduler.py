@@ -1,67 +1,62 @@
-"""Which requests run in the next step, and how many tokens each computes.
+"""Which sequences run in the next step, and how many tokens each computes.
 
-Per step, with a budget of `max_num_batched_tokens`:
-1. every running request that finished its prefill decodes one token (it may need a new block;
-   when none is left, the most recently admitted running request is preempted: its blocks are
-   freed and it waits again at the head of the queue, to be recomputed);
-2. running requests still prefilling continue with the next chunk of their prompt;
-3. waiting requests are admitted, oldest first, while sequences, blocks and budget allow: each
-   reuses its cached prefix blocks and takes blocks for the rest of its prompt.
-A prompt's first output token comes at the end of the step that computes its last prompt token.
+A sequence's tokens are its prompt plus what it has generated; `num_computed` of them have
+their KV in the cache. A step computes some of the rest, and when a sequence's tokens are all
+computed, the step samples its next token: after a whole prompt (its first output token),
+after one token (a decode), or after recomputing everything (following a preemption).
+
+Per step, with a budget of `max_num_batched_tokens` tokens:
+1. decodes first: every running sequence with one token left to compute takes one. It may need
+   a new block; when none is left, even after evicting unreferenced cached blocks, the most
+   recently admitted running sequence is preempted (its blocks freed, back at the head of the
+   queue, to be recomputed later), possibly the decoding sequence itself;
+2. running sequences still prefilling continue with the next chunk of their prompt (chunked
+   prefill). A chunk that needs blocks may preempt newer sequences not scheduled this step,
+   else it shrinks to the room there is;
+3. waiting sequences are admitted, oldest first, while sequences, budget and free blocks
+   allow: each reuses the longest cached run of its leading full blocks and takes blocks for
+   its first chunk.
+Blocks are allocated as chunks need them, as in vLLM's v1 scheduler.
 """
 
 from __future__ import annotations
 
-import asyncio
+import enum
 from collections import deque
 from dataclasses import dataclass, field
 
-from dynamo_core.engines.mocker.kv_cache import BlockPool, OutOfBlocksError
-from dynamo_core.protocols.engine import PreprocessedRequest
+from dynamo_core.engines.mocker.kv_cache import BlockPool, BlockTable, OutOfBlocksError, extend_block_hashes
 
 
-@dataclass(eq=False)
-class MockRequest:
-    request: PreprocessedRequest
-    queue: asyncio.Queue
+class SequenceStatus(enum.Enum):
+    WAITING = "waiting"
+    RUNNING = "running"
+    FINISHED = "finished"
+
+
+@dataclass(eq=False, slots=True, kw_only=True)
+class Sequence:
+    token_ids: list[int]  # prompt, then generated tokens
     prompt_len: int
-    max_output: int  # capped by the context length
-    prompt_hashes: list[int] = field(default_factory=list)
-    tokens: list[int] = field(default_factory=list)  # prompt + generated so far
-    blocks: list[int] = field(default_factory=list)
-    computed: int = 0  # tokens whose KV is in `blocks`
-    cached_tokens: int = 0  # prompt tokens found in the prefix cache at (first) admission
-    committed_blocks: int = 0  # full blocks already offered to the prefix cache
-    last_hash: int | None = None
-    generated: int = 0
-    offset: int = 0  # where in the engine's output token cycle this request starts
-    first_output_sent: bool = False
-    finished: bool = False
-
-    @property
-    def prefill_target(self) -> int:
-        """Tokens whose KV must exist before the next decode. The newest generated token's KV
-        is computed by the decode step that reads it; a fresh prompt's last token by prefill."""
-        return len(self.tokens) if self.generated == 0 else len(self.tokens) - 1
-
-    @property
-    def prefilling(self) -> bool:
-        return self.computed < self.prefill_target
+    num_computed: int = 0  # leading tokens whose KV is in `table`'s blocks
+    cached_tokens: int | None = None  # prompt tokens found in the prefix cache at first admission
+    status: SequenceStatus = SequenceStatus.WAITING
+    table: BlockTable = field(default_factory=BlockTable)
+    block_hashes: list[int] = field(default_factory=list)  # chained hashes of full blocks, grown lazily
+    scheduled_step: int = -1  # the last step that scheduled this sequence
 
 
-@dataclass
+@dataclass(slots=True)
 class StepPlan:
-    prefill: list[tuple[MockRequest, int]]  # (request, prompt tokens computed this step)
-    decode: list[MockRequest]
-    failed: list[tuple[MockRequest, str]]
-
-    @property
-    def prefill_tokens(self) -> int:
-        return sum(n for _, n in self.prefill)
+    step: int
+    scheduled: list[tuple[Sequence, int]] = field(default_factory=list)  # (sequence, tokens computed)
+    prefill_chunks: list[tuple[int, int]] = field(default_factory=list)  # (start position, tokens)
+    num_decodes: int = 0
+    decode_kv_tokens: int = 0  # context tokens the decoding sequences attend to
 
     @property
     def empty(self) -> bool:
-        return not (self.prefill or self.decode or self.failed)
+        return not self.scheduled
 
 
 class Scheduler:
@@ -69,119 +64,170 @@ class Scheduler:
         self.pool = pool
         self.max_num_seqs = max_num_seqs
         self.max_num_batched_tokens = max_num_batched_tokens
-        self.waiting: deque[MockRequest] = deque()
-        self.running: list[MockRequest] = []
+        self.waiting: deque[Sequence] = deque()
+        self.running: list[Sequence] = []  # in admission order, oldest first
         self.preemptions = 0
+        self.steps = 0
 
-    def add(self, req: MockRequest) -> None:
-        self.waiting.append(req)
+    def add(self, seq: Sequence) -> None:
+        self.waiting.append(seq)
 
     def has_work(self) -> bool:
         return bool(self.waiting or self.running)
 
-    def remove(self, req: MockRequest) -> None:
-        """Take a request out (finished or aborted) and release its blocks."""
-        if req in self.running:
-            self.running.remove(req)
-        elif req in self.waiting:
-            self.waiting.remove(req)
-        if req.blocks:
-            self.pool.free(req.blocks)
-            req.blocks = []
+    def finish(self, seq: Sequence) -> None:
+        """Take a sequence out (finished or aborted) and release its blocks."""
+        if seq.status is SequenceStatus.RUNNING:
+            self.running.remove(seq)
+        elif seq.status is SequenceStatus.WAITING:
+            self.waiting.remove(seq)
+        seq.status = SequenceStatus.FINISHED
+        if seq.table.block_ids:
+            self.pool.release(seq.table)
 
-    def _blocks_for(self, tokens: int) -> int:
-        return -(-tokens // self.pool.block_size)
-
-    def _preempt(self, victim: MockRequest) -> None:
-        self.running.remove(victim)
-        self.pool.free(victim.blocks)
-        victim.blocks, victim.computed, victim.committed_blocks, victim.last_hash = [], 0, 0, None
-        self.waiting.appendleft(victim)
-        self.preemptions += 1
+    # --- one step -----------------------------------------------------------------------------
 
     def schedule(self) -> StepPlan:
-        budget = self.max_num_batched_tokens
-        plan = StepPlan(prefill=[], decode=[], failed=[])
-        # 1. decodes
-        for req in list(self.running):
-            if req not in self.running or req.prefilling:
-                continue
-            if budget < 1:
-                break
-            while len(req.blocks) < self._blocks_for(len(req.tokens)) and req in self.running:
-                try:
-                    req.blocks += self.pool.allocate(1)
-                except OutOfBlocksError:
-                    self._preempt(self.running[-1])  # most recently admitted goes first
-            if req in self.running:
-                plan.decode.append(req)
-                budget -= 1
-        # 2. prefill chunks of admitted requests
-        for req in self.running:
-            if req.prefilling and budget > 0:
-                chunk = min(req.prefill_target - req.computed, budget)
-                plan.prefill.append((req, chunk))
-                budget -= chunk
-        # 3. admissions
-        while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
-            req = self.waiting[0]
-            needed = self._blocks_for(len(req.tokens))
-            if needed > self.pool.num_blocks:
-                self.waiting.popleft()
-                plan.failed.append((req, f"prompt of {req.prompt_len} tokens needs {needed} KV blocks; "
-                                         f"the cache holds {self.pool.num_blocks}"))
-                continue
-            # Leave at least one token to compute: the step that computes it yields the output.
-            hashes = self._hashes(req)[: (req.prefill_target - 1) // self.pool.block_size]
-            cached = self.pool.cached_prefix_length(hashes)
-            if needed - cached > self.pool.free_blocks:
-                break  # wait for blocks to come free
-            matched = self.pool.match_prefix(hashes[:cached])
-            try:
-                # Matching may have taken evictable blocks out of the free count.
-                req.blocks = matched + self.pool.allocate(needed - len(matched))
-            except OutOfBlocksError:
-                self.pool.free(matched)
-                break
-            self.waiting.popleft()
-            req.computed = len(matched) * self.pool.block_size
-            req.committed_blocks = len(matched)
-            req.last_hash = hashes[len(matched) - 1] if matched else None
-            if not req.first_output_sent:
-                req.cached_tokens = req.computed
-            self.running.append(req)
-            chunk = min(req.prefill_target - req.computed, budget)
-            plan.prefill.append((req, chunk))
-            budget -= chunk
+        plan = StepPlan(step=self.steps)
+        self.steps += 1
+        budget = self._schedule_decodes(plan, self.max_num_batched_tokens)
+        budget = self._schedule_prefill_chunks(plan, budget)
+        self._admit(plan, budget)
         return plan
 
-    def _hashes(self, req: MockRequest) -> list[int]:
-        if req.generated == 0:
-            return req.prompt_hashes
-        return self.pool.prompt_hashes(req.tokens)  # recomputing after preemption
-
-    def commit(self, plan: StepPlan) -> list[MockRequest]:
-        """Apply a step's computation; return the requests that produce a token now."""
-        producing: list[MockRequest] = []
-        for req, chunk in plan.prefill:
-            if req.finished or req not in self.running:
+    def complete(self, plan: StepPlan) -> list[Sequence]:
+        """Apply a step's computation; return the sequences that sample a token now (in the
+        order scheduled). Sequences aborted while the step ran are skipped."""
+        pool = self.pool
+        caching = pool.enable_prefix_caching
+        size = pool.block_size
+        sampling: list[Sequence] = []
+        for seq, n in plan.scheduled:
+            if seq.status is not SequenceStatus.RUNNING:
                 continue
-            req.computed += chunk
-            self._cache_full_blocks(req)
-            # A fresh prompt yields its first token; a recomputed one decodes next step.
-            if not req.prefilling and req.generated == 0:
-                producing.append(req)
-        for req in plan.decode:
-            if req.finished or req not in self.running:
+            seq.num_computed += n
+            full = seq.num_computed // size
+            if full > seq.table.committed:
+                if caching:
+                    extend_block_hashes(seq.block_hashes, seq.token_ids, size)
+                pool.commit_full_blocks(seq.table, seq.block_hashes, seq.token_ids, full)
+            if seq.num_computed == len(seq.token_ids):
+                sampling.append(seq)
+        return sampling
+
+    # --- the three phases -------------------------------------------------------------------
+
+    def _schedule_decodes(self, plan: StepPlan, budget: int) -> int:
+        running, block_size = self.running, self.pool.block_size
+        i = 0
+        while i < len(running) and budget > 0:
+            seq = running[i]
+            num_tokens = len(seq.token_ids)
+            if num_tokens - seq.num_computed != 1:
+                i += 1
                 continue
-            req.computed = len(req.tokens)
-            self._cache_full_blocks(req)
-            producing.append(req)
-        return producing
+            # Most decodes fit in the last block: check that before anything costlier.
+            if len(seq.table.block_ids) * block_size < num_tokens and not self._make_room(seq, num_tokens, first_victim=i):
+                continue  # it preempted itself; whatever was after it shifted down
+            plan.scheduled.append((seq, 1))
+            plan.num_decodes += 1
+            plan.decode_kv_tokens += num_tokens
+            seq.scheduled_step = plan.step
+            budget -= 1
+            i += 1
+        return budget
 
-    def _cache_full_blocks(self, req: MockRequest) -> None:
-        full = req.computed // self.pool.block_size
-        if full > req.committed_blocks:
-            req.last_hash = self.pool.commit_full_blocks(req.blocks, req.tokens, req.committed_blocks, full, req.last_hash)
-            req.committed_blocks = full
+    def _schedule_prefill_chunks(self, plan: StepPlan, budget: int) -> int:
+        running = self.running
+        i = 0
+        while i < len(running) and budget > 0:
+            seq = running[i]
+            remaining = len(seq.token_ids) - seq.num_computed
+            if remaining <= 1:  # decoding (scheduled above, or out of budget)
+                i += 1
+                continue
+            chunk = min(remaining, budget)
+            start = seq.num_computed
+            if not self._make_room(seq, start + chunk, first_victim=i + 1, plan_step=plan.step):
+                # Only scheduled or older sequences hold the rest: take what room there is.
+                room = len(seq.table.block_ids) * self.pool.block_size + self.pool.free_blocks * self.pool.block_size
+                chunk = min(chunk, room - start)
+                if chunk <= 0:
+                    i += 1
+                    continue
+                self.pool.grow(seq.table, start + chunk)
+            plan.scheduled.append((seq, chunk))
+            plan.prefill_chunks.append((start, chunk))
+            seq.scheduled_step = plan.step
+            budget -= chunk
+            i += 1
+        return budget
 
+    def _admit(self, plan: StepPlan, budget: int) -> None:
+        pool, waiting = self.pool, self.waiting
+        while waiting and budget > 0 and len(self.running) < self.max_num_seqs:
+            seq = waiting[0]
+            num_tokens = len(seq.token_ids)
+            matched = unreferenced = 0
+            if pool.enable_prefix_caching:
+                hashes = extend_block_hashes(seq.block_hashes, seq.token_ids, pool.block_size)
+                # Leave at least one token to compute: the step that computes it samples.
+                usable = hashes[: (num_tokens - 1) // pool.block_size]
+                matched, unreferenced = pool.cached_prefix(usable)
+            start = matched * pool.block_size
+            chunk = min(num_tokens - start, budget)
+            if pool.blocks_for(start + chunk) - matched > pool.free_blocks - unreferenced:
+                break  # wait for blocks to come free; admissions never preempt
+            waiting.popleft()
+            if matched:
+                pool.acquire_prefix(seq.table, seq.block_hashes[:matched])
+            pool.grow(seq.table, start + chunk)
+            seq.num_computed = start
+            if seq.cached_tokens is None:
+                seq.cached_tokens = start
+            seq.status = SequenceStatus.RUNNING
+            self.running.append(seq)
+            plan.scheduled.append((seq, chunk))
+            if chunk == 1:
+                # One token (say, all but the last prompt token was cached): a decode's cost.
+                plan.num_decodes += 1
+                plan.decode_kv_tokens += num_tokens
+            else:
+                plan.prefill_chunks.append((start, chunk))
+            seq.scheduled_step = plan.step
+            budget -= chunk
+
+    # --- blocks and preemption ----------------------------------------------------------------
+
+    def _make_room(self, seq: Sequence, num_tokens: int, first_victim: int, plan_step: int | None = None) -> bool:
+        """Grow `seq`'s blocks to hold `num_tokens`, preempting the most recently admitted
+        running sequences at index `first_victim` or later (skipping those scheduled in
+        `plan_step`) until it fits. Returns False if `seq` preempted itself (decodes) or no
+        victim is left (prefill chunks)."""
+        pool = self.pool
+        while True:
+            try:
+                pool.grow(seq.table, num_tokens)
+                return True
+            except OutOfBlocksError:
+                victim = self._newest_victim(first_victim, plan_step)
+                if victim is None:
+                    return False
+                self._preempt(victim)
+                if victim is seq:
+                    return False
+
+    def _newest_victim(self, first_victim: int, plan_step: int | None) -> Sequence | None:
+        running = self.running
+        for index in range(len(running) - 1, first_victim - 1, -1):
+            if plan_step is None or running[index].scheduled_step != plan_step:
+                return running[index]
+        return None
+
+    def _preempt(self, victim: Sequence) -> None:
+        self.running.remove(victim)
+        self.pool.release(victim.table)
+        victim.num_computed = 0
+        victim.status = SequenceStatus.WAITING
+        self.waiting.appendleft(victim)
+        self.preemptions += 1
