@@ -44,6 +44,7 @@ class RequestRecord:
     """What one streamed request did; times are `time.perf_counter()` seconds."""
 
     start: float
+    status: int | None = None  # HTTP status; None when the connection failed before the stream ended
     ttft: float | None = None  # seconds from start to the first content chunk
     end: float | None = None
     itl: list[float] = field(default_factory=list)  # seconds per token after the first chunk
@@ -172,6 +173,7 @@ class SseAccountant:
     def finish(self, status: int) -> RequestRecord:
         record = self.record
         record.end = time.perf_counter()
+        record.status = status
         if self._pending:
             self._on_line(self._pending)
             self._pending = b""
@@ -365,7 +367,7 @@ class StreamClient:
             async with asyncio.timeout(self.timeout_s):
                 status = await self._transport.post(path, payload, accountant.feed)
         except _STREAM_ERRORS as exc:
-            return accountant.fail(f"{type(exc).__name__}: {exc}"[:300])
+            return accountant.fail(f"{type(exc).__name__}: {exc}".rstrip(": ")[:300])
         return accountant.finish(status)
 
     async def post_json(self, path: str, body: dict[str, Any]) -> dict[str, Any]:

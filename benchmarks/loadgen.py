@@ -47,6 +47,9 @@ WORDS = (
     "queen river stone table uncle voice water youth zebra plant cloud light sound green black white"
 ).split()
 MARKER_WORDS = 4  # leading words that number the request, so no two prompts share a first block
+# A worker whose request failed at the connection level (server down, connection refused) waits
+# this long before its next one, so a dead server is not hammered at thousands of requests/s.
+NO_RESPONSE_PAUSE_S = 0.1
 
 
 # ---------------------------------------------------------------------------------------------
@@ -184,7 +187,10 @@ async def run_level(client: StreamClient, args: argparse.Namespace, concurrency:
 
     async def worker() -> None:
         while (phase := level.next_phase()) is not None:
-            records.append((phase, await client.stream(CHAT_PATH, chat_body(args, prompts.next()))))
+            record = await client.stream(CHAT_PATH, chat_body(args, prompts.next()))
+            records.append((phase, record))
+            if record.status is None:
+                await asyncio.sleep(NO_RESPONSE_PAUSE_S)
 
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     wall = time.perf_counter() - started
