@@ -11,6 +11,7 @@ import sys
 import time
 import urllib.request
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 
 DYNAMO = [sys.executable, "-m", "dynamo_core.cli.main"]
 
@@ -53,12 +54,16 @@ def _worker_of(base: str, prompt: list[int]) -> tuple[str, dict]:
 
 
 def test_repeated_prefixes_follow_their_cache_and_unique_ones_spread(tmp_path):
-    proc, base = _serve(tmp_path, "--workers", "4", "--speedup-ratio", "100")
+    proc, base = _serve(tmp_path, "--workers", "4")
     try:
-        # Unique prompts spread across all four workers.
-        for i in range(8):
+        # Unique prompts sent at once spread evenly: each decision sees the load of the
+        # earlier ones, which are still decoding (100 tokens at ~7 ms a step).
+        def unique(i: int) -> None:
             prompt = [(i * 97 + t) % 250 + 3 for t in range(64)]
-            _call(f"{base}/v1/completions", {"model": "mocker", "prompt": prompt, "max_tokens": 2})
+            _call(f"{base}/v1/completions", {"model": "mocker", "prompt": prompt, "max_tokens": 100, "ignore_eos": True})
+
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(unique, range(8)))
         decisions = Counter()
         for line in _call(f"{base}/metrics").splitlines():
             if line.startswith("dynamo_router_kv_decisions_total{"):

@@ -1,179 +1,216 @@
-"""Which worker holds which prompt prefixes: a prefix tree over chained block hashes.
+"""Which worker holds which prompt prefixes, built from the workers' KV events.
 
-Because a block's hash is chained from its parent's, a hash names a whole prefix, and the tree
-flattens into one dict from block hash to the set of workers holding that block (a bitmask
-over small per-worker indices). `find_matches` walks a request's hashes from the root and
-stops when no worker holds the next block: per worker, the depth at which it dropped out is
-the number of leading blocks it already holds.
+Conceptually a prefix tree over block hashes. Because the router's hashes are chained (a
+block's hash names its whole prefix, see `hashing`), the tree needs no edges: it is stored
+flattened, as one dict from block hash to the set of workers holding that block, the set
+being an int bitmask over small per-worker indices. `find_matches` walks a request's hashes
+from the first block and stops when no worker holds the next one; per worker, the depth at
+which its bit dropped out is the number of leading blocks it holds. A block held without its
+parent (an engine may evict a parent first) is kept but never counted, as in a real tree.
 
-KV events carry engine hashes; each worker's map from engine hash to ours lets `removed`
-events (engine hashes only) find our blocks, and lets a `stored` event find its parent.
+KV events name blocks by the engine's hashes. Per worker the index keeps the map from engine
+hash to our hash: a `stored` event finds its parent's hash there (to chain from), and a
+`removed` event, which carries engine hashes only, finds the blocks to drop.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from dynamo_core.protocols.kv_events import KvBlock
 
 from dynamo_router_kv.hashing import block_hash
 
 
-class UnknownParentError(Exception):
-    """A stored event's parent block is not indexed for that worker: an event was lost."""
+class UnknownParentError(LookupError):
+    """A stored run's parent block is not indexed for that worker: an event was lost."""
+
+
+class _WorkerBlocks:
+    """One worker's part of the index."""
+
+    __slots__ = ("bit", "engine_to_ours", "duplicates", "held")
+
+    def __init__(self, bit: int) -> None:
+        self.bit = bit
+        self.engine_to_ours: dict[int, int] = {}
+        # Our hash -> how many engine blocks beyond the first have that content (rare: two
+        # requests computed the same prefix at once). Kept apart so the common case costs
+        # no second dict entry per block.
+        self.duplicates: dict[int, int] = {}
+        self.held = 0  # distinct blocks (our hashes) this worker holds
 
 
 class KvIndexer:
+    """A flattened prefix tree: block hash -> bitmask of the workers that hold that block.
+
+    Not thread-safe; the router calls it from the frontend's event loop only.
+    """
+
     def __init__(self) -> None:
-        self._owners: dict[int, int] = {}  # our block hash -> bitmask of workers holding it
-        self._bit: dict[str, int] = {}  # worker id -> its bit
-        self._free_bits: list[int] = []
-        self._next_bit = 0
-        self._engine_map: dict[str, dict[int, int]] = {}  # worker -> engine hash -> our hash
-        # worker -> our hash -> how many of its engine blocks have it (an engine may hold the
-        # same content twice, e.g. two requests computed it at once)
-        self._refs: dict[str, dict[int, int]] = {}
+        self._owners: dict[int, int] = {}
+        self._workers: dict[str, _WorkerBlocks] = {}
         self._worker_of_bit: dict[int, str] = {}
+        self._free_indices: list[int] = []  # bit indices of removed workers, reused first
+        self._next_index = 0
 
     # --- workers ----------------------------------------------------------------------------
 
-    def _worker_bit(self, worker: str) -> int:
-        bit = self._bit.get(worker)
-        if bit is None:
-            index = self._free_bits.pop() if self._free_bits else self._next_bit
-            if index == self._next_bit:
-                self._next_bit += 1
-            bit = self._bit[worker] = 1 << index
-            self._worker_of_bit[bit] = worker
-            self._engine_map[worker] = {}
-            self._refs[worker] = {}
-        return bit
+    def _worker(self, worker_id: str) -> _WorkerBlocks:
+        worker = self._workers.get(worker_id)
+        if worker is None:
+            # Reusing freed indices keeps the masks, and so every `&` and `|`, small.
+            index = self._free_indices.pop() if self._free_indices else self._next_index
+            if index == self._next_index:
+                self._next_index += 1
+            worker = self._workers[worker_id] = _WorkerBlocks(1 << index)
+            self._worker_of_bit[worker.bit] = worker_id
+        return worker
 
-    def clear_worker(self, worker: str) -> None:
-        bit = self._bit.get(worker)
-        if bit is None:
+    def clear_worker(self, worker_id: str) -> None:
+        """Forget every block of ``worker_id`` (it keeps its place in the index)."""
+        worker = self._workers.get(worker_id)
+        if worker is None:
             return
         owners = self._owners
-        keep = ~bit
-        for ours in self._refs[worker]:
+        keep = ~worker.bit
+        for ours in worker.engine_to_ours.values():
             mask = owners.get(ours, 0) & keep
             if mask:
                 owners[ours] = mask
             else:
                 owners.pop(ours, None)
-        self._engine_map[worker] = {}
-        self._refs[worker] = {}
+        worker.engine_to_ours = {}
+        worker.duplicates = {}
+        worker.held = 0
 
-    def remove_worker(self, worker: str) -> None:
-        self.clear_worker(worker)
-        bit = self._bit.pop(worker, None)
-        if bit is not None:
-            self._engine_map.pop(worker, None)
-            self._refs.pop(worker, None)
-            self._worker_of_bit.pop(bit, None)
-            self._free_bits.append(bit.bit_length() - 1)
-
-    # --- events -----------------------------------------------------------------------------
-
-    def apply_stored(self, worker: str, parent_engine_hash: int | None, blocks: Sequence[KvBlock]) -> list[int]:
-        """Index a run of blocks; return our hashes of them. Raises UnknownParentError."""
-        bit = self._worker_bit(worker)
-        engine_map = self._engine_map[worker]
-        if parent_engine_hash is None:
-            parent = None
-        else:
-            parent = engine_map.get(parent_engine_hash)
-            if parent is None:
-                raise UnknownParentError(f"worker {worker}: parent block {parent_engine_hash} is not indexed")
-        owners = self._owners
-        refs = self._refs[worker]
-        ours_list = []
-        for block in blocks:
-            ours = block_hash(parent, block.token_ids)
-            previous = engine_map.get(block.block_hash)
-            if previous != ours:
-                if previous is not None:  # the engine reused a hash for new content
-                    self._unref(worker, bit, previous)
-                engine_map[block.block_hash] = ours
-                refs[ours] = refs.get(ours, 0) + 1
-                owners[ours] = owners.get(ours, 0) | bit
-            ours_list.append(ours)
-            parent = ours
-        return ours_list
-
-    def _unref(self, worker: str, bit: int, ours: int) -> None:
-        refs = self._refs[worker]
-        count = refs.get(ours, 0) - 1
-        if count > 0:
-            refs[ours] = count
+    def remove_worker(self, worker_id: str) -> None:
+        """Forget ``worker_id`` and its blocks; its bit index goes to the next new worker."""
+        if worker_id not in self._workers:
             return
-        refs.pop(ours, None)
-        mask = self._owners.get(ours, 0) & ~bit
+        self.clear_worker(worker_id)
+        worker = self._workers.pop(worker_id)
+        del self._worker_of_bit[worker.bit]
+        self._free_indices.append(worker.bit.bit_length() - 1)
+
+    # --- blocks -----------------------------------------------------------------------------
+
+    def _hold(self, worker: _WorkerBlocks, ours: int) -> None:
+        mask = self._owners.get(ours, 0)
+        if mask & worker.bit:
+            worker.duplicates[ours] = worker.duplicates.get(ours, 0) + 1
+        else:
+            self._owners[ours] = mask | worker.bit
+            worker.held += 1
+
+    def _release(self, worker: _WorkerBlocks, ours: int) -> None:
+        extra = worker.duplicates.get(ours)
+        if extra:
+            if extra == 1:
+                del worker.duplicates[ours]
+            else:
+                worker.duplicates[ours] = extra - 1
+            return
+        mask = self._owners.get(ours, 0) & ~worker.bit
         if mask:
             self._owners[ours] = mask
         else:
             self._owners.pop(ours, None)
+        worker.held -= 1
 
-    def apply_removed(self, worker: str, engine_hashes: Sequence[int]) -> None:
-        bit = self._bit.get(worker)
-        if bit is None:
+    def apply_stored(self, worker_id: str, parent_engine_hash: int | None, blocks: Sequence[KvBlock]) -> None:
+        """Index a run of full blocks that ``worker_id`` cached, in prefix order.
+
+        ``parent_engine_hash`` is the engine's hash of the block before the first one (None:
+        the run starts the sequence). Raises `UnknownParentError`, before changing anything,
+        when that parent is not indexed for this worker. An engine hash stored again with
+        other content replaces the old block.
+        """
+        worker = self._worker(worker_id)
+        engine_to_ours = worker.engine_to_ours
+        if parent_engine_hash is None:
+            parent = None
+        else:
+            parent = engine_to_ours.get(parent_engine_hash)
+            if parent is None:
+                raise UnknownParentError(f"worker {worker_id}: parent block {parent_engine_hash:#x} is not indexed")
+        for block in blocks:
+            ours = block_hash(parent, block.token_ids)
+            previous = engine_to_ours.get(block.block_hash)
+            if previous != ours:
+                if previous is not None:
+                    self._release(worker, previous)
+                engine_to_ours[block.block_hash] = ours
+                self._hold(worker, ours)
+            parent = ours
+
+    def apply_removed(self, worker_id: str, engine_hashes: Iterable[int]) -> None:
+        """Drop blocks ``worker_id`` evicted; engine hashes it never stored are ignored."""
+        worker = self._workers.get(worker_id)
+        if worker is None:
             return
-        engine_map = self._engine_map[worker]
+        engine_to_ours = worker.engine_to_ours
         for engine_hash in engine_hashes:
-            ours = engine_map.pop(engine_hash, None)
+            ours = engine_to_ours.pop(engine_hash, None)
             if ours is not None:
-                self._unref(worker, bit, ours)
+                self._release(worker, ours)
 
-    # Approximate mode: the router records its own guesses, keyed by our hashes directly.
-    def add_own_hashes(self, worker: str, hashes: Sequence[int]) -> None:
-        bit = self._worker_bit(worker)
-        engine_map = self._engine_map[worker]
-        refs = self._refs[worker]
-        owners = self._owners
-        for h in hashes:
-            if h not in engine_map:
-                engine_map[h] = h
-                refs[h] = refs.get(h, 0) + 1
-                owners[h] = owners.get(h, 0) | bit
+    def insert_hashes(self, worker_id: str, hashes: Iterable[int]) -> None:
+        """Mark blocks named by *our* hashes as held by ``worker_id`` (idempotent).
 
-    def remove_own_hashes(self, worker: str, hashes: Sequence[int]) -> None:
-        self.apply_removed(worker, hashes)
+        For the approximate mode, where the router itself plays the engine: the blocks' names
+        are our hashes, so `remove_hashes` can drop them again.
+        """
+        worker = self._worker(worker_id)
+        engine_to_ours = worker.engine_to_ours
+        for ours in hashes:
+            if ours not in engine_to_ours:
+                engine_to_ours[ours] = ours
+                self._hold(worker, ours)
+
+    def remove_hashes(self, worker_id: str, hashes: Iterable[int]) -> None:
+        """Undo `insert_hashes` for these hashes."""
+        self.apply_removed(worker_id, hashes)
 
     # --- queries ----------------------------------------------------------------------------
 
-    def find_matches(self, hashes: Sequence[int]) -> dict[str, int]:
-        """Per worker, how many leading blocks of `hashes` it holds (workers with 0 omitted)."""
+    def find_matches(self, block_hashes: Sequence[int]) -> dict[str, int]:
+        """Per worker, how many leading blocks of ``block_hashes`` it holds.
+
+        Workers holding none of them are left out, so an empty dict means no cache hit.
+        """
         owners = self._owners
         result: dict[str, int] = {}
-        active = 0
-        for depth, h in enumerate(hashes):
-            mask = owners.get(h, 0)
-            if depth == 0:
-                active = mask
-            else:
-                dropped = active & ~mask
-                if dropped:
-                    self._record(dropped, depth, result)
-                active &= mask
+        if not block_hashes:
+            return result
+        active = owners.get(block_hashes[0], 0)
+        for depth in range(1, len(block_hashes)):
             if not active:
                 return result
-        self._record(active, len(hashes), result)
+            still = active & owners.get(block_hashes[depth], 0)
+            if still != active:
+                self._record(active & ~still, depth, result)
+                active = still
+        self._record(active, len(block_hashes), result)
         return result
 
     def _record(self, bits: int, depth: int, result: dict[str, int]) -> None:
-        worker_of = self._worker_of_bit
+        worker_of_bit = self._worker_of_bit
         while bits:
-            low = bits & -bits
-            result[worker_of[low]] = depth
-            bits ^= low
+            lowest = bits & -bits
+            result[worker_of_bit[lowest]] = depth
+            bits ^= lowest
 
-    def worker_block_count(self, worker: str) -> int:
-        return len(self._refs.get(worker, ()))
+    def worker_blocks(self, worker_id: str) -> int:
+        """How many distinct blocks ``worker_id`` holds in the index."""
+        worker = self._workers.get(worker_id)
+        return worker.held if worker else 0
 
     @property
     def distinct_blocks(self) -> int:
+        """Distinct blocks held by at least one worker (the size of the flattened tree)."""
         return len(self._owners)
 
     @property
     def workers(self) -> list[str]:
-        return list(self._bit)
+        return list(self._workers)

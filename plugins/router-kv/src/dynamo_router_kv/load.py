@@ -1,0 +1,121 @@
+"""How busy each worker is: what this router sent it, combined with what the worker reports.
+
+Workers report `LoadMetrics` now and then; between reports a burst of requests would all see
+the same stale numbers and land on one worker. So the router also counts, per worker, what it
+sent itself and has not seen finish:
+
+- prefill tokens in flight: the uncached prompt tokens of each request, from routing until
+  its first token (or its end, if it fails before one);
+- decode blocks: each request's prompt blocks plus one, from routing until it ends. The
+  output length is unknown until the end (`max_tokens` is a bound, often the whole context,
+  and would overstate load many times over), so the estimate is the footprint at admission
+  plus the block the first output tokens go to; the worker's own reports correct for
+  longer outputs. Requests are summed without discounting shared prefixes: the time of a
+  decode step grows with every sequence's context, shared or not.
+
+Combination with reports: a report counts everything the worker had admitted when it was
+sent, including other frontends' requests. The decode estimate is that report plus what this
+router added or released since (its tracked blocks now minus at the report), and never less
+than this router's own tracked blocks: a report can lag a burst, and the engine counts a
+shared prefix once while the tracking counts it per request.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from dynamo_core.protocols.kv_events import LoadMetrics
+
+
+@dataclass(slots=True)
+class _RoutedRequest:
+    worker_id: str
+    prefill_tokens: int
+    decode_blocks: int
+    prefilling: bool = True
+
+
+@dataclass(slots=True)
+class WorkerLoad:
+    """One worker's load as this router sees it."""
+
+    prefill_tokens: int = 0  # tracked: sent, first token not seen yet
+    decode_blocks: int = 0  # tracked: sent, not finished
+    reported: LoadMetrics | None = None
+    decode_blocks_at_report: int = 0  # `decode_blocks` when `reported` arrived
+
+    @property
+    def active_decode_blocks(self) -> int:
+        if self.reported is None:
+            return self.decode_blocks
+        since_report = self.decode_blocks - self.decode_blocks_at_report
+        return max(self.decode_blocks, self.reported.active_kv_blocks + since_report)
+
+
+class LoadTracker:
+    """Per-worker load from routed requests and worker reports."""
+
+    def __init__(self) -> None:
+        self._workers: dict[str, WorkerLoad] = {}
+        self._requests: dict[str, _RoutedRequest] = {}
+
+    def add_worker(self, worker_id: str) -> None:
+        self._workers.setdefault(worker_id, WorkerLoad())
+
+    def remove_worker(self, worker_id: str) -> None:
+        """Forget the worker; its requests still in flight are released as a no-op later."""
+        self._workers.pop(worker_id, None)
+
+    def load(self, worker_id: str) -> WorkerLoad:
+        """The worker's load; an idle one for a worker not tracked."""
+        return self._workers.get(worker_id) or WorkerLoad()
+
+    @property
+    def worker_count(self) -> int:
+        return len(self._workers)
+
+    def routed(self, request_id: str, worker_id: str, prefill_tokens: int, decode_blocks: int) -> None:
+        """``request_id`` was sent to ``worker_id``; count it until it finishes.
+
+        A request id routed again (a retry after a failure the frontend has not reported yet)
+        replaces its earlier entry, so nothing is counted twice.
+        """
+        self.finished(request_id)
+        self._requests[request_id] = _RoutedRequest(worker_id, prefill_tokens, decode_blocks)
+        load = self._workers.setdefault(worker_id, WorkerLoad())
+        load.prefill_tokens += prefill_tokens
+        load.decode_blocks += decode_blocks
+
+    def first_token(self, request_id: str) -> None:
+        """The request's prefill is done: its prompt tokens no longer wait to be computed."""
+        request = self._requests.get(request_id)
+        if request is None or not request.prefilling:
+            return
+        request.prefilling = False
+        load = self._workers.get(request.worker_id)
+        if load is not None:
+            load.prefill_tokens -= request.prefill_tokens
+
+    def finished(self, request_id: str) -> None:
+        """The request ended (finished, failed or cancelled): release what it counted."""
+        request = self._requests.pop(request_id, None)
+        if request is None:
+            return
+        load = self._workers.get(request.worker_id)
+        if load is None:
+            return
+        if request.prefilling:
+            load.prefill_tokens -= request.prefill_tokens
+        load.decode_blocks -= request.decode_blocks
+
+    def reported(self, metrics: LoadMetrics) -> None:
+        """The worker's own report; ignored for workers not tracked (a late one after removal)."""
+        load = self._workers.get(metrics.worker_id)
+        if load is None:
+            return
+        load.reported = metrics
+        load.decode_blocks_at_report = load.decode_blocks
+
+    @property
+    def requests_in_flight(self) -> int:
+        return len(self._requests)
