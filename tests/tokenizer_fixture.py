@@ -51,7 +51,8 @@ MISTRAL_TEMPLATE = """\
     {%- elif message['role'] == 'assistant' %}
         {{- message['content'] + eos_token }}
     {%- else %}
-        {{- raise_exception('Only user and assistant roles are supported, with the exception of an initial optional system message!') }}
+        {{- raise_exception('Only user and assistant roles are supported, '
+                            'with the exception of an initial optional system message!') }}
     {%- endif %}
 {%- endfor %}
 """

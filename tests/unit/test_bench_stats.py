@@ -282,3 +282,16 @@ def test_ideal_hit_rate_counts_only_leading_blocks_seen_before():
         TraceRequest(index=2, at=0.0, input_tokens=64, output_tokens=1, hash_ids=(3, 2)),  # no prefix
     ]
     assert ideal_hit_rate(requests, block_tokens=32) == pytest.approx(48 / 176)
+
+
+async def test_a_refused_connection_is_a_recorded_error_without_a_status():
+    server = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    server.close()
+    await server.wait_closed()
+    client = StreamClient(f"http://127.0.0.1:{port}", max_connections=1, timeout_s=5)
+    try:
+        record = await client.stream("/v1/chat/completions", {"model": "m"})
+    finally:
+        await client.aclose()
+    assert record.status is None and record.error is not None and record.error.startswith("ConnectionRefusedError")

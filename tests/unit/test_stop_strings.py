@@ -22,8 +22,13 @@ def run(stop: list[str], pieces: list[str]) -> tuple[str, bool]:
 
 
 def expected(stop: list[str], text: str) -> tuple[str, bool]:
-    hits = [i for i in (text.find(s) for s in stop if s) if i >= 0]
-    return (text[: min(hits)], True) if hits else (text, False)
+    """Reading one character at a time, the first stop string to complete (the longest of
+    those completing together) is where generation stops."""
+    for end in range(1, len(text) + 1):
+        done = [s for s in stop if s and text.endswith(s, 0, end)]
+        if done:
+            return text[: end - max(map(len, done))], True
+    return text, False
 
 
 def test_stop_string_split_across_pieces_is_cut_and_never_leaked():
@@ -53,11 +58,20 @@ def test_a_held_prefix_that_is_completed_inside_the_next_piece_is_found():
     assert run(["abcd"], ["xab", "cabcd!"]) == ("xabc", True)
 
 
-def test_earliest_stop_string_wins_when_several_match():
+def test_the_stop_string_completed_first_wins_when_several_match():
     assert run(["world", "o w"], ["hello world"]) == ("hell", True)
-    matcher = StopStringMatcher(["ab", "abc"])
+    matcher = StopStringMatcher(["abcab", "ca"])
+    assert matcher.feed("xabcab") == ("xab", True)  # "ca" completes before "abcab" does
+    assert matcher.matched == "ca"
+    matcher = StopStringMatcher(["c", "abc"])
     assert matcher.feed("xabc") == ("x", True)
-    assert matcher.matched == "abc"  # the longest of those starting there
+    assert matcher.matched == "abc"  # the longest of those completing together
+
+
+def test_the_result_does_not_depend_on_how_the_text_is_split():
+    text = "xabcabz"
+    whole = run(["abcab", "ca"], [text])
+    assert whole == run(["abcab", "ca"], list(text)) == ("xab", True)
 
 
 def test_stop_string_inside_a_single_piece_truncates_that_piece():
@@ -89,5 +103,5 @@ def test_random_texts_and_splits_match_a_plain_search():
         stop = rng.choice(stops)
         text = "".join(rng.choice("abcd") for _ in range(rng.randint(0, 20)))
         cuts = sorted(rng.sample(range(len(text) + 1), min(len(text) + 1, rng.randint(0, 6))))
-        pieces = [text[i:j] for i, j in zip([0, *cuts], [*cuts, len(text)])]
+        pieces = [text[i:j] for i, j in zip([0, *cuts], [*cuts, len(text)], strict=True)]
         assert run(stop, pieces) == expected(stop, text), (stop, pieces)

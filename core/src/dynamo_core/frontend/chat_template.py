@@ -109,14 +109,18 @@ class _GenerationBlock(Extension):
 def compile_template(source: str) -> jinja2.Template:
     """The compiled template of `source`, compiled once per distinct source. Raises
     `ChatTemplateError` when it does not compile."""
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[_GenerationBlock, loopcontrols])
+    env = ImmutableSandboxedEnvironment(
+        trim_blocks=True, lstrip_blocks=True, extensions=[_GenerationBlock, loopcontrols]
+    )
     env.filters["tojson"] = _tojson
     env.globals["raise_exception"] = _raise_exception
     env.globals["strftime_now"] = _strftime_now
     try:
         return env.from_string(source)
     except jinja2.TemplateSyntaxError as exc:
-        raise ChatTemplateError(f"the model's chat template does not compile (line {exc.lineno}): {exc.message}") from exc
+        raise ChatTemplateError(
+            f"the model's chat template does not compile (line {exc.lineno}): {exc.message}"
+        ) from exc
 
 
 # ---------------------------------------------------------------------------------------------

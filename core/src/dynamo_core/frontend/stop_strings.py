@@ -10,17 +10,19 @@ from __future__ import annotations
 
 
 class StopStringMatcher:
-    """Finds the earliest occurrence of any of `stop` in a stream of text pieces.
+    """Finds the first stop string to complete in a stream of text pieces.
 
     Contract: the concatenation of every `feed` result (and `flush`, when no stop string was
-    found) is the streamed text up to, not including, the earliest stop-string occurrence, or
-    all of it when there is none. Once a stop string is found, `feed` returns ("", True) and
-    `flush` returns "". Empty stop strings are ignored.
+    found) is the streamed text up to, not including, the stop string that completes first
+    when the text is read character by character (of those completing at one character, the
+    longest), or all of it when there is none; how the text is split into pieces does not
+    matter. Once a stop string is found, `feed` returns ("", True) and `flush` returns "".
+    Empty stop strings are ignored.
     """
 
     def __init__(self, stop: list[str]):
-        self._stop = sorted({s for s in stop if s}, key=len, reverse=True)
-        self._longest = len(self._stop[0]) if self._stop else 0
+        self._stop = [s for s in dict.fromkeys(stop) if s]
+        self._longest = max((len(s) for s in self._stop), default=0)
         self._held = ""
         self.matched: str | None = None  # the stop string found, once found
 
@@ -36,17 +38,18 @@ class StopStringMatcher:
         if not self._stop:
             return text, False
         buffer = self._held + text
-        # The earliest occurrence wins (longest first, so a tie goes to the longer string);
-        # bounding each search by the best start so far keeps it short.
-        first, matched = len(buffer), None
+        # The stop string that is complete first, reading character by character, is the
+        # one the engine would have stopped at: the occurrence that ends first (of those ending
+        # together, the longest). So the result does not depend on how the text was split.
+        best: tuple[int, int, str] | None = None  # (end, start, stop string)
         for s in self._stop:
-            at = buffer.find(s, 0, first + len(s) - 1)
-            if at != -1 and at < first:
-                first, matched = at, s
-        if matched is not None:
+            at = buffer.find(s)
+            if at != -1 and (best is None or (at + len(s), at) < best[:2]):
+                best = (at + len(s), at, s)
+        if best is not None:
             self._held = ""
-            self.matched = matched
-            return buffer[:first], True
+            self.matched = best[2]
+            return buffer[: best[1]], True
         keep = self._partial_match_length(buffer)
         self._held = buffer[len(buffer) - keep :]
         return buffer[: len(buffer) - keep], False

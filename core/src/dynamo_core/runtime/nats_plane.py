@@ -222,6 +222,12 @@ class NatsRequestClient:
             return self._nc
 
     async def call(self, prefix: str, endpoint: str, payload: bytes) -> AsyncIterator[bytes]:
+        async for batch in self.call_batched(prefix, endpoint, payload):
+            for item in batch:
+                yield item
+
+    async def call_batched(self, prefix: str, endpoint: str, payload: bytes) -> AsyncIterator[list[bytes]]:
+        """Stream response items, every item already received yielded together."""
         nc = await self.connection()
         inbox = nc.new_inbox()
         queue: asyncio.Queue[bytes | None] = asyncio.Queue()
@@ -250,29 +256,40 @@ class NatsRequestClient:
             if not isinstance(first, Accepted):
                 raise ConnectionLostError(f"protocol error: {prefix} answered {type(first).__name__} first")
             received = 0
+            pending: list[bytes | None] = []
             while True:
-                try:
-                    raw = await asyncio.wait_for(queue.get(), STALL_TIMEOUT_S)
-                except asyncio.TimeoutError:
-                    raise ConnectionLostError(f"worker {prefix} went silent for {STALL_TIMEOUT_S:.0f} s") from None
-                if raw is None:
-                    raise ConnectionLostError(f"worker {prefix} is gone")
-                frame = _reply_decoder.decode(raw)
-                if isinstance(frame, Keepalive):
-                    if frame.sent > received:
-                        raise ConnectionLostError(f"lost {frame.sent - received} frame(s) from {prefix}")
-                elif isinstance(frame, Data):
-                    if frame.stream_id != received + 1:
-                        raise ConnectionLostError(f"lost frame(s) from {prefix} (got #{frame.stream_id} after #{received})")
-                    received += 1
-                    if received % ACK_EVERY == 0:
-                        await nc.publish(f"{prefix}.ack", _encoder.encode(Ack(inbox, received)))
-                    yield frame.payload
-                elif isinstance(frame, End):
-                    finished = True
-                    if frame.error:
-                        raise RemoteError(frame.error)
-                    return
+                if not pending:
+                    try:
+                        pending.append(await asyncio.wait_for(queue.get(), STALL_TIMEOUT_S))
+                    except asyncio.TimeoutError:
+                        raise ConnectionLostError(f"worker {prefix} went silent for {STALL_TIMEOUT_S:.0f} s") from None
+                    while not queue.empty():
+                        pending.append(queue.get_nowait())
+                batch: list[bytes] = []
+                while pending:
+                    raw = pending.pop(0)
+                    if raw is None:
+                        raise ConnectionLostError(f"worker {prefix} is gone")
+                    frame = _reply_decoder.decode(raw)
+                    if isinstance(frame, Keepalive):
+                        if frame.sent > received:
+                            raise ConnectionLostError(f"lost {frame.sent - received} frame(s) from {prefix}")
+                    elif isinstance(frame, Data):
+                        if frame.stream_id != received + 1:
+                            raise ConnectionLostError(f"lost frame(s) from {prefix} (got #{frame.stream_id} after #{received})")
+                        received += 1
+                        if received % ACK_EVERY == 0:
+                            await nc.publish(f"{prefix}.ack", _encoder.encode(Ack(inbox, received)))
+                        batch.append(frame.payload)
+                    elif isinstance(frame, End):
+                        finished = True
+                        if batch:
+                            yield batch
+                        if frame.error:
+                            raise RemoteError(frame.error)
+                        return
+                if batch:
+                    yield batch
         finally:
             streams = self._open.get(prefix)
             if streams is not None:

@@ -50,9 +50,12 @@ class TransportClients:
         if record.transport == "tcp":
             async for batch in self.tcp.call_batched(record.address, endpoint, payload):
                 yield batch
+        elif record.transport == "nats":
+            client = await self._nats_client()
+            async for batch in client.call_batched(record.address, endpoint, payload):
+                yield batch
         else:
-            async for item in self.call(record, endpoint, payload):
-                yield [item]
+            raise RequestPlaneError(f"worker {record.instance_id} uses unknown transport '{record.transport}'")
 
     async def events(self, record: InstanceRecord) -> AsyncIterator[EventPlaneMessage]:
         if record.event_plane == "nats":
