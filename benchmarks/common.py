@@ -7,10 +7,12 @@ print; `markdown_table` and `append_json_lines` print and keep them.
 
 Two transports carry the streams, both over one pool of HTTP/1.1 keep-alive connections:
 
-- `raw` (default): a minimal HTTP/1.1 client on asyncio streams. Measured against a local
-  SSE server with 64 chunks a response it costs ~0.6 CPU-ms a request, where httpx costs
-  ~2.7-3.4 CPU-ms (h11 and anyio per chunk). The frontend needs ~2.5 CPU-ms a request, so
-  on a 2-core machine httpx would make the generator, not the server, the bottleneck.
+- `raw` (default): a minimal HTTP/1.1 client on asyncio streams. Against a local SSE server
+  sending 64 chunks a response it costs ~0.6 CPU-ms a request where httpx costs 2.7-3.4
+  (h11 and anyio work per chunk); against the 2-worker mocker gateway at concurrency 128 on
+  2 cores it used 0.26 CPU-s per 1000 requests and drove ~700 requests/s, while httpx used
+  11 CPU-s per 1000 and drove 36 (httpx's pool slows down with many concurrent streams:
+  encode/httpx#3215). With httpx the generator, not the server, would be measured.
 - `httpx`: one `httpx.AsyncClient`, to cross-check the raw client against a standard one.
 
 Control requests (prompt calibration, /metrics) always go through httpx.
@@ -294,7 +296,7 @@ class RawTransport:
                         status, keep_alive = await conn.post(path, body, on_data)
                     except _StaleConnection:
                         # Nothing was answered on an idle connection the server had dropped
-                        # (uvicorn closes them after 5 s): send the request again on a new one.
+                        # (servers time idle ones out; uvicorn after 5 s): send it again on a new one.
                         conn.close()
                         conn = None
                 if conn is None:

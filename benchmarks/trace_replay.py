@@ -29,6 +29,7 @@ import random
 import time
 from array import array
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -95,16 +96,22 @@ def scaled_requests(rows: list[dict[str, Any]], args: argparse.Namespace) -> lis
 
 
 class PromptBuilder:
-    """Token-id prompts in which each trace block id is always the same run of tokens."""
+    """Token-id prompts in which each trace block id is always the same run of tokens.
 
-    def __init__(self, block_tokens: int, token_lo: int, token_hi: int):
+    The runs are seeded with `salt` (the trace's file name) as well as the id: every trace
+    numbers its blocks from 0, and two traces replayed against one server must not appear to
+    share prefixes.
+    """
+
+    def __init__(self, block_tokens: int, token_lo: int, token_hi: int, salt: str = ""):
         self.block_tokens = block_tokens
         self._lo, self._span = token_lo, token_hi - token_lo
+        self._salt = salt
         # Bounded: a full trace at scale 1 holds ~10^5 distinct blocks of 512 tokens.
         self._block = functools.lru_cache(maxsize=65536)(self._make_block)
 
     def _make_block(self, key: int | str) -> tuple[int, ...]:
-        raw = array("I", random.Random(key).randbytes(4 * self.block_tokens))
+        raw = array("I", random.Random(f"{self._salt}:{key}").randbytes(4 * self.block_tokens))
         return tuple(self._lo + value % self._span for value in raw)
 
     def prompt(self, request: TraceRequest) -> list[int]:
@@ -230,6 +237,17 @@ def describe(requests: list[TraceRequest], args: argparse.Namespace, block_token
     )
 
 
+def positive_number(text: str) -> float:
+    """A positive number, also written as a fraction ("1/16")."""
+    try:
+        value = float(Fraction(text))
+    except (ValueError, ZeroDivisionError) as exc:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from exc
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive: {text!r}")
+    return value
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m benchmarks.trace_replay", description=__doc__,
@@ -240,8 +258,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--trace", type=Path, required=True, help="a JSONL trace (timestamp, input_length, output_length, hash_ids)")
     p.add_argument("--start-index", type=int, default=0, help="first trace line to replay (0-based)")
     p.add_argument("--max-requests", type=int, default=None, help="replay at most this many lines")
-    p.add_argument("--time-scale", type=float, default=1.0, help="divide arrival times by this (2 = twice as fast)")
-    p.add_argument("--token-scale", type=float, default=1.0,
+    p.add_argument("--time-scale", type=positive_number, default=1.0, help="divide arrival times by this (2 = twice as fast)")
+    p.add_argument("--token-scale", type=positive_number, default=1.0,
                    help="multiply block size, input and output lengths by this (1/16 = 32-token blocks)")
     p.add_argument("--max-output-tokens", type=int, default=None, help="cap each request's (scaled) output")
     p.add_argument("--concurrency-limit", type=int, default=512, help="most requests in flight at once")
@@ -254,8 +272,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if not 0 <= args.token_lo < args.token_hi:
         p.error("need 0 <= --token-lo < --token-hi")
-    if args.time_scale <= 0 or args.token_scale <= 0:
-        p.error("--time-scale and --token-scale must be positive")
     if args.concurrency_limit < 1:
         p.error("--concurrency-limit must be positive")
     return args
@@ -268,7 +284,7 @@ def main(argv: list[str] | None = None) -> None:
     if not requests:
         raise SystemExit(f"no requests in {args.trace} from line {args.start_index}")
     print(describe(requests, args, block_tokens), flush=True)
-    row = run_async(replay(args, requests, PromptBuilder(block_tokens, args.token_lo, args.token_hi)))
+    row = run_async(replay(args, requests, PromptBuilder(block_tokens, args.token_lo, args.token_hi, salt=args.trace.name)))
     row.update({
         "benchmark": "trace_replay",
         "label": args.label,

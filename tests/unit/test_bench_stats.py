@@ -295,3 +295,11 @@ async def test_a_refused_connection_is_a_recorded_error_without_a_status():
     finally:
         await client.aclose()
     assert record.status is None and record.error is not None and record.error.startswith("ConnectionRefusedError")
+
+
+def test_block_contents_differ_between_traces_that_reuse_the_same_ids():
+    request = TraceRequest(index=0, at=0.0, input_tokens=32, output_tokens=1, hash_ids=(0,))
+    conversation = PromptBuilder(block_tokens=32, token_lo=3, token_hi=250, salt="conversation_trace.jsonl")
+    synthetic = PromptBuilder(block_tokens=32, token_lo=3, token_hi=250, salt="synthetic_trace.jsonl")
+    assert conversation.prompt(request) != synthetic.prompt(request)
+    assert conversation.prompt(request) == PromptBuilder(32, 3, 250, salt="conversation_trace.jsonl").prompt(request)
