@@ -7,13 +7,16 @@
 # - arrivals are sped up by TIME_SCALE, and so is the mocker (--speedup-ratio).
 # The system then carries the trace's real load, only faster and with shorter token runs.
 #   bash benchmarks/router_comparison.sh [MAX_REQUESTS] [TIME_SCALE] [TOKEN_SCALE]
-# KV_BLOCKS=N overrides the per-worker KV capacity (e.g. an engine with host-memory offload).
+# KV_BLOCKS=N overrides the per-worker KV capacity (e.g. an engine with host-memory offload);
+# ENGINE_SPEED=F makes each engine F times faster than the H100 profile (F=2: half the load);
+# TRACES / ROUTERS narrow the runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 max_requests=${1:-100000}
 time_scale=${2:-24}
 token_scale=${3:-0.03125}
 prefill_rate=$(python3 -c "print(12000 * $token_scale)")
+engine_speedup=$(python3 -c "print($time_scale * ${ENGINE_SPEED:-1})")
 # The attention terms scale with context length: shrink the prefill "doubling context" and grow
 # the decode cost per KV token by the same factor, so a scaled context costs what the full one does.
 doubling=$(python3 -c "print(max(1, round(32768 * $token_scale)))")
@@ -28,7 +31,7 @@ for trace in ${TRACES:-conversation_trace synthetic_trace}; do
     disc=$(mktemp -d)
     DYN_FILE_DISCOVERY_DIR=$disc uv run dynamo serve --router "$router" --workers 4 --num-gpu-blocks "$kv_blocks" \
       --prefill-tokens-per-s "$prefill_rate" --prefill-doubling-context "$doubling" \
-      --decode-ms-per-1k-kv-tokens "$per_kv" --speedup-ratio "$time_scale" \
+      --decode-ms-per-1k-kv-tokens "$per_kv" --speedup-ratio "$engine_speedup" \
       --http-port $port > "bench-results/serve-$trace-$router.log" 2>&1 &
     serve=$!
     ready=no

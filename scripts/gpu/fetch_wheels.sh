@@ -46,6 +46,10 @@ WHEELS=(
   # dynamo-core's serving path
   litestar==2.25.0 litestar-htmx==0.5.0 multipart==2.0.1 polyfactory==3.5.0 faker==40.54.0
   rich-click==1.9.9 httptools==0.9.0
+  # the plugin's unit tests and the GPU test, run there against the real vLLM
+  pytest==8.4.2 iniconfig==2.1.0 pytest-asyncio==1.5.0 pytest-timeout==2.4.0
+  # profiling the serving processes under load (bench_vllm.sh with PROFILE=1)
+  py-spy==0.4.3
 )
 
 PLATFORMS=()

@@ -280,3 +280,49 @@ def test_tokenize_detokenize_and_single_model_endpoints(cluster, mistral_tokeniz
     assert http_get(f"{base}/v1/models/m") == (200, {"id": "m", "created": http_get(f"{base}/v1/models")[1]["data"][0]["created"],
                                                       "owned_by": "dynamo", "object": "model", "max_model_len": 4096})
     assert http_get(f"{base}/v1/models/nope")[0] == 404
+
+
+def test_logprobs_come_back_in_openai_shapes_streaming_and_not(cluster, mistral_tokenizer_dir):
+    _, base = cluster.serve("--engine", "echo", "--model", str(mistral_tokenizer_dir), workers=1)
+    model = mistral_tokenizer_dir.name
+    client = _client(base)
+    text = "Hello world, 世界"
+    messages = [{"role": "user", "content": text}]
+
+    reply = client.chat.completions.create(model=model, messages=messages, logprobs=True, top_logprobs=1)
+    content = reply.choices[0].logprobs.content
+    # Echo is certain of every token; the pieces' bytes rebuild the text exactly.
+    assert all(entry.logprob == 0.0 and [t.token for t in entry.top_logprobs] == [entry.token] for entry in content)
+    assert bytes(b for entry in content for b in entry.bytes).decode().strip() == text
+    assert client.chat.completions.create(model=model, messages=messages).choices[0].logprobs is None
+
+    stream = client.chat.completions.create(model=model, messages=messages, logprobs=True, stream=True)
+    streamed = [e for c in stream if c.choices and c.choices[0].logprobs for e in c.choices[0].logprobs.content]
+    assert [(e.token, e.bytes) for e in streamed] == [(e.token, e.bytes) for e in content]
+    assert all(e.top_logprobs == [] for e in streamed)  # top_logprobs not asked for
+
+    completion = client.completions.create(model=model, prompt="one two three", echo=True, logprobs=2, max_tokens=16)
+    choice = completion.choices[0]
+    logprobs = choice.logprobs
+    assert choice.text.startswith("one two three")
+    # Echo streams the prompt back, BOS first: a special token, shown but absent from the text.
+    assert logprobs.tokens == ["<s>", " one", " two", " three"]
+    assert logprobs.token_logprobs == [0.0] * 4
+    assert logprobs.top_logprobs == [{token: 0.0} for token in logprobs.tokens]
+    # Offsets count the echoed prompt and follow the returned text, where the first word of
+    # the output has lost its leading space.
+    offsets = logprobs.text_offset
+    assert offsets[:2] == [len("one two three")] * 2
+    assert offsets == sorted(offsets) and offsets[-1] < len(choice.text)
+    assert choice.text[offsets[-1]:].strip() == "three"
+
+
+def test_mocker_logprobs_have_the_asked_number_of_alternatives(mocker_serve):
+    _, base = mocker_serve
+    client = _client(base)
+    reply = client.completions.create(model="test-model", prompt="a b c", max_tokens=5, logprobs=3,
+                                      extra_body={"ignore_eos": True})
+    logprobs = reply.choices[0].logprobs
+    assert len(logprobs.tokens) == len(logprobs.token_logprobs) == 5
+    assert all(lp < 0 for lp in logprobs.token_logprobs)
+    assert all(len(top) == 3 for top in logprobs.top_logprobs)

@@ -18,9 +18,9 @@ def _run(*args: str) -> subprocess.CompletedProcess:
 
 
 def test_missing_engine_names_the_package_to_install():
-    result = _run("serve", "--engine", "vllm")
+    result = _run("serve", "--engine", "sglang")
     assert result.returncode == 2
-    assert "engine 'vllm' is not installed; pip install dynamo-vllm" in result.stderr
+    assert "engine 'sglang' is not installed; pip install dynamo-sglang" in result.stderr
 
 
 def test_plugins_lists_builtins_with_their_distribution_as_json():

@@ -89,7 +89,7 @@ class TokenizerBundle:
 # ---------------------------------------------------------------------------------------------
 
 
-def _byte_symbols() -> list[str]:
+def byte_symbols() -> list[str]:
     """The printable stand-in of each byte value, as GPT-2's byte-level BPE (and so the
     `ByteLevel` decoder) defines them: printable Latin-1 bytes stand for themselves, the others
     are shifted past U+0100 in order."""
@@ -106,7 +106,7 @@ def _byte_symbols() -> list[str]:
 def _builtin() -> TokenizerBundle:
     """A byte-level BPE without merges: token id b is byte b, so every UTF-8 string (and every
     byte sequence a model might emit) has exactly one tokenization and decodes back unchanged."""
-    vocab = {symbol: byte for byte, symbol in enumerate(_byte_symbols())}
+    vocab = {symbol: byte for byte, symbol in enumerate(byte_symbols())}
     tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=[]))
     # No prefix space and no regex split: both would only matter for merges, and a prefix space
     # would add a byte that decoding cannot tell from the text's own.

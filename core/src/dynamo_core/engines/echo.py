@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 from dynamo_core.engines.base import Engine, EngineContext
-from dynamo_core.protocols.engine import EngineInfo, EngineOutput, FinishReason, PreprocessedRequest
+from dynamo_core.protocols.engine import EngineInfo, EngineOutput, FinishReason, PreprocessedRequest, TokenLogprob
 from dynamo_core.protocols.kv_events import LoadMetrics
 
 DEFAULT_CONTEXT_LENGTH = 32768
@@ -68,7 +68,8 @@ class EchoEngine(Engine):
             source = request.token_ids
         limit = request.stop.max_tokens
         tokens = source[:limit]
-        want_logprobs = request.output.logprobs is not None
+        # Echoed tokens are certain: logprob 0, and the token itself as its only alternative.
+        top = request.output.logprobs
         self._running += 1
         try:
             first = True
@@ -77,7 +78,8 @@ class EchoEngine(Engine):
                     await asyncio.sleep(self._delay_s)
                 yield EngineOutput(
                     token_ids=[token],
-                    logprobs=[0.0] if want_logprobs else None,
+                    logprobs=[0.0] if top is not None else None,
+                    top_logprobs=[[TokenLogprob(token, 0.0)]] if top else None,
                     prompt_tokens=len(request.token_ids) if first else None,
                     cached_tokens=0 if first else None,
                 )

@@ -11,7 +11,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import msgspec
 from litestar import Response
@@ -25,6 +25,7 @@ from dynamo_core.frontend.errors import (
     ServiceUnavailableError,
     from_validation_error,
 )
+from dynamo_core.frontend.logprobs import TokenTexts
 from dynamo_core.frontend.model_registry import ModelRegistry, ServedModel
 from dynamo_core.frontend.postprocessor import ChoiceDelta, UsageCounter, run_choices
 from dynamo_core.frontend.preprocessor import PreparedChoice, prepare_chat, prepare_completion
@@ -34,8 +35,10 @@ from dynamo_core.protocols.openai import (
     ChatCompletion,
     ChatCompletionChunk,
     ChatCompletionRequest,
+    ChatLogprobs,
     Completion,
     CompletionChoice,
+    CompletionLogprobs,
     CompletionRequest,
     Delta,
     ErrorBody,
@@ -168,43 +171,56 @@ async def chat_completions(state: ServingState, body: bytes) -> Response:
     choices = await prepare_chat(model, req, request_id)
     usage, tracker, first, deltas = await _start(state, model, choices, _stop_list(req.stop), "chat")
     created = int(time.time())
+    token_texts = model.token_texts if req.logprobs else None
     if req.stream:
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         return Stream(
-            _chat_stream(request_id, created, model.name, req.n, first, deltas, usage, tracker, include_usage),
+            _chat_stream(request_id, created, model.name, req.n, first, deltas, usage, tracker, include_usage, token_texts),
             media_type="text/event-stream",
             headers=SSE_HEADERS,
         )
-    texts, finish = await _collect(first, deltas, tracker, usage)
-    response = ChatCompletion(
-        id=request_id,
-        created=created,
-        model=model.name,
-        choices=[
-            ChatChoice(i, ResponseMessage(content="".join(texts.get(i, []))), finish.get(i)) for i in range(req.n)
-        ],
-        usage=_usage(usage),
-    )
+    results = await _collect(first, deltas, tracker, usage)
+    choices_out = []
+    for i in range(req.n):
+        result = results.get(i, _Collected())
+        logprobs = None
+        if token_texts is not None:
+            logprobs = ChatLogprobs([entry for d in result.logprob_deltas for entry in token_texts.chat(d)])
+        choices_out.append(ChatChoice(i, ResponseMessage(content="".join(result.texts)), result.finish, logprobs))
+    response = ChatCompletion(id=request_id, created=created, model=model.name, choices=choices_out, usage=_usage(usage))
     return Response(_json.encode(response), media_type="application/json")
 
 
-async def _collect(first, deltas, tracker: _Tracker, usage: UsageCounter) -> tuple[dict[int, list[str]], dict[int, str]]:
-    """Drain every choice's deltas (non-streaming responses): texts and finish reasons by index."""
-    texts: dict[int, list[str]] = {}
-    finish: dict[int, str] = {}
+@dataclass
+class _Collected:
+    """One choice of a non-streaming response."""
+
+    texts: list[str] = field(default_factory=list)
+    finish: str | None = None
+    logprob_deltas: list[ChoiceDelta] = field(default_factory=list)
+
+
+async def _collect(first, deltas, tracker: _Tracker, usage: UsageCounter) -> dict[int, _Collected]:
+    """Drain every choice's deltas (non-streaming responses), by choice index."""
+    results: dict[int, _Collected] = {}
     status = "ok"
     try:
         async for delta in _chain(first, deltas):
             tracker.on_delta(delta)
-            texts.setdefault(delta.index, []).append(delta.text)
+            result = results.get(delta.index)
+            if result is None:
+                result = results[delta.index] = _Collected()
+            result.texts.append(delta.text)
             if delta.finish_reason:
-                finish[delta.index] = delta.finish_reason
+                result.finish = delta.finish_reason
+            if delta.logprobs:
+                result.logprob_deltas.append(delta)
     except Exception as exc:
         status = type(exc).__name__
         raise
     finally:
         tracker.finish(status, usage)
-    return texts, finish
+    return results
 
 
 async def _chain(first: ChoiceDelta | None, rest: AsyncIterator[ChoiceDelta]) -> AsyncIterator[ChoiceDelta]:
@@ -216,7 +232,7 @@ async def _chain(first: ChoiceDelta | None, rest: AsyncIterator[ChoiceDelta]) ->
 
 async def _chat_stream(
     request_id: str, created: int, model: str, n: int, first, deltas, usage: UsageCounter, tracker: _Tracker,
-    include_usage: bool,
+    include_usage: bool, token_texts: TokenTexts | None,
 ) -> AsyncIterator[bytes]:
     status = "ok"
     try:
@@ -224,11 +240,12 @@ async def _chat_stream(
             yield _sse(ChatCompletionChunk(request_id, created, model, [ChatChunkChoice(i, Delta(role="assistant", content=""))]))
         async for delta in _chain(first, deltas):
             tracker.on_delta(delta)
-            if not delta.text and delta.finish_reason is None:
+            logprobs = ChatLogprobs(token_texts.chat(delta)) if token_texts is not None and delta.logprobs else None
+            if not delta.text and delta.finish_reason is None and logprobs is None:
                 continue
             chunk = ChatCompletionChunk(
                 request_id, created, model,
-                [ChatChunkChoice(delta.index, Delta(content=delta.text or None), delta.finish_reason)],
+                [ChatChunkChoice(delta.index, Delta(content=delta.text or None), delta.finish_reason, logprobs)],
             )
             yield _sse(chunk)
         if include_usage:
@@ -255,24 +272,28 @@ async def completions(state: ServingState, body: bytes) -> Response:
     echo_text = {c.index: _echo_prefix(model, c) for c in choices} if req.echo else {}
     usage, tracker, first, deltas = await _start(state, model, choices, _stop_list(req.stop), "completions")
     created = int(time.time())
+    token_texts = model.token_texts if req.logprobs is not None else None
     if req.stream:
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         return Stream(
-            _completion_stream(request_id, created, model.name, echo_text, first, deltas, usage, tracker, include_usage),
+            _completion_stream(
+                request_id, created, model.name, echo_text, first, deltas, usage, tracker, include_usage, token_texts
+            ),
             media_type="text/event-stream",
             headers=SSE_HEADERS,
         )
-    texts, finish = await _collect(first, deltas, tracker, usage)
-    response = Completion(
-        id=request_id,
-        created=created,
-        model=model.name,
-        choices=[
-            CompletionChoice(c.index, echo_text.get(c.index, "") + "".join(texts.get(c.index, [])), finish.get(c.index))
-            for c in choices
-        ],
-        usage=_usage(usage),
-    )
+    results = await _collect(first, deltas, tracker, usage)
+    choices_out = []
+    for c in choices:
+        result = results.get(c.index, _Collected())
+        prefix = echo_text.get(c.index, "")
+        logprobs = None
+        if token_texts is not None:
+            logprobs, offset = CompletionLogprobs([], [], [], []), len(prefix)
+            for d in result.logprob_deltas:
+                _, offset = token_texts.completion(d, offset, into=logprobs)
+        choices_out.append(CompletionChoice(c.index, prefix + "".join(result.texts), result.finish, logprobs))
+    response = Completion(id=request_id, created=created, model=model.name, choices=choices_out, usage=_usage(usage))
     return Response(_json.encode(response), media_type="application/json")
 
 
@@ -284,17 +305,22 @@ def _echo_prefix(model: ServedModel, choice: PreparedChoice) -> str:
 
 async def _completion_stream(
     request_id: str, created: int, model: str, echo_text: dict[int, str], first, deltas, usage: UsageCounter,
-    tracker: _Tracker, include_usage: bool,
+    tracker: _Tracker, include_usage: bool, token_texts: TokenTexts | None,
 ) -> AsyncIterator[bytes]:
     status = "ok"
+    offsets = {index: len(text) for index, text in echo_text.items()}  # text offsets for logprobs
     try:
         for index, text in echo_text.items():
             yield _sse(Completion(request_id, created, model, [CompletionChoice(index, text)]))
         async for delta in _chain(first, deltas):
             tracker.on_delta(delta)
-            if not delta.text and delta.finish_reason is None:
+            logprobs = None
+            if token_texts is not None and delta.logprobs:
+                logprobs, offsets[delta.index] = token_texts.completion(delta, offsets.get(delta.index, 0))
+            if not delta.text and delta.finish_reason is None and logprobs is None:
                 continue
-            yield _sse(Completion(request_id, created, model, [CompletionChoice(delta.index, delta.text, delta.finish_reason)]))
+            choice = CompletionChoice(delta.index, delta.text, delta.finish_reason, logprobs)
+            yield _sse(Completion(request_id, created, model, [choice]))
         if include_usage:
             yield _sse(Completion(request_id, created, model, [], usage=_usage(usage)))
     except Exception as exc:

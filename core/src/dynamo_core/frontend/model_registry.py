@@ -10,10 +10,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import msgspec
 
@@ -25,6 +27,9 @@ from dynamo_core.runtime.request_plane import RequestPlaneError
 from dynamo_core.runtime.transports import TransportClients
 from dynamo_core.runtime.model_files import MODEL_FILES_ENDPOINT, fetch_model_files, local_copy_matches
 from dynamo_core.tokenizer import BUILTIN_TOKENIZER, TokenizerBundle, load_tokenizer
+
+if TYPE_CHECKING:
+    from dynamo_core.frontend.logprobs import TokenTexts
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +52,13 @@ class ServedModel:
     router: Router
     created: int = field(default_factory=lambda: int(time.time()))
     workers: dict[str, WorkerHandle] = field(default_factory=dict)
+
+    @functools.cached_property
+    def token_texts(self) -> TokenTexts:
+        """Token ids as logprobs show them (built on the first request that asks)."""
+        from dynamo_core.frontend.logprobs import TokenTexts
+
+        return TokenTexts(self.tokenizer)
 
     def worker_states(self, exclude: set[str] | frozenset[str] = frozenset()) -> list[WorkerState]:
         return [h.state for wid, h in self.workers.items() if wid not in exclude]

@@ -16,7 +16,7 @@ from dynamo_core.frontend.detokenizer import IncrementalDetokenizer
 from dynamo_core.frontend.errors import EngineError
 from dynamo_core.frontend.preprocessor import PreparedChoice
 from dynamo_core.frontend.stop_strings import StopStringMatcher
-from dynamo_core.protocols.engine import EngineOutput, FinishReason
+from dynamo_core.protocols.engine import EngineOutput, FinishReason, TokenLogprob
 from dynamo_core.tokenizer import TokenizerBundle
 
 
@@ -26,7 +26,8 @@ class ChoiceDelta:
     text: str
     finish_reason: str | None = None
     token_ids: list[int] = field(default_factory=list)
-    logprobs: list[float] | None = None
+    logprobs: list[float] | None = None  # per token in `token_ids`, when asked for
+    top_logprobs: list[list[TokenLogprob]] | None = None
 
 
 @dataclass
@@ -75,7 +76,7 @@ class ChoicePostprocessor:
             self.finished = True
         if not text and finish is None and output.logprobs is None:
             return None
-        return ChoiceDelta(self.index, text, finish, list(output.token_ids), output.logprobs)
+        return ChoiceDelta(self.index, text, finish, list(output.token_ids), output.logprobs, output.top_logprobs)
 
 
 StreamFactory = Callable[[PreparedChoice], AsyncIterator[EngineOutput]]

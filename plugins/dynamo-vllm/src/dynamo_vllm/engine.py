@@ -1,0 +1,167 @@
+"""The vLLM engine: vLLM's v1 `AsyncLLM` in the worker process, behind dynamo's `Engine`.
+
+- Requests arrive tokenized; each becomes a `TokensPrompt` and `SamplingParams` with delta
+  outputs, and its outputs stream back as `EngineOutput` deltas. Closing the stream (the client
+  went away) closes vLLM's generator, which aborts the request in vLLM.
+- The model card gets vLLM's real block size, KV capacity (GPU blocks) and context length,
+  read after the engine core has profiled memory.
+- KV events: vLLM's ZMQ publisher is pointed at this worker's subscriber; batches are
+  translated into dynamo's events, kept in a mirror (for snapshots) and published.
+- Load: a stat logger receives vLLM's scheduler statistics with every engine step.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
+
+from dynamo_core.engines.base import Engine, EngineContext
+from dynamo_core.protocols.engine import EngineInfo, EngineOutput, FinishReason, PreprocessedRequest
+from dynamo_core.protocols.kv_events import KvCleared, KvStored, LoadMetrics
+from dynamo_vllm.availability import require_vllm
+from dynamo_vllm.kv_events import KvCacheMirror, KvEventTranslator, decode_batch
+from dynamo_vllm.load import SchedulerLoad
+from dynamo_vllm.options import given_flags, vllm_argv
+from dynamo_vllm.outputs import engine_output
+from dynamo_vllm.sampling import sampling_kwargs
+
+if TYPE_CHECKING:
+    from vllm.v1.engine.async_llm import AsyncLLM
+
+    from dynamo_vllm.kv_subscriber import KvEventSubscriber
+
+log = logging.getLogger(__name__)
+
+KV_EVENTS_TOPIC = "kv"
+
+
+def _load_logger_factory(load: SchedulerLoad):
+    """A vLLM per-engine stat logger factory feeding `load` (vLLM calls `record` on the
+    AsyncLLM's event loop, after each batch of engine-core outputs)."""
+    from vllm.v1.metrics.loggers import StatLoggerBase
+
+    class DynamoLoadLogger(StatLoggerBase):
+        def __init__(self, vllm_config: Any, engine_index: int = 0):
+            self.engine_index = engine_index
+
+        def record(self, scheduler_stats, iteration_stats, mm_cache_stats=None, engine_idx: int = 0) -> None:
+            load.record(scheduler_stats)
+
+        def log_engine_initialized(self) -> None:
+            pass
+
+    return DynamoLoadLogger
+
+
+class VllmEngine(Engine):
+    def __init__(self, context: EngineContext, argv: list[str], kv_events: bool):
+        if context.model_path is None:
+            raise ValueError("--engine vllm needs --model: an HF-format model directory")
+        self._context = context
+        self._model_path = context.model_path
+        self._argv = argv
+        self._kv_events_enabled = kv_events
+        self._llm: AsyncLLM | None = None
+        self._load = SchedulerLoad()
+        self._mirror = KvCacheMirror()
+        self._translator: KvEventTranslator | None = None
+        self._subscriber: KvEventSubscriber | None = None
+        self._vllm: dict[str, Any] = {}  # vLLM's request classes, bound once vLLM is imported
+
+    @classmethod
+    def from_context(cls, context: EngineContext) -> "VllmEngine":
+        require_vllm()
+        if context.role != "agg":
+            raise ValueError(
+                f"--mode {context.role}: dynamo-vllm serves aggregated workers only for now "
+                "(disaggregated prefill/decode through vLLM's NIXL connector is not built yet)"
+            )
+        # vLLM publishes no meaningful KV events without prefix caching, and routers then
+        # treat this worker as holding nothing.
+        kv_events = "--no-enable-prefix-caching" not in given_flags(context.options)
+        return cls(context, vllm_argv(context.options), kv_events)
+
+    async def start(self) -> EngineInfo:
+        from vllm import SamplingParams, TokensPrompt
+        from vllm.config import KVEventsConfig
+        from vllm.sampling_params import RequestOutputKind
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        from dynamo_vllm.engine_args import engine_args
+        from dynamo_vllm.kv_subscriber import KvEventSubscriber
+
+        self._vllm = {"params": SamplingParams, "prompt": TokensPrompt, "delta": RequestOutputKind.DELTA}
+        args = engine_args(self._model_path, self._argv)
+        if self._kv_events_enabled:
+            self._subscriber = KvEventSubscriber(self._context.worker_id or "worker", topic=KV_EVENTS_TOPIC)
+            args.kv_events_config = KVEventsConfig(
+                enable_kv_cache_events=True,
+                publisher="zmq",
+                endpoint=self._subscriber.endpoint,
+                replay_endpoint=self._subscriber.replay_endpoint,
+                topic=KV_EVENTS_TOPIC,
+            )
+        log.info("starting vLLM for %s with %s", self._model_path, " ".join(self._argv) or "its defaults")
+        # Blocks this loop until the engine core is up (weights loaded, memory profiled, KV
+        # cache allocated); the worker registers nowhere and serves nothing before that.
+        self._llm = AsyncLLM.from_engine_args(args, stat_loggers=[_load_logger_factory(self._load)])
+        config = self._llm.vllm_config
+        block_size = config.cache_config.block_size
+        blocks = config.cache_config.num_gpu_blocks or 0
+        self._load.total_kv_blocks = blocks
+        if self._subscriber is not None:
+            self._translator = KvEventTranslator(block_size)
+            self._subscriber.start(self._on_kv_batch, self._on_kv_events_lost)
+        return EngineInfo(block_size=block_size, kv_capacity_blocks=blocks, context_length=config.model_config.max_model_len)
+
+    async def generate(self, request: PreprocessedRequest) -> AsyncIterator[EngineOutput]:
+        assert self._llm is not None, "start() first"
+        vllm = self._vllm
+        try:
+            params = vllm["params"](**sampling_kwargs(request), output_kind=vllm["delta"])
+        except ValueError as exc:  # includes UnsupportedRequestError
+            yield EngineOutput(finish_reason=FinishReason.ERROR, error=str(exc))
+            return
+        top_logprobs = request.output.logprobs
+        stream = self._llm.generate(vllm["prompt"](prompt_token_ids=request.token_ids), params, request.request_id)
+        self._load.in_flight += 1
+        first = True
+        try:
+            async for out in stream:
+                yield engine_output(out, first=first, top_logprobs=top_logprobs)
+                first = False
+        except Exception as exc:  # a rejected request (ValueError) or a failed engine
+            log.warning("request %s failed in vLLM: %s", request.request_id, exc)
+            yield EngineOutput(finish_reason=FinishReason.ERROR, error=f"vLLM: {exc}")
+        finally:
+            self._load.in_flight -= 1
+            # Aborts the request in vLLM when it has not finished (the consumer went away).
+            await stream.aclose()
+
+    def load_metrics(self, worker_id: str) -> LoadMetrics:
+        return self._load.metrics(worker_id)
+
+    def kv_snapshot(self) -> list[KvStored]:
+        return self._mirror.snapshot()
+
+    def _on_kv_batch(self, payload: bytes) -> None:
+        assert self._translator is not None
+        events = self._translator.translate(decode_batch(payload))
+        if events:
+            self._mirror.apply(events)
+            self._context.kv_events.publish(events)
+
+    def _on_kv_events_lost(self, first: int, end: int) -> None:
+        # What those batches stored is unknown: start over from an empty view of the cache.
+        log.warning("vLLM KV event batches %d..%d are lost; reporting the cache as cleared", first, end - 1)
+        events = [KvCleared()]
+        self._mirror.apply(events)
+        self._context.kv_events.publish(events)
+
+    async def stop(self) -> None:
+        if self._subscriber is not None:
+            await self._subscriber.stop()
+        if self._llm is not None:
+            self._llm.shutdown()
+            self._llm = None

@@ -1,0 +1,181 @@
+"""vLLM's KV cache events, decoded from its ZMQ publisher and translated into dynamo's.
+
+vLLM's scheduler publishes `KVEventBatch`es (msgpack, `vllm/distributed/kv_events.py`): a batch
+is an array `[ts, events, data_parallel_rank]`, each event a map tagged by its class name under
+`type`. The structs below mirror that wire format with only the fields dynamo needs, so the
+decoding runs (and is tested) without importing vLLM; unknown fields are ignored and unknown
+event kinds skipped, so a newer vLLM's additions do not break a worker.
+
+Translation: each `BlockStored` becomes a `KvStored` whose blocks carry their own tokens (the
+router recomputes its hashes from them); `BlockRemoved` becomes `KvRemoved`, and
+`AllBlocksCleared` `KvCleared`. vLLM's hashes are 64-bit ints by default
+(`VLLM_KV_EVENTS_USE_INT_BLOCK_HASHES=1`), else 32-byte digests, folded here to 64 bits the way
+vLLM folds them. Only GPU-resident blocks of the first KV cache group, of the engine's block
+size and without LoRA, are reported: that is what dynamo's token-only block hashes describe.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+
+import msgspec
+
+from dynamo_core.protocols.kv_events import KvBlock, KvCleared, KvEvent, KvRemoved, KvStored
+
+log = logging.getLogger(__name__)
+
+_MASK64 = (1 << 64) - 1
+GPU_MEDIUM = "GPU"
+
+
+class BlockStored(msgspec.Struct, tag="BlockStored"):
+    block_hashes: list[int | bytes]
+    parent_block_hash: int | bytes | None
+    token_ids: list[int]
+    block_size: int
+    lora_id: int | None = None
+    medium: str | None = None
+    lora_name: str | None = None
+    group_idx: int | None = None
+
+
+class BlockRemoved(msgspec.Struct, tag="BlockRemoved"):
+    block_hashes: list[int | bytes]
+    medium: str | None = None
+    group_idx: int | None = None
+
+
+class AllBlocksCleared(msgspec.Struct, tag="AllBlocksCleared"):
+    pass
+
+
+VllmKvEvent = BlockStored | BlockRemoved | AllBlocksCleared
+
+
+class KVEventBatch(msgspec.Struct, array_like=True):
+    ts: float
+    events: list[msgspec.Raw]  # decoded one by one, so an unknown kind skips only itself
+    data_parallel_rank: int | None = None
+
+
+_batch_decoder = msgspec.msgpack.Decoder(KVEventBatch)
+_event_decoder = msgspec.msgpack.Decoder(VllmKvEvent)
+
+
+def decode_batch(payload: bytes) -> list[VllmKvEvent]:
+    """The events of one published batch, in order; events of unknown kinds are dropped."""
+    events: list[VllmKvEvent] = []
+    for raw in _batch_decoder.decode(payload).events:
+        try:
+            events.append(_event_decoder.decode(raw))
+        except msgspec.ValidationError as exc:
+            log.debug("skipping a vLLM KV event dynamo does not know: %s", exc)
+    return events
+
+
+def engine_hash(value: int | bytes) -> int:
+    """vLLM's block hash as the 64-bit int dynamo's events carry."""
+    if isinstance(value, bytes):
+        return int.from_bytes(value, "big") & _MASK64
+    return value & _MASK64
+
+
+class KvEventTranslator:
+    """Turns decoded vLLM events into dynamo events for an engine of `block_size` tokens a block."""
+
+    def __init__(self, block_size: int, group_idx: int = 0):
+        self.block_size = block_size
+        self.group_idx = group_idx
+
+    def _reported(self, medium: str | None, group_idx: int | None) -> bool:
+        return (medium is None or medium == GPU_MEDIUM) and (group_idx is None or group_idx == self.group_idx)
+
+    def translate(self, events: Sequence[VllmKvEvent]) -> list[KvEvent]:
+        out: list[KvEvent] = []
+        for event in events:
+            if isinstance(event, BlockStored):
+                stored = self._stored(event)
+                if stored is not None:
+                    out.append(stored)
+            elif isinstance(event, BlockRemoved):
+                if self._reported(event.medium, event.group_idx) and event.block_hashes:
+                    out.append(KvRemoved(block_hashes=[engine_hash(h) for h in event.block_hashes]))
+            elif isinstance(event, AllBlocksCleared):
+                out.append(KvCleared())
+        return out
+
+    def _stored(self, event: BlockStored) -> KvStored | None:
+        if not self._reported(event.medium, event.group_idx):
+            return None
+        if event.lora_id is not None or event.lora_name is not None:
+            return None  # LoRA blocks hash differently in vLLM; dynamo's hashes are tokens only
+        size = self.block_size
+        if event.block_size != size:
+            return None  # a partial-block prefix entry (hybrid models): not a full block
+        # Each hash covers the next `size` tokens; a short tail (never seen) would be no block.
+        count = min(len(event.block_hashes), len(event.token_ids) // size)
+        if count == 0:
+            return None
+        tokens = event.token_ids
+        blocks = [KvBlock(engine_hash(event.block_hashes[i]), tokens[i * size : (i + 1) * size]) for i in range(count)]
+        parent = None if event.parent_block_hash is None else engine_hash(event.parent_block_hash)
+        return KvStored(parent_hash=parent, blocks=blocks)
+
+
+class KvCacheMirror:
+    """The blocks vLLM holds, as its events describe them: answers `Engine.kv_snapshot()`.
+
+    vLLM cannot list its cache, so a router that connects late (or resynchronises after a gap)
+    would otherwise see only blocks stored after it arrived.
+    """
+
+    def __init__(self) -> None:
+        self._blocks: dict[int, tuple[int | None, list[int]]] = {}  # hash -> (parent, tokens)
+
+    def __len__(self) -> int:
+        return len(self._blocks)
+
+    def apply(self, events: Sequence[KvEvent]) -> None:
+        blocks = self._blocks
+        for event in events:
+            if isinstance(event, KvStored):
+                parent = event.parent_hash
+                for block in event.blocks:
+                    # A re-report of a cached block (vLLM's "full" report mode) keeps its entry.
+                    blocks.setdefault(block.block_hash, (parent, block.token_ids))
+                    parent = block.block_hash
+            elif isinstance(event, KvRemoved):
+                for block_hash in event.block_hashes:
+                    blocks.pop(block_hash, None)
+            elif isinstance(event, KvCleared):
+                blocks.clear()
+
+    def snapshot(self) -> list[KvStored]:
+        """Every block reachable from a root, parents first, chains merged into one event.
+
+        A block whose parent was evicted before it cannot be placed by a router (nor matched by
+        any prompt, since matching walks from the root), so it is left out.
+        """
+        children: dict[int | None, list[int]] = {}
+        for block_hash, (parent, _) in self._blocks.items():
+            if parent is None or parent in self._blocks:
+                children.setdefault(parent, []).append(block_hash)
+        out: list[KvStored] = []
+        for chain_parent, chain in self._chains(children):
+            out.append(KvStored(parent_hash=chain_parent, blocks=[KvBlock(h, self._blocks[h][1]) for h in chain]))
+        return out
+
+    @staticmethod
+    def _chains(children: dict[int | None, list[int]]) -> Iterator[tuple[int | None, list[int]]]:
+        """Depth-first runs of blocks, each run a parent's child followed by its descendants for
+        as long as each has exactly one child."""
+        stack: list[int | None] = [None]
+        while stack:
+            parent = stack.pop()
+            for head in children.get(parent, ()):
+                chain = [head]
+                while len(children.get(chain[-1], ())) == 1:
+                    chain.append(children[chain[-1]][0])
+                stack.append(chain[-1])
+                yield parent, chain

@@ -1,0 +1,54 @@
+"""A dynamo `PreprocessedRequest` as the keyword arguments of vLLM's `SamplingParams`.
+
+Only what the request sets is passed, so vLLM's own defaults apply to the rest. Stop strings
+never reach the engine (the gateway applies them to detokenized text); stop token ids do, and
+the gateway already counts EOS among them unless `ignore_eos` is set. vLLM is told not to
+detokenize: the gateway does that once, incrementally, for every engine alike.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dynamo_core.protocols.engine import PreprocessedRequest
+
+# SamplingOptions field -> SamplingParams keyword (same names in both today; kept explicit so
+# a rename on either side shows up here and in the tests).
+_SAMPLING_FIELDS = {
+    "temperature": "temperature",
+    "top_p": "top_p",
+    "top_k": "top_k",
+    "min_p": "min_p",
+    "seed": "seed",
+    "presence_penalty": "presence_penalty",
+    "frequency_penalty": "frequency_penalty",
+    "repetition_penalty": "repetition_penalty",
+}
+
+
+class UnsupportedRequestError(ValueError):
+    """A request asks for something this engine adapter cannot express."""
+
+
+def sampling_kwargs(request: PreprocessedRequest) -> dict[str, Any]:
+    """Keyword arguments for `vllm.SamplingParams` (the caller adds `output_kind=DELTA`)."""
+    sampling, stop = request.sampling, request.stop
+    if sampling.n != 1:
+        # The gateway fans `n` out into one request per choice; an engine delta has no index.
+        raise UnsupportedRequestError(f"n={sampling.n}: the gateway sends one request per choice")
+    kwargs: dict[str, Any] = {
+        "n": 1,
+        "max_tokens": stop.max_tokens,
+        "min_tokens": stop.min_tokens,
+        "ignore_eos": stop.ignore_eos,
+        "detokenize": False,
+    }
+    if stop.stop_token_ids:
+        kwargs["stop_token_ids"] = list(stop.stop_token_ids)
+    for ours, theirs in _SAMPLING_FIELDS.items():
+        value = getattr(sampling, ours)
+        if value is not None:
+            kwargs[theirs] = value
+    if request.output.logprobs is not None:
+        kwargs["logprobs"] = request.output.logprobs
+    return kwargs

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# On the GPU machine, from the repository root: gather the wheel part(s) this call carried
+# (.whl/parts/NN, made by fetch_wheels.sh) under /root/whl. With --install, once every part has
+# come (one call each, each within 30 s of the last, so the machine stays warm and keeps /root),
+# join the cut wheels, check all against SHA256SUMS and install them into /root/site.
+#
+#   run(carry=[".whl/parts/01", ".whl/parts/SHA256SUMS"], command="scripts/gpu/stage_wheels.sh")
+#   ...
+#   run(carry=[".whl/parts/07", ".whl/parts/SHA256SUMS"], command="scripts/gpu/stage_wheels.sh --install")
+set -euo pipefail
+STORE=/root/whl
+SITE=/root/site
+mkdir -p "$STORE"
+for part in .whl/parts/[0-9]*/; do
+  [ -d "$part" ] && cp "$part"* "$STORE/" && echo "staged part $(basename "$part")"
+done
+cp .whl/parts/SHA256SUMS "$STORE/"
+echo "$(ls "$STORE" | grep -vc SHA256SUMS) files under $STORE ($(du -sh "$STORE" | cut -f1))"
+[ "${1:-}" = "--install" ] || exit 0
+
+cd "$STORE"
+for first in *.piece-00; do
+  [ -e "$first" ] || continue
+  wheel=${first%.piece-00}
+  cat "$wheel".piece-* > "$wheel" && rm "$wheel".piece-*
+done
+sha256sum --check --quiet SHA256SUMS
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$SITE" ./*.whl
+echo "installed $(ls ./*.whl | wc -l) wheels into $SITE"

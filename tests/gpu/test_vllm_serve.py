@@ -1,0 +1,222 @@
+"""`dynamo serve --engine vllm --router kv` on a real GPU, spoken to with the openai client.
+
+Two vLLM workers share the GPU (small fixed KV caches), serving a random-weight Llama made on
+the spot (`random_llama.py`). Checked: the model card carries vLLM's block size and KV capacity;
+chat and completions answer, streaming and not, with usage and logprobs; vLLM's KV events fill
+the kv router's index, so a repeated prefix goes to the worker that holds it and hits its prefix
+cache; a stream the client drops is aborted inside vLLM.
+
+Skipped without vLLM or without a CUDA GPU (CI). `scripts/gpu/run_vllm_demo.sh` runs it on the
+GPU machine; set DYN_TEST_MODEL_DIR to reuse a model, DYN_TEST_LOG_DIR to keep the serve log.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("vllm", reason="vLLM is not installed")
+torch = pytest.importorskip("torch")
+if not torch.cuda.is_available():
+    pytest.skip("needs a CUDA GPU", allow_module_level=True)
+openai = pytest.importorskip("openai")
+
+sys.path.insert(0, str(Path(__file__).parent))
+from random_llama import VOCAB_SIZE, build_random_llama  # noqa: E402
+
+pytestmark = [pytest.mark.gpu, pytest.mark.timeout(900)]
+
+WORKERS = 2
+KV_CACHE_BYTES = 1 << 30  # per worker; fixed, so two workers starting together size alike
+ENGINE_FLAGS = [
+    "--gpu-memory-utilization", "0.3",
+    "--kv-cache-memory-bytes", str(KV_CACHE_BYTES),
+    "--max-model-len", "4096",
+    "--enforce-eager",  # starts faster; the benchmark script measures with CUDA graphs
+    "--enable-log-requests",  # vLLM logs "Aborted request(s) ..." for the cancellation check
+]
+START_TIMEOUT_S = 600
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _call(url: str, body: dict | None = None):
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=60) as response:
+        raw = response.read().decode()
+    return json.loads(raw) if raw.startswith(("{", "[")) else raw
+
+
+@dataclass
+class Served:
+    base: str
+    model: str
+    log: Path
+    proc: subprocess.Popen
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def client(self) -> "openai.OpenAI":
+        return openai.OpenAI(base_url=f"{self.base}/v1", api_key="none", timeout=120)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    preset = os.environ.get("DYN_TEST_MODEL_DIR")
+    if preset and (Path(preset) / "model.safetensors").is_file():
+        return Path(preset)
+    return build_random_llama(tmp_path_factory.mktemp("models") / "llama-8l-random")
+
+
+@pytest.fixture(scope="module")
+def served(model_dir, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("serve")
+    port = _free_port()
+    log = tmp / "serve.log"
+    env = dict(os.environ, DYN_FILE_DISCOVERY_DIR=str(tmp / "discovery"), DYN_NAMESPACE=f"gpu{port}")
+    command = [sys.executable, "-m", "dynamo_core.cli.main", "serve", "--engine", "vllm", "--router", "kv",
+               "--workers", str(WORKERS), "--model", str(model_dir), "--http-port", str(port), *ENGINE_FLAGS]
+    print("\n$ dynamo " + " ".join(command[3:]), flush=True)
+    with log.open("wb") as out:
+        proc = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
+    served = Served(f"http://127.0.0.1:{port}", model_dir.name, log, proc)
+    started = time.monotonic()
+    try:
+        while True:
+            assert proc.poll() is None, f"serve exited:\n{served.output()[-4000:]}"
+            assert time.monotonic() - started < START_TIMEOUT_S, f"not up in time:\n{served.output()[-4000:]}"
+            try:
+                if len(_call(f"{served.base}/health")["instances"]) == WORKERS:
+                    break
+            except OSError:
+                pass
+            time.sleep(1)
+        print(f"serve up with {WORKERS} vLLM workers in {time.monotonic() - started:.0f} s", flush=True)
+        yield served
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        keep = os.environ.get("DYN_TEST_LOG_DIR")
+        if keep:
+            shutil.copy(log, Path(keep) / "serve.log")
+
+
+def test_model_card_reports_vllms_block_size_and_kv_capacity(served):
+    output = served.output()
+    ready = re.findall(r"worker ready: engine=vllm .* block_size=(\d+) kv_blocks=(\d+)", output)
+    vllm_tokens = [int(n.replace(",", "")) for n in re.findall(r"GPU KV cache size: ([\d,]+) tokens", output)]
+    print(f"model cards: {ready}; vLLM's own KV cache sizes: {vllm_tokens} tokens", flush=True)
+    assert len(ready) == WORKERS
+    for block_size, blocks in ready:
+        assert int(block_size) == 16  # vLLM's default on CUDA
+        assert int(blocks) * int(block_size) in vllm_tokens
+
+
+def test_chat_answers_streaming_and_not(served):
+    client = served.client()
+    messages = [{"role": "user", "content": "Name three rivers of Europe."}]
+    reply = client.chat.completions.create(model=served.model, messages=messages, max_tokens=24,
+                                           extra_body={"ignore_eos": True})
+    choice = reply.choices[0]
+    print(f"chat: finish={choice.finish_reason} usage={reply.usage.model_dump()} text={choice.message.content[:60]!r}")
+    assert choice.finish_reason == "length" and choice.message.content
+    assert reply.usage.completion_tokens == 24 and reply.usage.prompt_tokens > 5
+
+    stream = client.chat.completions.create(model=served.model, messages=messages, max_tokens=24, stream=True,
+                                            stream_options={"include_usage": True}, extra_body={"ignore_eos": True})
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    finishes = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    usage = chunks[-1].usage
+    print(f"chat stream: {len(chunks)} chunks, finish={finishes}, usage={usage.model_dump()}, text={text[:60]!r}")
+    assert finishes == ["length"] and text and usage.completion_tokens == 24
+
+
+def test_completions_with_token_prompt_greedy_and_logprobs(served):
+    client = served.client()
+    prompt = list(range(1000, 1040))
+    first = client.completions.create(model=served.model, prompt=prompt, max_tokens=8, temperature=0, logprobs=2,
+                                      extra_body={"ignore_eos": True})
+    again = client.completions.create(model=served.model, prompt=prompt, max_tokens=8, temperature=0,
+                                      extra_body={"ignore_eos": True})
+    logprobs = first.choices[0].logprobs
+    print(f"completions: text={first.choices[0].text!r} usage={first.usage.model_dump()} "
+          f"top_logprobs[0]={logprobs.top_logprobs[0]}")
+    assert first.usage.prompt_tokens == len(prompt) and first.usage.completion_tokens == 8
+    assert first.choices[0].text == again.choices[0].text  # greedy is deterministic
+    assert len(logprobs.token_logprobs) == 8 and all(lp <= 0 for lp in logprobs.token_logprobs)
+    assert all(len(top) == 2 for top in logprobs.top_logprobs)
+
+
+def _decisions(base: str) -> Counter:
+    counts: Counter = Counter()
+    for line in _call(f"{base}/metrics").splitlines():
+        if line.startswith("dynamo_router_kv_decisions_total{"):
+            counts[line.split('worker="')[1].split('"')[0]] += float(line.rsplit(" ", 1)[1])
+    return counts
+
+
+def test_vllm_kv_events_fill_the_router_index_and_a_repeated_prefix_follows_its_cache(served):
+    base, model = served.base, served.model
+    shared = [(t * 7919) % (VOCAB_SIZE - 10) + 5 for t in range(512)]  # 32 blocks of 16 tokens
+    _call(f"{base}/v1/completions", {"model": model, "prompt": shared + [11, 12], "max_tokens": 2})
+
+    deadline = time.monotonic() + 10
+    while True:  # the stored events travel vLLM -> worker -> router asynchronously
+        scores = _call(f"{base}/debug/routing", {"model": model, "prompt": shared + [99, 98]})["workers"]
+        holder = max(scores, key=lambda w: scores[w]["overlap_blocks"])
+        if scores[holder]["overlap_blocks"] == 32:
+            break
+        assert time.monotonic() < deadline, scores
+        time.sleep(0.1)
+    print(f"router index after one request: " + ", ".join(f"{w}: {s['overlap_blocks']} blocks" for w, s in scores.items()))
+    assert sum(s["overlap_blocks"] > 0 for s in scores.values()) == 1
+
+    before = _decisions(base)
+    cached = []
+    for i in range(6):
+        reply = _call(f"{base}/v1/completions", {"model": model, "prompt": shared + [20 + i, 30 + i], "max_tokens": 2})
+        cached.append(reply["usage"]["prompt_tokens_details"]["cached_tokens"])
+    after = _decisions(base)
+    routed = {w: after[w] - before.get(w, 0) for w in after if after[w] - before.get(w, 0)}
+    print(f"6 requests sharing the prefix went to {routed} (holder {holder}); vLLM cached tokens {cached}")
+    assert routed == {holder: 6}
+    assert all(c >= 496 for c in cached)
+
+
+def test_a_dropped_stream_is_aborted_in_vllm(served):
+    client = served.client()
+    stream = client.completions.create(model=served.model, prompt=list(range(200, 232)), max_tokens=3000,
+                                       stream=True, extra_body={"ignore_eos": True})
+    for i, _ in enumerate(stream):
+        if i == 5:
+            break
+    stream.close()
+    deadline = time.monotonic() + 10
+    while not re.search(r"Aborted request\(s\)|Request \S+ aborted", served.output()):
+        assert time.monotonic() < deadline, "vLLM logged no abort"
+        time.sleep(0.1)
+    line = re.search(r".*(Aborted request\(s\)|Request \S+ aborted).*", served.output()).group(0)
+    print(f"vLLM: {line.strip()}")
