@@ -20,6 +20,8 @@ Control requests (prompt calibration, /metrics) always go through httpx.
 
 from __future__ import annotations
 
+import argparse
+
 import asyncio
 import json
 import math
@@ -514,3 +516,19 @@ def run_async(main: Coroutine[Any, Any, T]) -> T:
     except ImportError:
         return asyncio.run(main)
     return uvloop.run(main)
+
+
+def add_run_options(p: argparse.ArgumentParser, *, timeout_s: float, label_help: str, json_help: str) -> None:
+    """The options every load benchmark shares: transport, timeout, and where results go."""
+    p.add_argument("--client", choices=["raw", "httpx"], default="raw", help="streaming transport (see common.py)")
+    p.add_argument("--timeout", type=float, default=timeout_s, help="seconds before a request counts as failed")
+    p.add_argument("--label", default="", help=label_help)
+    p.add_argument("--json-out", default=None, help=json_help)
+
+
+def report(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str, str]], name_key: str,
+           json_out: str | None) -> None:
+    """Print the table and any errors, and keep the rows as JSON lines."""
+    print(markdown_table(rows, columns))
+    print_errors(rows, name_key)
+    append_json_lines(json_out, rows)

@@ -28,11 +28,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from benchmarks.common import (
+    add_run_options,
+    report,
     RequestRecord,
     StreamClient,
-    append_json_lines,
-    markdown_table,
-    print_errors,
     process_cpu_seconds,
     run_async,
     summarize,
@@ -297,10 +296,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--output-tokens", type=int, default=64)
     p.add_argument("--shared-prefix-tokens", type=int, default=0, help="leading prompt tokens taken from a prefix group")
     p.add_argument("--prefix-groups", type=int, default=4, help="distinct shared prefixes")
-    p.add_argument("--client", choices=["raw", "httpx"], default="raw", help="streaming transport (see common.py)")
-    p.add_argument("--timeout", type=float, default=600.0, help="seconds before a request counts as failed")
-    p.add_argument("--label", default="", help="a name kept in the JSON rows")
-    p.add_argument("--json-out", default=None, help="append one JSON line a level to this file")
+    add_run_options(
+        p, timeout_s=600.0, label_help="a name kept in the JSON rows",
+        json_help="append one JSON line a level to this file",
+    )
     args = p.parse_args(argv)
     if args.shared_prefix_tokens >= args.prompt_tokens:
         p.error("--shared-prefix-tokens must be below --prompt-tokens")
@@ -313,9 +312,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     rows = run_async(main_async(args))
     print()
-    print(markdown_table(rows, COLUMNS))
-    print_errors(rows, "concurrency")
-    append_json_lines(args.json_out, rows)
+    report(rows, COLUMNS, "concurrency", args.json_out)
 
 
 if __name__ == "__main__":

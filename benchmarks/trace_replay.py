@@ -34,12 +34,11 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import (
+    add_run_options,
+    report,
     RequestRecord,
     StreamClient,
-    append_json_lines,
-    markdown_table,
     percentile,
-    print_errors,
     run_async,
     summarize,
 )
@@ -265,10 +264,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--concurrency-limit", type=int, default=512, help="most requests in flight at once")
     p.add_argument("--token-lo", type=int, default=3, help="lowest prompt token id (inclusive)")
     p.add_argument("--token-hi", type=int, default=250, help="highest prompt token id (exclusive)")
-    p.add_argument("--client", choices=["raw", "httpx"], default="raw", help="streaming transport (see common.py)")
-    p.add_argument("--timeout", type=float, default=600.0, help="seconds before a request counts as failed")
-    p.add_argument("--label", default="", help="names the row, e.g. the router under test")
-    p.add_argument("--json-out", default=None, help="append the result as one JSON line to this file")
+    add_run_options(
+        p, timeout_s=600.0, label_help="names the row, e.g. the router under test",
+        json_help="append the result as one JSON line to this file",
+    )
     args = p.parse_args(argv)
     if not 0 <= args.token_lo < args.token_hi:
         p.error("need 0 <= --token-lo < --token-hi")
@@ -301,9 +300,7 @@ def main(argv: list[str] | None = None) -> None:
         "client": args.client,
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     })
-    print(markdown_table([row], COLUMNS))
-    print_errors([row], "label")
-    append_json_lines(args.json_out, [row])
+    report([row], COLUMNS, "label", args.json_out)
 
 
 if __name__ == "__main__":

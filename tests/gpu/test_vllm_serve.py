@@ -17,7 +17,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -35,6 +34,7 @@ if not torch.cuda.is_available():
 openai = pytest.importorskip("openai")
 
 sys.path.insert(0, str(Path(__file__).parent))
+from conftest import free_port  # noqa: E402  (tests/, put on the path by its conftest)
 from random_llama import VOCAB_SIZE, build_random_llama  # noqa: E402
 
 pytestmark = [pytest.mark.gpu, pytest.mark.timeout(900)]
@@ -49,12 +49,6 @@ ENGINE_FLAGS = [
     "--enable-log-requests",  # vLLM logs "Aborted request(s) ..." for the cancellation check
 ]
 START_TIMEOUT_S = 600
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _call(url: str, body: dict | None = None):
@@ -90,7 +84,7 @@ def model_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def served(model_dir, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("serve")
-    port = _free_port()
+    port = free_port()
     log = tmp / "serve.log"
     env = dict(os.environ, DYN_FILE_DISCOVERY_DIR=str(tmp / "discovery"), DYN_NAMESPACE=f"gpu{port}")
     command = [sys.executable, "-m", "dynamo_core.cli.main", "serve", "--engine", "vllm", "--router", "kv",
@@ -220,3 +214,15 @@ def test_a_dropped_stream_is_aborted_in_vllm(served):
         time.sleep(0.1)
     line = re.search(r".*(Aborted request\(s\)|Request \S+ aborted).*", served.output()).group(0)
     print(f"vLLM: {line.strip()}")
+
+
+def test_structured_output_constrains_vllms_output(served):
+    client = served.client()
+    messages = [{"role": "user", "content": "Is water wet?"}]
+    reply = client.chat.completions.create(model=served.model, messages=messages, max_tokens=16,
+                                           extra_body={"guided_choice": ["yes", "no"]})
+    regex = client.completions.create(model=served.model, prompt="Pick a number:", max_tokens=8,
+                                      extra_body={"guided_regex": "[0-9]{3}"})
+    print(f"guided_choice -> {reply.choices[0].message.content!r}; guided_regex -> {regex.choices[0].text!r}")
+    assert reply.choices[0].message.content in ("yes", "no")
+    assert re.fullmatch("[0-9]{3}", regex.choices[0].text)

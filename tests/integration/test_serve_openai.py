@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import threading
 import time
+import urllib.request
 
 import openai
 import pytest
@@ -325,4 +327,50 @@ def test_mocker_logprobs_have_the_asked_number_of_alternatives(mocker_serve):
     logprobs = reply.choices[0].logprobs
     assert len(logprobs.tokens) == len(logprobs.token_logprobs) == 5
     assert all(lp < 0 for lp in logprobs.token_logprobs)
-    assert all(len(top) == 3 for top in logprobs.top_logprobs)
+    # Completions key alternatives by their text, so two tokens that print alike (byte tokens
+    # show U+FFFD) share an entry; chat lists them.
+    assert all(1 <= len(top) <= 3 for top in logprobs.top_logprobs)
+    chat = client.chat.completions.create(model="test-model", messages=[{"role": "user", "content": "a"}],
+                                          max_tokens=5, logprobs=True, top_logprobs=3, extra_body={"ignore_eos": True})
+    content = chat.choices[0].logprobs.content
+    assert len(content) == 5 and all(len(entry.top_logprobs) == 3 for entry in content)
+
+
+def test_reasoning_parser_from_the_model_card_splits_thinking_streaming_and_not(cluster, mistral_tokenizer_dir):
+    _, base = cluster.serve("--engine", "echo", "--model", str(mistral_tokenizer_dir), "--reasoning-parser", "qwen3",
+                            workers=1)
+    model = mistral_tokenizer_dir.name
+    client = _client(base)
+    said = "<think>The user wants a number.</think>\n\nIt is 42."  # echo streams it back as the output
+    messages = [{"role": "user", "content": said}]
+
+    message = client.chat.completions.create(model=model, messages=messages).choices[0].message
+    assert message.content == "It is 42."
+    assert message.model_extra["reasoning_content"] == "The user wants a number."
+
+    chunks = [c.choices[0].delta for c in client.chat.completions.create(model=model, messages=messages, stream=True)
+              if c.choices]
+    reasoning = "".join((d.model_extra or {}).get("reasoning_content") or "" for d in chunks)
+    assert reasoning == "The user wants a number."
+    assert "".join(d.content or "" for d in chunks) == "It is 42."
+
+    plain = client.chat.completions.create(model=model, messages=[{"role": "user", "content": "No thinking here."}])
+    assert plain.choices[0].message.content == "No thinking here."
+    assert plain.choices[0].message.model_extra.get("reasoning_content") is None
+
+
+
+def _post_json(url: str, body: dict) -> dict:
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.loads(response.read())
+
+
+def test_chat_template_flag_replaces_the_models_template(cluster, mistral_tokenizer_dir, tmp_path):
+    template = tmp_path / "shout.jinja"
+    template.write_text("{% for m in messages %}{{ m['content'] | upper }}{% endfor %}")
+    _, base = cluster.serve("--engine", "echo", "--model", str(mistral_tokenizer_dir),
+                            "--chat-template", str(template), workers=1)
+    model = mistral_tokenizer_dir.name
+    tokens = _post_json(f"{base}/tokenize", {"model": model, "messages": [{"role": "user", "content": "quiet words"}]})
+    assert _post_json(f"{base}/detokenize", {"model": model, "tokens": tokens["tokens"]})["prompt"].strip() == "QUIET WORDS"

@@ -60,3 +60,9 @@ def test_check_fails_with_exit_1_when_etcd_is_unreachable():
     assert "FAIL  etcd" in result.stdout
     ok = _run("check", "--http-port", "0")
     assert ok.returncode == 0, ok.stdout
+
+
+def test_chat_template_that_is_no_readable_file_fails_before_starting():
+    result = _run("serve", "--chat-template", "/nonexistent/template.jinja")
+    assert result.returncode == 2
+    assert "cannot read chat template '/nonexistent/template.jinja'" in result.stderr

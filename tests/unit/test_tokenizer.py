@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import sentencepiece
 
+from dynamo_core.frontend.chat_template import render_chat_template
 from dynamo_core.tokenizer import BUILTIN_TOKENIZER, TokenizerBundle, TokenizerLoadError, load_tokenizer
 from tokenizer_fixture import mistral_sentencepiece_model
 
@@ -122,12 +123,16 @@ def test_chat_template_jinja_file_takes_precedence_over_the_config(model_dir):
     assert load_tokenizer(str(model_dir)).chat_template == "from the file\n"
 
 
-def test_named_chat_templates_use_the_default_one(model_dir):
+def test_named_chat_templates_use_the_default_one_and_tool_use_with_tools(model_dir):
     _write(model_dir, "tokenizer_config.json", {"chat_template": [
-        {"name": "tool_use", "template": "tools"},
+        {"name": "tool_use", "template": "tools: {{ tools | length }}"},
         {"name": "default", "template": "plain"},
     ]})
-    assert load_tokenizer(str(model_dir)).chat_template == "plain"
+    bundle = load_tokenizer(str(model_dir))
+    assert bundle.chat_template == "plain"
+    messages = [{"role": "user", "content": "hi"}]
+    assert render_chat_template(bundle, messages) == "plain"
+    assert render_chat_template(bundle, messages, tools=[{"type": "function", "function": {"name": "f"}}]) == "tools: 1"
 
 
 def test_special_tokens_map_overrides_the_config_token_names(model_dir):

@@ -62,6 +62,7 @@ class TokenizerBundle:
     chat_template: str | None
     vocab_size: int  # ids the tokenizer knows, added tokens included
     add_bos_token: bool = False  # whether `encode(..., add_special_tokens=True)` prepends BOS
+    tool_chat_template: str | None = None  # the model's "tool_use" template, for requests with tools
 
     def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
         """Token ids of `text`. Special-token strings in `text` (e.g. "<|im_end|>") become their
@@ -156,21 +157,22 @@ def _eos_ids_in(config: dict[str, Any]) -> list[int]:
     return [v for v in values if isinstance(v, int) and not isinstance(v, bool) and v >= 0]
 
 
-def _chat_template(directory: Path, config: dict[str, Any]) -> str | None:
+def _chat_templates(directory: Path, config: dict[str, Any]) -> tuple[str | None, str | None]:
+    """The chat template, and the one for requests with tools when the model has its own."""
     jinja = directory / "chat_template.jinja"
     if jinja.is_file():
         try:
-            return jinja.read_text(encoding="utf-8")
+            return jinja.read_text(encoding="utf-8"), None
         except (OSError, UnicodeDecodeError) as exc:
             raise TokenizerLoadError(f"{jinja} is not readable: {exc}") from exc
     template = config.get("chat_template")
     if isinstance(template, list):
-        # Named templates ("default", "tool_use", "rag", ...): chat uses "default", as
-        # `transformers` does when no name is asked for; without one there is no chat template.
+        # Named templates ("default", "tool_use", "rag", ...): chat uses "default", and
+        # "tool_use" when tools are given, as `transformers` picks them when no name is asked for.
         named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
-        default = named.get("default")
-        return default if isinstance(default, str) else None
-    return template if isinstance(template, str) else None
+        default, tool_use = named.get("default"), named.get("tool_use")
+        return (default if isinstance(default, str) else None), (tool_use if isinstance(tool_use, str) else None)
+    return (template if isinstance(template, str) else None), None
 
 
 def _starts_with_bos(tokenizer: Tokenizer, bos: str | None) -> bool:
@@ -204,12 +206,14 @@ def _from_directory(directory: Path) -> TokenizerBundle:
         eos_ids += [i for i in _eos_ids_in(extra) if i not in eos_ids]
 
     add_bos = config.get("add_bos_token")
+    chat_template, tool_chat_template = _chat_templates(directory, config)
     return TokenizerBundle(
         tokenizer=tokenizer,
         eos_token_ids=eos_ids,
         bos_token=bos,
         eos_token=eos,
-        chat_template=_chat_template(directory, config),
+        chat_template=chat_template,
+        tool_chat_template=tool_chat_template,
         vocab_size=tokenizer.get_vocab_size(with_added_tokens=True),
         add_bos_token=add_bos if isinstance(add_bos, bool) else _starts_with_bos(tokenizer, bos),
     )

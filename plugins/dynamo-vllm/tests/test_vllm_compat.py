@@ -1,4 +1,5 @@
-"""Against the installed vLLM itself: its KV event encoding and its engine-argument parser.
+"""Against the installed vLLM itself: its KV event encoding, its engine-argument parser and
+its structured-output parameters.
 
 Skipped where vLLM is not installed (CI); the parser check also needs vLLM to find a device.
 """
@@ -13,10 +14,12 @@ import pytest
 kv_events = pytest.importorskip("vllm.distributed.kv_events")
 
 from dynamo_core.cli import options as core_options  # noqa: E402
+from dynamo_core.protocols.engine import GuidedDecoding, PreprocessedRequest, StopConditions  # noqa: E402
 from dynamo_core.protocols.kv_events import KvBlock, KvCleared, KvRemoved, KvStored  # noqa: E402
 from dynamo_vllm.availability import VllmUnavailableError  # noqa: E402
 from dynamo_vllm.kv_events import KvEventTranslator, decode_batch  # noqa: E402
 from dynamo_vllm.options import mirror_vllm_options, vllm_argv  # noqa: E402
+from dynamo_vllm.sampling import sampling_kwargs, structured_output_kwargs  # noqa: E402
 
 
 def test_batches_encoded_by_vllm_decode_here():
@@ -62,3 +65,21 @@ def test_vllms_own_parser_round_trips_through_dynamo_serve():
     assert args.enforce_eager is True and args.block_size == 32 and args.tensor_parallel_size == 1
     assert args.kv_cache_memory_bytes == 2**30 and args.enable_prefix_caching is False
     assert args.hf_overrides == {"rope_theta": 10000}
+
+
+@pytest.mark.parametrize("guided", [
+    GuidedDecoding(json_schema={"type": "object", "properties": {"a": {"type": "integer"}}}),
+    GuidedDecoding(json_object=True),
+    GuidedDecoding(regex="[0-9]+"),
+    GuidedDecoding(choice=["yes", "no"]),
+    GuidedDecoding(grammar='root ::= "a" | "b"'),
+])
+def test_structured_output_constraints_build_vllms_sampling_params(guided):
+    from vllm import SamplingParams
+    from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
+
+    request = PreprocessedRequest(request_id="r", model="m", token_ids=[1, 2], stop=StopConditions(max_tokens=4),
+                                  guided=guided)
+    params = SamplingParams(**sampling_kwargs(request), output_kind=RequestOutputKind.DELTA,
+                            structured_outputs=StructuredOutputsParams(**structured_output_kwargs(request)))
+    assert params.structured_outputs is not None

@@ -8,6 +8,7 @@ publisher by hand (PUB sending `(topic, seq, payload)`, ROUTER answering replay 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import pytest
 
@@ -70,42 +71,41 @@ async def wait_for(condition, timeout: float = 5.0) -> None:
         await asyncio.sleep(0.01)
 
 
-async def test_batches_arrive_in_order_and_a_gap_is_replayed():
-    subscriber = KvEventSubscriber("test-replay", topic=TOPIC)
+@contextlib.asynccontextmanager
+async def subscribed(name: str):
+    """A running subscriber fed by a fake vLLM publisher that has delivered batch 0:
+    yields (publisher, batches received, gaps reported lost)."""
+    subscriber = KvEventSubscriber(name, topic=TOPIC)
     received: list[bytes] = []
     lost: list[tuple[int, int]] = []
     publisher = FakeVllmPublisher(subscriber.endpoint, subscriber.replay_endpoint)
     subscriber.start(received.append, lambda first, end: lost.append((first, end)))
     try:
         await first_delivery(publisher, received)
+        yield publisher, received, lost
+    finally:
+        await subscriber.stop()
+        await publisher.close()
+
+
+async def test_batches_arrive_in_order_and_a_gap_is_replayed():
+    async with subscribed("test-replay") as (publisher, received, lost):
         await publisher.send(1, b"b1")
         await publisher.send(2, b"b2", drop=True)  # lost on the way...
         await publisher.send(3, b"b3", drop=True)
         await publisher.send(4, b"b4")  # ...noticed here, and replayed before it
         await wait_for(lambda: len(received) == 5)
         assert received == [b"b0", b"b1", b"b2", b"b3", b"b4"] and lost == []
-    finally:
-        await subscriber.stop()
-        await publisher.close()
 
 
 async def test_a_gap_older_than_the_replay_buffer_is_reported_lost():
-    subscriber = KvEventSubscriber("test-lost", topic=TOPIC)
-    received: list[bytes] = []
-    lost: list[tuple[int, int]] = []
-    publisher = FakeVllmPublisher(subscriber.endpoint, subscriber.replay_endpoint)
-    subscriber.start(received.append, lambda first, end: lost.append((first, end)))
-    try:
-        await first_delivery(publisher, received)
+    async with subscribed("test-lost") as (publisher, received, lost):
         await publisher.send(1, b"b1", drop=True)
         await publisher.send(2, b"b2", drop=True)
         del publisher.buffer[1]  # fell out of vLLM's replay buffer
         await publisher.send(3, b"b3")
         await wait_for(lambda: len(received) == 3)
         assert received == [b"b0", b"b2", b"b3"] and lost == [(1, 2)]
-    finally:
-        await subscriber.stop()
-        await publisher.close()
 
 
 async def test_vllms_own_publisher_reaches_the_subscriber():

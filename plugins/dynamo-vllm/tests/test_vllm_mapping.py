@@ -10,6 +10,7 @@ import pytest
 from dynamo_core.protocols.engine import (
     EngineOutput,
     FinishReason,
+    GuidedDecoding,
     OutputOptions,
     PreprocessedRequest,
     SamplingOptions,
@@ -18,7 +19,7 @@ from dynamo_core.protocols.engine import (
 )
 from dynamo_vllm.load import SchedulerLoad
 from dynamo_vllm.outputs import engine_output
-from dynamo_vllm.sampling import UnsupportedRequestError, sampling_kwargs
+from dynamo_vllm.sampling import UnsupportedRequestError, sampling_kwargs, structured_output_kwargs
 
 
 def request(**kw) -> PreprocessedRequest:
@@ -167,3 +168,17 @@ def test_load_follows_the_scheduler_and_the_requests_in_flight():
     assert load.metrics("w").active_kv_blocks == 0
     load.record(None)  # steps without statistics change nothing
     assert load.metrics("w").total_kv_blocks == 1000
+
+
+@pytest.mark.parametrize(("guided", "expected"), [
+    (None, {}),
+    (GuidedDecoding(json_schema={"type": "object"}), {"json": {"type": "object"}}),
+    (GuidedDecoding(json_object=True), {"json_object": True}),
+    (GuidedDecoding(regex="a+"), {"regex": "a+"}),
+    (GuidedDecoding(choice=["x", "y"]), {"choice": ["x", "y"]}),
+    (GuidedDecoding(grammar="root ::= x"), {"grammar": "root ::= x"}),
+])
+def test_structured_output_maps_to_vllms_structured_outputs_params(guided, expected):
+    request = PreprocessedRequest(request_id="r", model="m", token_ids=[1], stop=StopConditions(max_tokens=1),
+                                  guided=guided)
+    assert structured_output_kwargs(request) == expected

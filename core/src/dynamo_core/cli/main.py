@@ -119,6 +119,9 @@ def worker_config_from(ns: argparse.Namespace, parser: argparse.ArgumentParser):
         engine=ns.engine,
         model_path=ns.model,
         model_name=ns.model_name,
+        chat_template=options.read_chat_template(ns.chat_template),
+        reasoning_parser=ns.reasoning_parser,
+        tool_call_parser=ns.tool_call_parser,
         namespace=ns.namespace,
         role=getattr(ns, "mode", "agg"),
         discovery=ns.discovery,
@@ -138,6 +141,7 @@ def frontend_config_from(ns: argparse.Namespace, parser: argparse.ArgumentParser
     return FrontendConfig(
         http_host=ns.http_host,
         http_port=ns.http_port,
+        preprocess_workers=ns.preprocess_workers,
         namespace=ns.namespace,
         router=ns.router,
         router_options=options.group_namespace(parser, options.ROUTER_GROUP_TITLE, ns),

@@ -10,6 +10,9 @@ from __future__ import annotations
 import argparse
 import os
 
+from dynamo_core.frontend.reasoning import REASONING_PARSERS
+from dynamo_core.frontend.tool_parsers import TOOL_PARSERS
+
 from dynamo_core.plugins import get_registry
 
 ENGINE_GROUP_TITLE = "engine options"
@@ -63,6 +66,28 @@ def add_http_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("http")
     group.add_argument("--http-host", default=env_default("DYN_HTTP_HOST", "127.0.0.1"), help="listen address (default: %(default)s)")
     group.add_argument("--http-port", type=int, default=env_default("DYN_HTTP_PORT", 8000), help="listen port (default: %(default)s)")
+    group.add_argument(
+        "--preprocess-workers", type=non_negative_int,
+        default=env_default("DYN_PREPROCESS_WORKERS", default_preprocess_workers()),
+        help="processes that template and tokenize long prompts (over 8192 characters) off the event loop; "
+             "0: a thread of the frontend instead, which still stalls other streams while it encodes "
+             "(env DYN_PREPROCESS_WORKERS; default: %(default)s, one per two CPUs, at most 4)",
+    )
+
+
+def default_preprocess_workers() -> int:
+    """One prompt process per two usable CPUs, at most 4: one keeps the loop free; more only
+    help while long prompts overlap, and each holds an interpreter and a tokenizer. None on a
+    single CPU, where another process would only compete with the loop."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return min(4, cpus // 2)
+
+
+def non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
 
 
 def add_router_option(parser: argparse.ArgumentParser) -> None:
@@ -81,6 +106,32 @@ def add_engine_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _looks_like_template(value: str) -> bool:
+    return "{{" in value or "{%" in value
+
+
+def chat_template_option(value: str) -> str:
+    """`--chat-template`: a readable file (kept as its absolute path, which children get), or
+    a template given inline (as vLLM accepts it)."""
+    if _looks_like_template(value):
+        return value
+    path = os.path.abspath(value)
+    try:
+        with open(path, encoding="utf-8") as f:
+            f.read(1)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise argparse.ArgumentTypeError(f"cannot read chat template {value!r}: {exc}") from None
+    return path
+
+
+def read_chat_template(value: str | None) -> str | None:
+    """The template text a `--chat-template` value stands for."""
+    if value is None or _looks_like_template(value):
+        return value
+    with open(value, encoding="utf-8") as f:
+        return f.read()
+
+
 def add_model_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("model")
     group.add_argument(
@@ -88,6 +139,18 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
         help="HF-format model directory (tokenizer and config); omit for the built-in tokenizer (mocker/echo)",
     )
     group.add_argument("--model-name", default=None, help="name clients use in requests (default: the directory's name, or the engine's)")
+    group.add_argument(
+        "--chat-template", type=chat_template_option, default=None, metavar="FILE",
+        help="a Jinja chat template file (or the template itself) replacing the model's own",
+    )
+    group.add_argument(
+        "--reasoning-parser", choices=sorted(REASONING_PARSERS), default=None,
+        help="split the model's <think> output into reasoning_content and content (published in the model card)",
+    )
+    group.add_argument(
+        "--tool-call-parser", choices=sorted(TOOL_PARSERS), default=None,
+        help="read tool calls out of the model's chat replies in this format (published in the model card)",
+    )
 
 
 def add_plugin_options(parser: argparse.ArgumentParser, *, engine: str | None, router: str | None) -> None:

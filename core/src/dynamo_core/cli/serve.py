@@ -53,13 +53,16 @@ def worker_argv(ns: argparse.Namespace, parser: argparse.ArgumentParser) -> list
     args += ["--request-plane", ns.request_plane, "--event-plane", ns.event_plane]
     if ns.model:
         args += ["--model", os.path.abspath(ns.model)]
-    if ns.model_name:
-        args += ["--model-name", ns.model_name]
+    for flag in ("--model-name", "--chat-template", "--reasoning-parser", "--tool-call-parser"):
+        value = getattr(ns, flag[2:].replace("-", "_"))
+        if value:
+            args += [flag, value]
     return args + options.group_args(parser, options.ENGINE_GROUP_TITLE, ns)
 
 
 def frontend_argv(ns: argparse.Namespace, parser: argparse.ArgumentParser) -> list[str]:
     args = ["frontend", "--router", ns.router, "--http-host", ns.http_host, "--http-port", str(ns.http_port)]
+    args += ["--preprocess-workers", str(ns.preprocess_workers)]
     return args + _shared_runtime_args(ns) + options.group_args(parser, options.ROUTER_GROUP_TITLE, ns)
 
 

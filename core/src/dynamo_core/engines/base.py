@@ -44,6 +44,12 @@ class Engine(abc.ABC):
     the task consuming it; the engine must then free the request's resources promptly.
     """
 
+    # Whether `generate` honours `request.guided` (structured output); the model card tells
+    # the frontend, which refuses constrained requests to engines that would ignore them.
+    supports_structured_output: bool = False
+    # Whether requests should carry the last chat message's own token ids (the echo engine).
+    wants_last_message_tokens: bool = False
+
     @abc.abstractmethod
     async def start(self) -> EngineInfo:
         """Load the model and return block size, KV capacity and context length."""

@@ -5,22 +5,27 @@ from __future__ import annotations
 import argparse
 import logging
 from dataclasses import dataclass, field
+from typing import Any
 
 import msgspec
 import uvicorn
 from litestar import Litestar, Request, Response, get, post
-from litestar.openapi import OpenAPIConfig
+from litestar.params import FromPath
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from dynamo_core.frontend import metrics
+from dynamo_core.frontend import metrics, prompt_pool
 from dynamo_core.frontend.completions import ServingState, chat_completions, completions, decode_body, find_model
 from dynamo_core.frontend.engine_client import EngineClient
 from dynamo_core.frontend.errors import BadRequestError, openai_error_handler
 from dynamo_core.frontend.model_registry import ModelRegistry
+from dynamo_core.frontend.openapi import api, build_openapi
 from dynamo_core.frontend.preprocessor import prepare_chat, prepare_completion, tokenize_for_endpoint
 from dynamo_core.plugins import get_registry
 from dynamo_core.protocols.openai import (
+    ChatCompletion,
+    ChatCompletionChunk,
     ChatCompletionRequest,
+    Completion,
     CompletionRequest,
     DetokenizeRequest,
     DetokenizeResponse,
@@ -36,12 +41,44 @@ log = logging.getLogger(__name__)
 _json = msgspec.json.Encoder()
 _tokenize_decoder = msgspec.json.Decoder(TokenizeRequest)
 _detokenize_decoder = msgspec.json.Decoder(DetokenizeRequest)
+_any_decoder = msgspec.json.Decoder()
+_routing_chat_decoder = msgspec.json.Decoder(ChatCompletionRequest)
+_routing_completion_decoder = msgspec.json.Decoder(CompletionRequest)
+_GENERATION_ERRORS = (400, 404, 500, 503)  # 500: the worker failed the request
+_MODEL_ERRORS = (400, 404, 503)
+
+
+class HealthInstance(msgspec.Struct):
+    model: str
+    instance_id: str
+    address: str
+    pid: int
+    role: str
+    in_flight: int
+
+
+class Health(msgspec.Struct, omit_defaults=True):
+    status: str  # "healthy" | "unhealthy"
+    instances: list[HealthInstance]
+    message: str | None = None
+
+
+class Live(msgspec.Struct):
+    status: str = "live"
+
+
+class RoutingScores(msgspec.Struct):
+    model: str
+    prompt_tokens: int
+    workers: dict[str, Any]  # the router's own per-worker details
 
 
 @dataclass
 class FrontendConfig:
     http_host: str = "127.0.0.1"
     http_port: int = 8000
+    # Processes that template and tokenize long prompts (prompt_pool.py); 0: a thread instead.
+    preprocess_workers: int = 0
     namespace: str = "dynamo"
     router: str = "round-robin"
     router_options: argparse.Namespace = field(default_factory=argparse.Namespace)
@@ -63,15 +100,21 @@ def create_app(config: FrontendConfig, discovery: DiscoveryBackend | None = None
     registry = ModelRegistry(discovery, client, config.namespace, router_spec.create, config.router_options)
     state = ServingState(registry=registry, engine=EngineClient(client))
 
-    @post("/v1/chat/completions", summary="Create a chat completion", status_code=200)
+    @post(
+        "/v1/chat/completions", summary="Create a chat completion", status_code=200,
+        opt=api(request=ChatCompletionRequest, response=ChatCompletion, stream=ChatCompletionChunk, errors=_GENERATION_ERRORS),
+    )
     async def chat(request: Request) -> Response:
         return await chat_completions(state, await request.body())
 
-    @post("/v1/completions", summary="Create a text completion", status_code=200)
+    @post(
+        "/v1/completions", summary="Create a text completion", status_code=200,
+        opt=api(request=CompletionRequest, response=Completion, stream=Completion, errors=_GENERATION_ERRORS),
+    )
     async def text(request: Request) -> Response:
         return await completions(state, await request.body())
 
-    @get("/v1/models", summary="List served models")
+    @get("/v1/models", summary="List served models", opt=api(response=ModelList))
     async def list_models() -> Response:
         data = [
             ModelObject(id=m.name, created=m.created, max_model_len=m.card.context_length)
@@ -79,19 +122,25 @@ def create_app(config: FrontendConfig, discovery: DiscoveryBackend | None = None
         ]
         return _json_response(ModelList(data=data))
 
-    @get("/v1/models/{model_id:path}", summary="One served model")
-    async def get_model(model_id: str) -> Response:
+    @get("/v1/models/{model_id:path}", summary="One served model", opt=api(response=ModelObject, errors=(404, 503)))
+    async def get_model(model_id: FromPath[str]) -> Response:
         model = find_model(state, model_id.lstrip("/"))
         return _json_response(ModelObject(id=model.name, created=model.created, max_model_len=model.card.context_length))
 
-    @post("/tokenize", summary="Token ids of a prompt, or of chat messages as the chat endpoint renders them", status_code=200)
+    @post(
+        "/tokenize", summary="Token ids of a prompt, or of chat messages as the chat endpoint renders them", status_code=200,
+        opt=api(request=TokenizeRequest, response=TokenizeResponse, errors=_MODEL_ERRORS),
+    )
     async def tokenize(request: Request) -> Response:
         req = decode_body(_tokenize_decoder, await request.body())
         model = find_model(state, req.model)
         tokens = tokenize_for_endpoint(model, req)
         return _json_response(TokenizeResponse(tokens=tokens, count=len(tokens), max_model_len=model.card.context_length))
 
-    @post("/detokenize", summary="Text of token ids", status_code=200)
+    @post(
+        "/detokenize", summary="Text of token ids", status_code=200,
+        opt=api(request=DetokenizeRequest, response=DetokenizeResponse, errors=_MODEL_ERRORS),
+    )
     async def detokenize(request: Request) -> Response:
         req = decode_body(_detokenize_decoder, await request.body())
         model = find_model(state, req.model)
@@ -100,70 +149,79 @@ def create_app(config: FrontendConfig, discovery: DiscoveryBackend | None = None
             raise BadRequestError(f"token ids must lie in [0, {vocab})", param="tokens")
         return _json_response(DetokenizeResponse(prompt=model.tokenizer.decode(req.tokens, skip_special_tokens=False)))
 
-    @get("/health", summary="200 while at least one worker serves; 503 otherwise")
+    @get("/health", summary="200 while at least one worker serves; 503 otherwise", opt=api(response=Health, extra=((503, Health),)))
     async def health() -> Response:
         instances = [
-            {
-                "model": m.name,
-                "instance_id": h.record.instance_id,
-                "address": h.record.address,
-                "pid": h.record.pid,
-                "role": m.card.role,
-                "in_flight": h.state.in_flight,
-            }
+            HealthInstance(m.name, h.record.instance_id, h.record.address, h.record.pid, m.card.role, h.state.in_flight)
             for m in registry.models.values()
             for h in m.workers.values()
         ]
-        status = "healthy" if instances else "unhealthy"
-        body = {"status": status, "instances": instances}
-        if not instances:
-            body["message"] = "no worker has registered; start one with `dynamo worker`"
-        return _json_response(body, 200 if instances else 503)
+        if instances:
+            return _json_response(Health("healthy", instances))
+        return _json_response(Health("unhealthy", [], "no worker has registered; start one with `dynamo worker`"), 503)
 
-    @get("/live", summary="200 while the process runs")
+    @get("/live", summary="200 while the process runs", opt=api(response=Live))
     async def live() -> Response:
-        return _json_response({"status": "live"})
+        return _json_response(Live())
 
-    @get("/metrics", summary="Prometheus metrics", include_in_schema=True)
+    @get("/metrics", summary="Prometheus metrics", opt=api(media_type="text/plain"))
     async def prometheus_metrics() -> Response:
         for model in registry.models.values():
             metrics.WORKERS.labels(model.name).set(len(model.workers))
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
-    @post("/debug/routing", summary="Per-worker routing scores for a chat or completions body", status_code=200)
+    @post(
+        "/debug/routing", summary="Per-worker routing scores for a chat or completions body", status_code=200,
+        opt=api(request=(ChatCompletionRequest, CompletionRequest), response=RoutingScores, errors=_MODEL_ERRORS),
+    )
     async def debug_routing(request: Request) -> Response:
-        body = await request.body()
-        raw = msgspec.json.decode(body) if body else {}
+        # Decode and convert through `decode_body`, so malformed JSON or fields are a 400 naming
+        # the param (they were 500s: msgspec errors reached the catch-all handler).
+        body = await request.body() or b"{}"
+        raw = decode_body(_any_decoder, body)
         if not isinstance(raw, dict) or "model" not in raw:
             raise BadRequestError("body must be a chat or completions request with 'model'", param="model")
-        model = find_model(state, raw["model"])
-        if "messages" in raw:
-            choices = await prepare_chat(model, msgspec.convert(raw, ChatCompletionRequest), "debug")
-        else:
-            choices = await prepare_completion(model, msgspec.convert(raw, CompletionRequest), "debug")
+        is_chat = "messages" in raw
+        req = decode_body(_routing_chat_decoder if is_chat else _routing_completion_decoder, body)
+        model = find_model(state, req.model)
+        choices = await (prepare_chat if is_chat else prepare_completion)(model, req, "debug")
         request = choices[0].request
         scores = model.router.debug_scores(request, model.worker_states())
-        return _json_response({"model": model.name, "prompt_tokens": len(request.token_ids), "workers": scores})
+        return _json_response(RoutingScores(model.name, len(request.token_ids), scores))
 
     async def on_startup() -> None:
+        await prompt_pool.start(config.preprocess_workers)
         await registry.start()
 
     async def on_shutdown() -> None:
         await registry.stop()
+        await prompt_pool.stop()
         await client.close()
         if owns_discovery:
             await discovery.close()
 
+    # Our own document from the structs (see frontend/openapi.py), in place of Litestar's schema
+    # and docs UI (its /openapi/* pages), which would describe handlers that take a raw Request.
+    openapi_document = b""
+
+    @get("/openapi.json", summary="This OpenAPI 3.1 document", opt=api(response=dict[str, Any]))
+    async def openapi_json() -> Response:
+        return Response(openapi_document, media_type="application/json")
+
     app = Litestar(
-        route_handlers=[chat, text, list_models, get_model, tokenize, detokenize, health, live, prometheus_metrics, debug_routing],
+        route_handlers=[
+            chat, text, list_models, get_model, tokenize, detokenize, health, live, prometheus_metrics, debug_routing,
+            openapi_json,
+        ],
         on_startup=[on_startup],
         on_shutdown=[on_shutdown],
         exception_handlers={Exception: openai_error_handler},
-        openapi_config=OpenAPIConfig(title="dynamo", version="0.1.0", path="/openapi"),
+        openapi_config=None,
         logging_config=None,  # keep the process's own logging setup (DYN_LOG, one format)
         debug=False,
     )
     app.state.serving = state
+    openapi_document = msgspec.json.encode(build_openapi(app, title="dynamo", version="0.1.0"))
     return app
 
 

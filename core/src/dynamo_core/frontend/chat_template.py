@@ -16,7 +16,9 @@ A model's template is written for `transformers`, so the same prompt must come o
 Messages are first brought to the shape text-only models' templates expect, as vLLM does: a
 list of content parts becomes its text parts joined by newlines (an image or audio part is
 refused: these models read text only), missing content becomes "", and tool-call arguments
-sent as a JSON string become the object templates index into.
+sent as a JSON string become the object templates index into. As in `transformers`, other keys
+set to null are left out, and reasoning (`reasoning_content`, `thinking` or `reasoning`) is
+given to the template under the first two names.
 """
 
 from __future__ import annotations
@@ -59,6 +61,9 @@ _CONTINUE_MARKER = "CONTINUE_FINAL_MESSAGE_TAG "
 
 # Arguments of the rendering itself; `chat_template_kwargs` may not replace them.
 _RESERVED_VARIABLES = frozenset({"messages", "tools", "documents", "add_generation_prompt", "continue_final_message"})
+
+# Names a message's reasoning comes under (vLLM's `reasoning` among them), first preferred.
+_REASONING_FIELDS = ("reasoning_content", "thinking", "reasoning")
 
 # Content parts that carry text, and the key that holds it (OpenAI Chat, OpenAI Responses).
 _TEXT_PARTS = {"text": "text", "input_text": "text", "output_text": "text", "refusal": "refusal"}
@@ -186,16 +191,30 @@ def _tool_calls(calls: Any) -> Any:
 
 def normalize_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Copies of `messages` in the shape chat templates expect (the caller's stay untouched):
-    content flattened to a string, tool-call arguments parsed. Raises `ChatTemplateError`."""
+    content flattened to a string, tool-call arguments parsed, null keys dropped, reasoning
+    aliased. Raises `ChatTemplateError`."""
     out = []
     for index, message in enumerate(messages):
         if not isinstance(message, dict) or not isinstance(message.get("role"), str):
             raise ChatTemplateError(f"messages[{index}] must be an object with a string 'role'")
-        normalized = {**message, "content": flatten_content(message.get("content"))}
-        if "tool_calls" in message:
-            normalized["tool_calls"] = _tool_calls(message["tool_calls"])
-        out.append(normalized)
+        # Keys set to null are left out, as transformers leaves them out: clients send back
+        # `"tool_calls": null` and the like, and templates test `'tool_calls' in message` or
+        # `message.tool_calls is defined`. Content alone stays, as "" (vLLM's rule).
+        normalized = {key: value for key, value in message.items() if value is not None}
+        normalized["content"] = flatten_content(message.get("content"))
+        if "tool_calls" in normalized:
+            normalized["tool_calls"] = _tool_calls(normalized["tool_calls"])
+        out.append(_alias_reasoning(normalized))
     return out
+
+
+def _alias_reasoning(message: dict[str, Any]) -> dict[str, Any]:
+    """As transformers does: a message's reasoning, under any of its names, also fills
+    `reasoning_content` (which most templates read) and `thinking` (which gpt-oss's reads)."""
+    reasoning = next((message[key] for key in _REASONING_FIELDS if key in message), None)
+    if reasoning is None:
+        return message
+    return {"thinking": reasoning, **message, "reasoning_content": reasoning}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -247,7 +266,9 @@ def render_chat_template(
     for non-text content parts, and `ChatTemplateError` for every other reason the messages
     cannot be rendered (no template, malformed messages, a failing template).
     """
-    source = template if template is not None else bundle.chat_template
+    source = template
+    if source is None:
+        source = bundle.tool_chat_template if tools and bundle.tool_chat_template else bundle.chat_template
     if not source:
         raise ChatTemplateError("this model has no chat template; use /v1/completions, or give the model one")
     if add_generation_prompt and continue_final_message:

@@ -25,10 +25,12 @@ from dynamo_core.frontend.errors import (
     ServiceUnavailableError,
     from_validation_error,
 )
+from dynamo_core.frontend.chat_output import ChatOutput
 from dynamo_core.frontend.logprobs import TokenTexts
 from dynamo_core.frontend.model_registry import ModelRegistry, ServedModel
 from dynamo_core.frontend.postprocessor import ChoiceDelta, UsageCounter, run_choices
 from dynamo_core.frontend.preprocessor import PreparedChoice, prepare_chat, prepare_completion
+from dynamo_core.frontend.structured import tool_plan
 from dynamo_core.protocols.openai import (
     ChatChoice,
     ChatChunkChoice,
@@ -43,7 +45,11 @@ from dynamo_core.protocols.openai import (
     Delta,
     ErrorBody,
     ErrorResponse,
+    FunctionCall,
+    FunctionCallDelta,
     ResponseMessage,
+    ToolCallChunk,
+    ToolCallOut,
     Usage,
 )
 
@@ -168,14 +174,18 @@ async def chat_completions(state: ServingState, body: bytes) -> Response:
     req: ChatCompletionRequest = decode_body(_chat_decoder, body)
     model = find_model(state, req.model)
     request_id = f"chatcmpl-{uuid.uuid4().hex}"
-    choices = await prepare_chat(model, req, request_id)
+    plan = tool_plan(req, model.card)
+    choices = await prepare_chat(model, req, request_id, tool_guided=plan.guided)
     usage, tracker, first, deltas = await _start(state, model, choices, _stop_list(req.stop), "chat")
     created = int(time.time())
     token_texts = model.token_texts if req.logprobs else None
     if req.stream:
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         return Stream(
-            _chat_stream(request_id, created, model.name, req.n, first, deltas, usage, tracker, include_usage, token_texts),
+            _chat_stream(
+                request_id, created, model.name, req.n, first, deltas, usage, tracker, include_usage, token_texts,
+                [ChatOutput(model.card.reasoning_parser, plan) for _ in range(req.n)],
+            ),
             media_type="text/event-stream",
             headers=SSE_HEADERS,
         )
@@ -186,7 +196,17 @@ async def chat_completions(state: ServingState, body: bytes) -> Response:
         logprobs = None
         if token_texts is not None:
             logprobs = ChatLogprobs([entry for d in result.logprob_deltas for entry in token_texts.chat(d)])
-        choices_out.append(ChatChoice(i, ResponseMessage(content="".join(result.texts)), result.finish, logprobs))
+        output = ChatOutput(model.card.reasoning_parser, plan)
+        message, calls = output.whole("".join(result.texts))
+        # Only reasoning, or only calls: OpenAI's content is null.
+        content = message.content if message.content or not (message.reasoning or calls) else None
+        response_message = ResponseMessage(
+            content=content,
+            reasoning_content=message.reasoning or None,
+            tool_calls=[ToolCallOut(c.id, FunctionCall(c.name, c.arguments)) for c in calls] or None,
+        )
+        finish = output.finish_reason(result.finish) if result.finish else None
+        choices_out.append(ChatChoice(i, response_message, finish, logprobs))
     response = ChatCompletion(id=request_id, created=created, model=model.name, choices=choices_out, usage=_usage(usage))
     return Response(_json.encode(response), media_type="application/json")
 
@@ -230,9 +250,24 @@ async def _chain(first: ChoiceDelta | None, rest: AsyncIterator[ChoiceDelta]) ->
         yield delta
 
 
+def _chat_delta(output: ChatOutput, text: str, last: bool) -> Delta:
+    """One streamed text delta through the choice's output parsers."""
+    piece = output.feed(text)
+    if last:
+        rest = output.finish()
+        piece.content += rest.content
+        piece.reasoning += rest.reasoning
+        piece.tool_calls += rest.tool_calls
+    calls = [
+        ToolCallChunk(c.index, c.id, "function" if c.id else None, FunctionCallDelta(c.name, c.arguments))
+        for c in piece.tool_calls
+    ]
+    return Delta(content=piece.content or None, reasoning_content=piece.reasoning or None, tool_calls=calls or None)
+
+
 async def _chat_stream(
     request_id: str, created: int, model: str, n: int, first, deltas, usage: UsageCounter, tracker: _Tracker,
-    include_usage: bool, token_texts: TokenTexts | None,
+    include_usage: bool, token_texts: TokenTexts | None, outputs: list[ChatOutput],
 ) -> AsyncIterator[bytes]:
     status = "ok"
     try:
@@ -241,12 +276,17 @@ async def _chat_stream(
         async for delta in _chain(first, deltas):
             tracker.on_delta(delta)
             logprobs = ChatLogprobs(token_texts.chat(delta)) if token_texts is not None and delta.logprobs else None
-            if not delta.text and delta.finish_reason is None and logprobs is None:
+            output = outputs[delta.index]
+            finish = delta.finish_reason
+            if output.passthrough:
+                message = Delta(content=delta.text or None)
+            else:
+                message = _chat_delta(output, delta.text, finish is not None)
+                finish = output.finish_reason(finish) if finish is not None else None
+            if finish is None and logprobs is None and message.content is None and message.reasoning_content is None \
+                    and message.tool_calls is None:
                 continue
-            chunk = ChatCompletionChunk(
-                request_id, created, model,
-                [ChatChunkChoice(delta.index, Delta(content=delta.text or None), delta.finish_reason, logprobs)],
-            )
+            chunk = ChatCompletionChunk(request_id, created, model, [ChatChunkChoice(delta.index, message, finish, logprobs)])
             yield _sse(chunk)
         if include_usage:
             yield _sse(ChatCompletionChunk(request_id, created, model, [], usage=_usage(usage)))

@@ -50,6 +50,9 @@ class ServedModel:
     card: ModelCard
     tokenizer: TokenizerBundle
     router: Router
+    # What `load_tokenizer` loaded `tokenizer` from (before the card's chat template), so the
+    # prompt pool's processes can load the same; None: the pool cannot serve this model.
+    tokenizer_source: str | None = None
     created: int = field(default_factory=lambda: int(time.time()))
     workers: dict[str, WorkerHandle] = field(default_factory=dict)
 
@@ -174,14 +177,14 @@ class ModelRegistry:
             log.error("cannot load the tokenizer of model '%s' from %s: %s", card.served_name, card.tokenizer, exc)
             return None
         if card.chat_template:
-            tokenizer = dataclasses.replace(tokenizer, chat_template=card.chat_template)
+            tokenizer = dataclasses.replace(tokenizer, chat_template=card.chat_template, tool_chat_template=None)
         context = RouterContext(
             model=card.served_name,
             block_size=card.block_size,
             options=self._router_options,
             request_resync=lambda worker_id: self._resync(worker_id),
         )
-        model = ServedModel(card.served_name, card, tokenizer, self._router_factory(context))
+        model = ServedModel(card.served_name, card, tokenizer, self._router_factory(context), tokenizer_source=source)
         self.models[card.served_name] = model
         log.info("model '%s' is now served (tokenizer %s, context %d)", card.served_name, card.tokenizer, card.context_length)
         return model

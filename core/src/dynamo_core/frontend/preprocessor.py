@@ -12,10 +12,13 @@ from dataclasses import dataclass
 
 import msgspec
 
+from dynamo_core.frontend import prompt_pool
 from dynamo_core.frontend.chat_template import ChatTemplateError, render_chat_template
 from dynamo_core.frontend.errors import BadRequestError
 from dynamo_core.frontend.model_registry import ServedModel
+from dynamo_core.frontend.structured import guided_decoding
 from dynamo_core.protocols.engine import (
+    GuidedDecoding,
     OutputOptions,
     PreprocessedRequest,
     SamplingOptions,
@@ -24,7 +27,9 @@ from dynamo_core.protocols.engine import (
 from dynamo_core.protocols.openai import ChatCompletionRequest, CompletionRequest, _SamplingFields
 
 # Prompts longer than this (characters) are templated and tokenized off the event loop, so
-# one huge request does not stall every other stream.
+# one huge request does not stall every other stream: in the frontend's prompt pool when it
+# has one (`--preprocess-workers`), else in a thread (which helps little: `tokenizers` holds
+# the GIL while it encodes). Shorter ones stay on the loop, where they take a few ms at most.
 OFF_LOOP_PROMPT_CHARS = 8192
 
 
@@ -145,13 +150,23 @@ def _chat_prompt_chars(req: ChatCompletionRequest) -> int:
     return sum(len(m.content) if isinstance(m.content, str) else 256 for m in req.messages)
 
 
-async def prepare_chat(model: ServedModel, req: ChatCompletionRequest, request_id: str) -> list[PreparedChoice]:
+async def prepare_chat(
+    model: ServedModel, req: ChatCompletionRequest, request_id: str, tool_guided: GuidedDecoding | None = None
+) -> list[PreparedChoice]:
+    """`tool_guided`: the constraint that `tool_choice` puts on the output (see structured.py)."""
     if not req.messages:
         raise BadRequestError("'messages' must contain at least one message", param="messages")
+    guided = guided_decoding(req, model.card)
+    if guided is not None and tool_guided is not None:
+        raise BadRequestError("'tool_choice' cannot be combined with another output constraint", param="tool_choice")
+    guided = guided or tool_guided
     stops = _stop_strings(req.stop)  # validate before the expensive part
     del stops
     if _chat_prompt_chars(req) > OFF_LOOP_PROMPT_CHARS:
-        token_ids, last_ids = await asyncio.to_thread(_render_and_encode, model, req)
+        if (pool := prompt_pool.pool_for(model)) is not None:
+            token_ids, last_ids = await pool.render_and_encode(model, req)
+        else:
+            token_ids, last_ids = await asyncio.to_thread(_render_and_encode, model, req)
     else:
         token_ids, last_ids = _render_and_encode(model, req)
     requested = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
@@ -172,6 +187,7 @@ async def prepare_chat(model: ServedModel, req: ChatCompletionRequest, request_i
                     stop=stop,
                     sampling=_sampling(req, i),
                     output=OutputOptions(logprobs=logprobs),
+                    guided=guided,
                     eos_token_ids=list(model.tokenizer.eos_token_ids),
                     last_message_token_ids=last_ids,
                 ),
@@ -211,9 +227,13 @@ def _completion_prompts(model: ServedModel, prompt) -> list[tuple[list[int], str
 
 async def prepare_completion(model: ServedModel, req: CompletionRequest, request_id: str) -> list[PreparedChoice]:
     _stop_strings(req.stop)
+    guided = guided_decoding(req, model.card)
     prompt_chars = len(req.prompt) if isinstance(req.prompt, str) else 0
     if prompt_chars > OFF_LOOP_PROMPT_CHARS:
-        prompts = await asyncio.to_thread(_completion_prompts, model, req.prompt)
+        if (pool := prompt_pool.pool_for(model)) is not None:
+            prompts = await pool.completion_prompts(model, req.prompt)
+        else:
+            prompts = await asyncio.to_thread(_completion_prompts, model, req.prompt)
     else:
         prompts = _completion_prompts(model, req.prompt)
     choices: list[PreparedChoice] = []
@@ -234,6 +254,7 @@ async def prepare_completion(model: ServedModel, req: CompletionRequest, request
                         stop=stop,
                         sampling=_sampling(req, i),
                         output=OutputOptions(logprobs=req.logprobs),
+                        guided=guided,
                         eos_token_ids=list(model.tokenizer.eos_token_ids),
                         last_message_token_ids=token_ids if model.card.wants_last_message_tokens else None,
                     ),

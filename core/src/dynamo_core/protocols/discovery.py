@@ -20,6 +20,11 @@ class ModelCard(msgspec.Struct, omit_defaults=True, kw_only=True):
     # sha256 over the tokenizer files; a frontend on another host fetches the files from a
     # worker (`model_files` endpoint) when it has no identical copy.
     tokenizer_digest: str = ""
+    # Output parsers the frontend applies to this model's chat completions (by name).
+    reasoning_parser: str | None = None
+    tool_call_parser: str | None = None
+    # Whether the engine honours `PreprocessedRequest.guided` (structured output).
+    structured_output: bool = False
 
 
 class InstanceRecord(msgspec.Struct, omit_defaults=True, kw_only=True):

@@ -43,6 +43,16 @@ class OutputOptions(msgspec.Struct, omit_defaults=True, kw_only=True):
     logprobs: int | None = None  # number of top logprobs wanted; None = none at all
 
 
+class GuidedDecoding(msgspec.Struct, omit_defaults=True, kw_only=True):
+    """Constrain the output (structured output); exactly one field is set."""
+
+    json_schema: dict | None = None
+    json_object: bool = False  # any JSON object
+    regex: str | None = None
+    choice: list[str] | None = None
+    grammar: str | None = None  # EBNF / GBNF grammar text
+
+
 class PreprocessedRequest(msgspec.Struct, omit_defaults=True, kw_only=True):
     request_id: str
     model: str
@@ -50,6 +60,7 @@ class PreprocessedRequest(msgspec.Struct, omit_defaults=True, kw_only=True):
     stop: StopConditions
     sampling: SamplingOptions = msgspec.field(default_factory=SamplingOptions)
     output: OutputOptions = msgspec.field(default_factory=OutputOptions)
+    guided: GuidedDecoding | None = None
     eos_token_ids: list[int] = []
     # Filled only for models whose card asks for it (`wants_last_message_tokens`): the
     # `echo` engine replays exactly the text of the last message.

@@ -43,6 +43,9 @@ class WorkerConfig:
     engine: str = "mocker"
     model_path: str | None = None
     model_name: str | None = None
+    chat_template: str | None = None  # replaces the model directory's template (in the card)
+    reasoning_parser: str | None = None  # published in the model card; the frontend applies it
+    tool_call_parser: str | None = None  # likewise
     namespace: str = "dynamo"
     role: str = "agg"
     discovery: str = "file"
@@ -127,6 +130,10 @@ class Worker:
             engine=config.engine,
             wants_last_message_tokens=getattr(self.engine, "wants_last_message_tokens", False),
             tokenizer_digest=tokenizer_digest(config.model_path) if config.model_path else "",
+            chat_template=config.chat_template,
+            reasoning_parser=config.reasoning_parser,
+            tool_call_parser=config.tool_call_parser,
+            structured_output=getattr(self.engine, "supports_structured_output", False),
         )
         self.record = InstanceRecord(
             instance_id=self.worker_id,

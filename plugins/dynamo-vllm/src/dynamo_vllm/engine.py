@@ -24,7 +24,7 @@ from dynamo_vllm.kv_events import KvCacheMirror, KvEventTranslator, decode_batch
 from dynamo_vllm.load import SchedulerLoad
 from dynamo_vllm.options import given_flags, vllm_argv
 from dynamo_vllm.outputs import engine_output
-from dynamo_vllm.sampling import sampling_kwargs
+from dynamo_vllm.sampling import sampling_kwargs, structured_output_kwargs
 
 if TYPE_CHECKING:
     from vllm.v1.engine.async_llm import AsyncLLM
@@ -55,6 +55,8 @@ def _load_logger_factory(load: SchedulerLoad):
 
 
 class VllmEngine(Engine):
+    supports_structured_output = True  # vLLM's structured outputs (xgrammar / guidance)
+
     def __init__(self, context: EngineContext, argv: list[str], kv_events: bool):
         if context.model_path is None:
             raise ValueError("--engine vllm needs --model: an HF-format model directory")
@@ -85,13 +87,16 @@ class VllmEngine(Engine):
     async def start(self) -> EngineInfo:
         from vllm import SamplingParams, TokensPrompt
         from vllm.config import KVEventsConfig
-        from vllm.sampling_params import RequestOutputKind
+        from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
         from vllm.v1.engine.async_llm import AsyncLLM
 
         from dynamo_vllm.engine_args import engine_args
         from dynamo_vllm.kv_subscriber import KvEventSubscriber
 
-        self._vllm = {"params": SamplingParams, "prompt": TokensPrompt, "delta": RequestOutputKind.DELTA}
+        self._vllm = {
+            "params": SamplingParams, "prompt": TokensPrompt, "delta": RequestOutputKind.DELTA,
+            "structured": StructuredOutputsParams,
+        }
         args = engine_args(self._model_path, self._argv)
         if self._kv_events_enabled:
             self._subscriber = KvEventSubscriber(self._context.worker_id or "worker", topic=KV_EVENTS_TOPIC)
@@ -119,7 +124,12 @@ class VllmEngine(Engine):
         assert self._llm is not None, "start() first"
         vllm = self._vllm
         try:
-            params = vllm["params"](**sampling_kwargs(request), output_kind=vllm["delta"])
+            structured = structured_output_kwargs(request)
+            if structured:
+                params = vllm["params"](**sampling_kwargs(request), output_kind=vllm["delta"],
+                                        structured_outputs=vllm["structured"](**structured))
+            else:
+                params = vllm["params"](**sampling_kwargs(request), output_kind=vllm["delta"])
         except ValueError as exc:  # includes UnsupportedRequestError
             yield EngineOutput(finish_reason=FinishReason.ERROR, error=str(exc))
             return

@@ -52,3 +52,21 @@ def sampling_kwargs(request: PreprocessedRequest) -> dict[str, Any]:
     if request.output.logprobs is not None:
         kwargs["logprobs"] = request.output.logprobs
     return kwargs
+
+
+def structured_output_kwargs(request: PreprocessedRequest) -> dict[str, Any]:
+    """Keyword arguments for vLLM's `StructuredOutputsParams`, or {} when unconstrained."""
+    guided = request.guided
+    if guided is None:
+        return {}
+    if guided.json_schema is not None:
+        return {"json": guided.json_schema}
+    if guided.json_object:
+        return {"json_object": True}
+    if guided.regex is not None:
+        return {"regex": guided.regex}
+    if guided.choice is not None:
+        return {"choice": list(guided.choice)}
+    if guided.grammar is not None:
+        return {"grammar": guided.grammar}
+    return {}
