@@ -60,6 +60,13 @@ def test_auto_tool_calls_with_reasoning_streaming_and_not(echo_tools):
     assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == ["tool_calls"]
 
 
+def test_parallel_tool_calls_false_keeps_the_first_call(echo_tools):
+    client, model = echo_tools
+    reply = client.chat.completions.create(model=model, messages=_says(SAID), tools=[WEATHER, TIME],
+                                           parallel_tool_calls=False)
+    assert [c.function.name for c in reply.choices[0].message.tool_calls] == ["get_weather"]
+
+
 def test_text_without_calls_and_tool_choice_none_stay_content(echo_tools):
     client, model = echo_tools
     plain = client.chat.completions.create(model=model, messages=_says("Just text."), tools=[WEATHER])

@@ -103,5 +103,7 @@ class ChatOutput:
                                        for i, c in enumerate(calls)]
         else:
             out.content += text
+        if not self._plan.parallel:
+            out.tool_calls = [c for c in out.tool_calls if c.index == 0]
         if out.tool_calls:
             self.called = True

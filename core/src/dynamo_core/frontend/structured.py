@@ -84,6 +84,7 @@ class ToolPlan:
     parser: str | None = None  # the model's tool-call parser, for `auto`
     function: str | None = None  # for `named`
     guided: GuidedDecoding | None = None  # the engine constraint for `required` / `named`
+    parallel: bool = True  # `parallel_tool_calls`: False keeps the first call only
 
 
 def _tool_functions(tools: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -110,7 +111,9 @@ def tool_plan(req: ChatCompletionRequest, card: ModelCard) -> ToolPlan:
     if choice is None:
         # OpenAI's default: `auto` when tools are given. Without a parser there is nothing to
         # parse with, and the reply stays text.
-        return ToolPlan("auto", card.tool_call_parser) if functions and card.tool_call_parser else ToolPlan("none")
+        if functions and card.tool_call_parser:
+            return ToolPlan("auto", card.tool_call_parser, parallel=req.parallel_tool_calls)
+        return ToolPlan("none")
     if choice == "none":
         return ToolPlan("none")
     if not functions:
@@ -122,7 +125,7 @@ def tool_plan(req: ChatCompletionRequest, card: ModelCard) -> ToolPlan:
                 "(start its workers with --tool-call-parser)",
                 param="tool_choice",
             )
-        return ToolPlan("auto", card.tool_call_parser)
+        return ToolPlan("auto", card.tool_call_parser, parallel=req.parallel_tool_calls)
     if choice == "required":
         calls = {
             "type": "array",
@@ -135,7 +138,7 @@ def tool_plan(req: ChatCompletionRequest, card: ModelCard) -> ToolPlan:
         }
         if not req.parallel_tool_calls:
             calls["maxItems"] = 1
-        return ToolPlan("required", guided=_tool_guided(card, calls))
+        return ToolPlan("required", guided=_tool_guided(card, calls), parallel=req.parallel_tool_calls)
     if isinstance(choice, dict):
         name = (choice.get("function") or {}).get("name") if choice.get("type") == "function" else None
         if name is None:
