@@ -43,6 +43,10 @@ def test_openai_client_chat_and_completions_streaming_and_not(mocker_serve):
     )
     assert chat.object == "chat.completion"
     assert chat.choices[0].finish_reason == "length"
+    # openai's client fills absent keys itself: check the wire has OpenAI's keys
+    raw = client.chat.completions.with_raw_response.create(
+        model="test-model", messages=[{"role": "user", "content": "Hi"}], max_tokens=2).http_response.json()
+    assert raw["choices"][0]["message"]["role"] == "assistant" and "content" in raw["choices"][0]["message"]
     assert chat.choices[0].message.content
     assert chat.usage.completion_tokens == 12
     assert chat.usage.prompt_tokens > 5

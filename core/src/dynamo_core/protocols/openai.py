@@ -163,7 +163,8 @@ class ToolCallChunk(msgspec.Struct, omit_defaults=True):
     function: FunctionCallDelta | None = None
 
 
-class ResponseMessage(msgspec.Struct, omit_defaults=True):
+class ResponseMessage(msgspec.Struct):
+    # Every key is always present, as in OpenAI's replies (`content` is null beside tool calls).
     role: str = "assistant"
     content: str | None = None
     reasoning_content: str | None = None
