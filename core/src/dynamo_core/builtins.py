@@ -8,6 +8,7 @@ from dynamo_core.engines.base import Engine, EngineContext, EngineSpec
 from dynamo_core.plugins import hookimpl
 from dynamo_core.routers.base import Router, RouterContext, RouterSpec
 from dynamo_core.runtime.discovery import DiscoverySpec
+from dynamo_core.transfer.base import TransferAgent, TransferConfig, TransferSpec
 
 
 def _create_mocker(context: EngineContext) -> Engine:
@@ -78,6 +79,12 @@ def _create_etcd(config):
     return EtcdDiscovery(config)
 
 
+def _create_tcp_transfer(config: TransferConfig) -> TransferAgent:
+    from dynamo_core.transfer.tcp import TcpTransferAgent
+
+    return TcpTransferAgent(config)
+
+
 @hookimpl
-def dynamo_transfer_backends() -> list:
-    return []
+def dynamo_transfer_backends() -> list[TransferSpec]:
+    return [TransferSpec("tcp", _create_tcp_transfer, "plain TCP reads into registered host buffers (no NIXL needed)")]

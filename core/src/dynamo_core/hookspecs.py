@@ -85,7 +85,12 @@ def dynamo_discovery_backends() -> list["dynamo_core.runtime.discovery.Discovery
 
 @hookspec
 def dynamo_transfer_backends() -> list["dynamo_core.transfer.TransferSpec"]:  # noqa: F821
-    """Return the KV-transfer backends this package provides (the values of ``--transfer``).
+    """Return the KV-transfer backends this package provides (`tcp` in core, `nixl` in dynamo-nixl).
 
-    Used by disaggregated serving to move KV blocks from a prefill worker to a decode worker.
+    For disaggregated serving, which will move KV blocks from a prefill worker to a decode
+    worker with them (the serving side is not built yet; `benchmarks/transfer_bench.py` uses them).
+    Each ``TransferSpec`` has a name and a factory ``create(config: TransferConfig) ->
+    TransferAgent``. An agent registers local buffers, describes them as ``RemoteRegion``s
+    (msgspec, sent to peers in request-plane messages) and reads peers' regions into its own;
+    every failure raises ``TransferError``. The contract is in ``dynamo_core.transfer.base``.
     """

@@ -1,0 +1,1 @@
+"""NIXL KV-transfer backend for dynamo."""
