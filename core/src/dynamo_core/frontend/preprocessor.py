@@ -137,6 +137,7 @@ def tokenize_for_endpoint(model: ServedModel, req) -> list[int]:
             bundle,
             [msgspec.to_builtins(m) for m in req.messages],
             tools=req.tools,
+            documents=req.documents,
             add_generation_prompt=req.add_generation_prompt and not req.continue_final_message,
             continue_final_message=req.continue_final_message,
             template_kwargs=req.chat_template_kwargs,

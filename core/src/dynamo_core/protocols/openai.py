@@ -265,6 +265,7 @@ class TokenizeRequest(msgspec.Struct, omit_defaults=True, kw_only=True):
     add_generation_prompt: bool = True
     continue_final_message: bool = False
     tools: list[dict[str, Any]] | None = None
+    documents: list[dict[str, Any]] | None = None
     chat_template_kwargs: dict[str, Any] | None = None
 
 
