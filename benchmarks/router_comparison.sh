@@ -9,7 +9,8 @@
 #   bash benchmarks/router_comparison.sh [MAX_REQUESTS] [TIME_SCALE] [TOKEN_SCALE]
 # KV_BLOCKS=N overrides the per-worker KV capacity (e.g. an engine with host-memory offload);
 # ENGINE_SPEED=F makes each engine F times faster than the H100 profile (F=2: half the load);
-# TRACES / ROUTERS narrow the runs.
+# TRACES / ROUTERS narrow the runs; ROUTER_ARGS adds router flags (e.g. "--kv-overlap-weight 2"),
+# LABEL_SUFFIX tells such runs apart in the results.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 max_requests=${1:-100000}
@@ -32,7 +33,7 @@ for trace in ${TRACES:-conversation_trace synthetic_trace}; do
     DYN_FILE_DISCOVERY_DIR=$disc uv run dynamo serve --router "$router" --workers 4 --num-gpu-blocks "$kv_blocks" \
       --prefill-tokens-per-s "$prefill_rate" --prefill-doubling-context "$doubling" \
       --decode-ms-per-1k-kv-tokens "$per_kv" --speedup-ratio "$engine_speedup" \
-      --http-port $port > "bench-results/serve-$trace-$router.log" 2>&1 &
+      --http-port $port ${ROUTER_ARGS:-} > "bench-results/serve-$trace-$router.log" 2>&1 &
     serve=$!
     ready=no
     for _ in $(seq 1 240); do
@@ -45,7 +46,7 @@ for trace in ${TRACES:-conversation_trace synthetic_trace}; do
     fi
     uv run python -m benchmarks.trace_replay --url "http://127.0.0.1:$port" --trace "$traces_dir/$trace.jsonl" \
       --max-requests "$max_requests" --time-scale "$time_scale" --token-scale "$token_scale" \
-      --label "$router" --json-out "$out"
+      --label "$router${LABEL_SUFFIX:-}" --json-out "$out"
     kill -TERM $serve; wait $serve || true
     rm -rf "$disc"
   done
