@@ -3,8 +3,8 @@
     uv run python -m benchmarks.transfer_bench                          # 1..256 MiB, tcp and nixl
     uv run python -m benchmarks.transfer_bench --sizes-mib 1,16 --repeat 3 --backends tcp
 
-For each backend a child process registers one buffer of the largest payload size filled with
-a known pattern and prints its `RemoteRegion`; this process reads payloads of each size from
+For each backend a child process (`dynamo_core.transfer.peer`) registers one buffer of the
+largest payload size filled with seeded random bytes and prints its `RemoteRegion`; this process reads payloads of each size from
 it with one `read` (a contiguous range) into a registered local buffer, `--repeat` times after
 one warm-up read, and checks the bytes of the last one. memcpy is `np.copyto` of the same
 size between two buffers of this process. All buffers are touched before timing, so page
@@ -16,33 +16,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable
 
-import msgspec
 import numpy as np
 
 from benchmarks.common import run_async
-from dynamo_core.transfer import RemoteRegion, TransferConfig, TransferError, create_transfer_agent
+from dynamo_core.transfer import TransferConfig, TransferError, create_transfer_agent
+from dynamo_core.transfer.peer import region_bytes, start_peer
 
 MIB = 1024 * 1024
-
-
-def _pattern(size: int) -> np.ndarray:
-    # A 251-byte period never lines up with power-of-two offsets, so a misplaced piece shows.
-    return np.resize(np.arange(251, dtype=np.uint8), size)
-
-
-async def _serve(backend: str, size: int) -> None:
-    """The owner side: register the pattern, print its description, serve until stdin closes."""
-    agent = create_transfer_agent(backend)
-    await agent.start()
-    data = _pattern(size)
-    print("REGION", msgspec.msgpack.encode(agent.describe(agent.register(data))).hex(), flush=True)
-    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
-    await agent.close()
+SEED = 1
 
 
 async def _timed(action: Callable[[], Awaitable[None] | None], repeat: int) -> list[float]:
@@ -66,24 +51,17 @@ def _row(method: str, size: int, seconds: list[float]) -> dict:
     }
 
 
-async def _bench_backend(backend: str, sizes: list[int], repeat: int, dst: np.ndarray) -> list[dict]:
-    peer = subprocess.Popen(
-        [sys.executable, "-m", "benchmarks.transfer_bench", "--serve", backend, "--serve-bytes", str(max(sizes))],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-    )
+async def _bench_backend(backend: str, sizes: list[int], repeat: int, dst: np.ndarray, expected: np.ndarray) -> list[dict]:
+    peer, remote = await asyncio.to_thread(start_peer, backend, max(sizes), SEED)
     agent = create_transfer_agent(backend, TransferConfig(timeout_s=120))
     try:
-        line = next((l for l in peer.stdout if l.startswith("REGION ")), "")
-        if not line:
-            raise TransferError(f"the {backend} owner process did not start (exit code {peer.wait()})")
-        remote = msgspec.msgpack.decode(bytes.fromhex(line.removeprefix("REGION ").strip()), type=RemoteRegion)
         await agent.start()
         local = agent.register(dst)
         rows = []
         for size in sizes:
             dst[:size] = 0
             seconds = await _timed(lambda: agent.read(remote, 0, local, 0, size), repeat)
-            if not np.array_equal(dst[:size], _pattern(size)):
+            if not np.array_equal(dst[:size], expected[:size]):
                 raise TransferError(f"{backend}: the {size}-byte read delivered wrong bytes")
             rows.append(_row(f"{backend} read", size, seconds))
         return rows
@@ -95,7 +73,8 @@ async def _bench_backend(backend: str, sizes: list[int], repeat: int, dst: np.nd
 
 async def _main(args: argparse.Namespace) -> None:
     sizes = [int(s) * MIB for s in args.sizes_mib.split(",")]
-    src, dst = _pattern(max(sizes)), np.ones(max(sizes), dtype=np.uint8)  # ones: pages touched
+    src = np.frombuffer(region_bytes(max(sizes), SEED), dtype=np.uint8)  # what the peer serves
+    dst = np.ones(max(sizes), dtype=np.uint8)  # ones: pages touched
     by_method: dict[str, list[dict]] = {}
     for size in sizes:
         by_method.setdefault("memcpy", []).append(
@@ -103,7 +82,7 @@ async def _main(args: argparse.Namespace) -> None:
         )
     for backend in args.backends.split(","):
         try:
-            by_method[backend] = await _bench_backend(backend, sizes, args.repeat, dst)
+            by_method[backend] = await _bench_backend(backend, sizes, args.repeat, dst, src)
         except (TransferError, LookupError) as e:
             print(f"skipping {backend}: {e}", file=sys.stderr)
 
@@ -122,13 +101,7 @@ def main() -> None:
     p.add_argument("--sizes-mib", default="1,4,16,64,256", help="payload sizes in MiB (default: %(default)s)")
     p.add_argument("--repeat", type=int, default=5, help="timed reads per payload, after one warm-up (default: %(default)s)")
     p.add_argument("--backends", default="tcp,nixl", help="transfer backends to measure; missing ones are skipped")
-    p.add_argument("--serve", default="", help=argparse.SUPPRESS)  # the owner process
-    p.add_argument("--serve-bytes", type=int, default=0, help=argparse.SUPPRESS)
-    args = p.parse_args()
-    if args.serve:
-        run_async(_serve(args.serve, args.serve_bytes))
-    else:
-        run_async(_main(args))
+    run_async(_main(p.parse_args()))
 
 
 if __name__ == "__main__":

@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import mmap
 import random
-import subprocess
-import sys
 
 import msgspec
 import numpy as np
@@ -14,29 +12,9 @@ import pytest
 
 from dynamo_core.plugins import get_registry
 from dynamo_core.transfer import RemoteRegion, TransferConfig, TransferError, create_transfer_agent
+from dynamo_core.transfer.peer import region_bytes, start_peer
 from dynamo_core.transfer.tcp import TcpTransferAgent
 
-# Owns a region of seeded random bytes in its own process; prints the region's description
-# (msgpack, hex, after "REGION ") and serves it until its stdin closes.
-_PEER = """
-import asyncio, random, sys
-import msgspec
-from dynamo_core.transfer import create_transfer_agent
-
-async def main(size, seed):
-    agent = create_transfer_agent("tcp")
-    await agent.start()
-    data = bytearray(random.Random(seed).randbytes(size))
-    print("REGION", msgspec.msgpack.encode(agent.describe(agent.register(data))).hex(), flush=True)
-    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
-    await agent.close()
-
-asyncio.run(main(int(sys.argv[1]), int(sys.argv[2])))
-"""
-
-
-def _random_bytes(size: int, seed: int) -> bytearray:
-    return bytearray(random.Random(seed).randbytes(size))
 
 
 def _scattered_pieces(rng: random.Random, remote_size: int, lengths: list[int]) -> list[tuple[int, int, int]]:
@@ -71,7 +49,7 @@ def test_tcp_backend_is_a_builtin_registered_through_the_hook():
 
 async def test_read_copies_a_whole_region_byte_for_byte(agents):
     owner, reader = agents
-    src = _random_bytes(3 * 1024 * 1024 + 17, seed=1)
+    src = region_bytes(3 * 1024 * 1024 + 17, seed=1)
     dst = bytearray(len(src) + 100)
     remote = owner.describe(owner.register(src))
     await reader.read(remote, 0, reader.register(dst), 100, len(src))
@@ -80,7 +58,7 @@ async def test_read_copies_a_whole_region_byte_for_byte(agents):
 
 async def test_read_many_gathers_scattered_pieces_of_every_size(agents):
     owner, reader = agents
-    src = _random_bytes(4 * 1024 * 1024, seed=2)
+    src = region_bytes(4 * 1024 * 1024, seed=2)
     rng = random.Random(3)
     # Small pieces (coalesced on both sides), large ones (sent and received in place), and empty ones.
     lengths = [rng.randint(0, 4096) for _ in range(2000)] + [rng.randint(1 << 17, 1 << 20) for _ in range(8)]
@@ -106,7 +84,7 @@ async def test_numpy_arrays_and_mmaps_are_registered_as_their_bytes(agents):
 
 async def test_concurrent_reads_from_one_peer_do_not_mix_their_bytes(agents):
     owner, reader = agents
-    src = _random_bytes(1 << 20, seed=5)
+    src = region_bytes(1 << 20, seed=5)
     remote = owner.describe(owner.register(src))
     dst = bytearray(8 * len(src))
     local = reader.register(dst)
@@ -121,13 +99,11 @@ def test_remote_region_travels_as_msgpack():
 
 async def test_read_and_read_many_from_another_process_and_its_disappearance():
     size, seed = 8 * 1024 * 1024, 6
-    peer = subprocess.Popen([sys.executable, "-c", _PEER, str(size), str(seed)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    peer, remote = await asyncio.wait_for(asyncio.to_thread(start_peer, "tcp", size, seed), 20)
     reader = TcpTransferAgent(TransferConfig(timeout_s=5))
     try:
-        line = await asyncio.wait_for(asyncio.to_thread(peer.stdout.readline), 20)
-        remote = msgspec.msgpack.decode(bytes.fromhex(line.removeprefix("REGION ").strip()), type=RemoteRegion)
         await reader.start()
-        src = _random_bytes(size, seed)
+        src = region_bytes(size, seed)
         whole = bytearray(size)
         await reader.read(remote, 0, reader.register(whole), 0, size)
         assert whole == src
@@ -162,7 +138,7 @@ async def test_a_deregistered_region_is_reported_by_the_owner(agents):
 
 async def test_ranges_outside_either_region_are_refused(agents):
     owner, reader = agents
-    src = _random_bytes(4096, seed=8)
+    src = region_bytes(4096, seed=8)
     remote = owner.describe(owner.register(src))
     local = reader.register(bytearray(1024))
     with pytest.raises(TransferError, match="remote range"):

@@ -4,50 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import random
-import subprocess
-import sys
 
 import msgspec
 import numpy as np
 import pytest
 
 from dynamo_core.plugins import get_registry
-from dynamo_core.transfer import RemoteRegion, TransferConfig, TransferError, create_transfer_agent
+from dynamo_core.transfer import TransferConfig, TransferError, create_transfer_agent
+from dynamo_core.transfer.peer import region_bytes, start_peer
 
 try:
     import nixl_cu13._api  # noqa: F401
 except ImportError as e:
     pytest.skip(f"nixl_cu13 cannot be imported here: {e}", allow_module_level=True)
 
-# Owns a region of seeded random bytes in its own process; prints the region's description
-# (msgpack, hex, after "REGION ") and serves it until its stdin closes.
-_PEER = """
-import asyncio, random, sys
-import msgspec
-from dynamo_core.transfer import create_transfer_agent
-
-async def main(size, seed):
-    agent = create_transfer_agent("nixl")
-    await agent.start()
-    data = bytearray(random.Random(seed).randbytes(size))
-    print("REGION", msgspec.msgpack.encode(agent.describe(agent.register(data))).hex(), flush=True)
-    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
-    await agent.close()
-
-asyncio.run(main(int(sys.argv[1]), int(sys.argv[2])))
-"""
-
-
-def _random_bytes(size: int, seed: int) -> bytearray:
-    return bytearray(random.Random(seed).randbytes(size))
-
-
-def _region_line(peer: subprocess.Popen) -> str:
-    """The peer's REGION line ("" if it exited first); NIXL may log on stdout before it."""
-    for line in peer.stdout:
-        if line.startswith("REGION "):
-            return line
-    return ""
 
 
 async def _started(config: TransferConfig = TransferConfig()):
@@ -74,7 +44,7 @@ def test_nixl_is_registered_by_the_dynamo_nixl_distribution():
 
 async def test_read_and_read_many_between_two_agents(agents):
     owner, reader = agents
-    src = _random_bytes(2 * 1024 * 1024, seed=1)
+    src = region_bytes(2 * 1024 * 1024, seed=1)
     first = owner.register(bytearray(4096))  # the peer learns regions one by one, as they are described
     remote = owner.describe(owner.register(src))
     dst = bytearray(len(src))
@@ -104,15 +74,14 @@ async def test_numpy_buffers_are_read_through_nixl(agents):
 
 async def test_read_many_from_another_process_and_its_disappearance():
     size, seed = 8 * 1024 * 1024, 4
-    peer = subprocess.Popen([sys.executable, "-c", _PEER, str(size), str(seed)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        peer, remote = await asyncio.wait_for(asyncio.to_thread(start_peer, "nixl", size, seed), 30)
+    except TransferError as e:
+        pytest.skip(f"the NIXL peer process could not start an agent: {e}")
     reader = await _started(TransferConfig(timeout_s=5))
     try:
-        line = await asyncio.wait_for(asyncio.to_thread(_region_line, peer), 30)
-        if not line:
-            pytest.skip("the NIXL peer process could not start an agent (see its stderr)")
-        remote = msgspec.msgpack.decode(bytes.fromhex(line.removeprefix("REGION ").strip()), type=RemoteRegion)
         assert remote.backend == "nixl" and remote.memory == "DRAM"
-        src = _random_bytes(size, seed)
+        src = region_bytes(size, seed)
         whole = bytearray(size)
         local = reader.register(whole)
         await reader.read(remote, 0, local, 0, size)

@@ -44,7 +44,10 @@ class TokenTexts:
 
     def __init__(self, bundle: TokenizerBundle):
         self._bundle = bundle
-        types = _decoder_types(json.loads(bundle.tokenizer.to_str()).get("decoder"))
+        # The decoder's own state, not `to_str()`: serialising a large vocabulary would stall
+        # the event loop on the first request that asks for logprobs.
+        decoder = bundle.tokenizer.decoder
+        types = _decoder_types(json.loads(decoder.__getstate__())) if decoder is not None else set()
         self._byte_level = "ByteLevel" in types
         self._byte_of_symbol = {symbol: b for b, symbol in enumerate(byte_symbols())}
         self._cache: dict[int, tuple[str, list[int]]] = {}

@@ -26,6 +26,7 @@ text is split, what streams is exactly what `parse` returns (ids aside).
 
 from __future__ import annotations
 
+import abc
 import ast
 import json
 import re
@@ -134,7 +135,7 @@ class _Content:
         return "".join(parts), calls
 
 
-class ToolParser:
+class ToolParser(abc.ABC):
     """Base of the parsers. An instance keeps the state of one streamed output: use a new one per
     response (and per choice); `parse` keeps no state and may be called any time."""
 
@@ -146,22 +147,22 @@ class ToolParser:
         """The whole output, split into content and calls."""
         return ParsedOutput(*_Content().take(self._items(text), end=True))
 
+    @abc.abstractmethod
     def feed(self, delta: str) -> StreamDelta:
         """The next piece of streamed text; returns what can be shown now."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def finish(self) -> StreamDelta:
         """The end of the output: everything still held back, as content or calls."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def _items(self, text: str) -> list[_Item]:
         """The whole output as content pieces and calls, in order."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def _calls(self, text: str) -> list[ToolCall | None] | None:
         """The calls written in a call block, or the stripped whole output (may raise, see
         `_checked`); a None among them, or None, means it is not (only) calls."""
-        raise NotImplementedError
 
     def _emit(self, items: list[_Item], end: bool = False) -> StreamDelta:
         content, calls = self._content.take(items, end)
@@ -280,10 +281,10 @@ class _WholeOutputParser(ToolParser):
         self._held: list[str] = []
         self._calls_mode: bool | None = None  # None: cannot tell yet from what came so far
 
+    @abc.abstractmethod
     def _starts(self, head: str) -> bool | None:
         """Whether output whose stripped beginning is `head` may be calls (None: cannot tell
         yet). Once True or False for some `head`, the same for every longer one."""
-        raise NotImplementedError
 
     def _items(self, text: str) -> list[_Item]:
         calls = _checked(self._calls, text.strip()) if self._starts(text.lstrip()) else None

@@ -128,12 +128,12 @@ class Worker:
             kv_capacity_blocks=info.kv_capacity_blocks,
             role=config.role,
             engine=config.engine,
-            wants_last_message_tokens=getattr(self.engine, "wants_last_message_tokens", False),
+            wants_last_message_tokens=self.engine.wants_last_message_tokens,
             tokenizer_digest=tokenizer_digest(config.model_path) if config.model_path else "",
             chat_template=config.chat_template,
             reasoning_parser=config.reasoning_parser,
             tool_call_parser=config.tool_call_parser,
-            structured_output=getattr(self.engine, "supports_structured_output", False),
+            structured_output=self.engine.supports_structured_output,
         )
         self.record = InstanceRecord(
             instance_id=self.worker_id,
