@@ -161,8 +161,7 @@ async def prepare_chat(
     if guided is not None and tool_guided is not None:
         raise BadRequestError("'tool_choice' cannot be combined with another output constraint", param="tool_choice")
     guided = guided or tool_guided
-    stops = _stop_strings(req.stop)  # validate before the expensive part
-    del stops
+    _stop_strings(req.stop)  # validate before the expensive part
     if _chat_prompt_chars(req) > OFF_LOOP_PROMPT_CHARS:
         if (pool := prompt_pool.pool_for(model)) is not None:
             token_ids, last_ids = await pool.render_and_encode(model, req)
