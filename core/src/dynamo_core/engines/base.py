@@ -6,9 +6,13 @@ import abc
 import argparse
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from dynamo_core.protocols.engine import EngineInfo, EngineOutput, PreprocessedRequest
 from dynamo_core.protocols.kv_events import KvEvent, KvStored, LoadMetrics
+
+if TYPE_CHECKING:
+    from dynamo_core.transfer.base import TransferAgent
 
 
 class KvEventSink(abc.ABC):
@@ -33,7 +37,10 @@ class EngineContext:
     options: argparse.Namespace  # the engine's own command-line options, parsed
     kv_events: KvEventSink = field(default_factory=NullKvEventSink)
     worker_id: str = ""
-    role: str = "agg"
+    role: str = "agg"  # agg | prefill | decode
+    # Prefill and decode workers: the worker's started transfer agent (`--transfer`), through
+    # which the engine exposes and pulls KV blocks. None for aggregated workers.
+    transfer: TransferAgent | None = None
 
 
 class Engine(abc.ABC):
@@ -49,6 +56,8 @@ class Engine(abc.ABC):
     supports_structured_output: bool = False
     # Whether requests should carry the last chat message's own token ids (the echo engine).
     wants_last_message_tokens: bool = False
+    # Whether it can run as a prefill or decode worker (`request.disagg`, `release_kv`).
+    supports_disaggregation: bool = False
 
     @abc.abstractmethod
     async def start(self) -> EngineInfo:
@@ -69,6 +78,10 @@ class Engine(abc.ABC):
         enumerate their cache return ``[]``; routers then learn from later events only.
         """
         return []
+
+    def release_kv(self, hold_id: str) -> None:
+        """Prefill role: the decode worker has the KV held under ``hold_id`` (or never will):
+        free it. Unknown ids are ignored; engines also free held KV after a timeout."""
 
     async def stop(self) -> None:
         """Release the engine's resources."""

@@ -12,6 +12,8 @@ import enum
 
 import msgspec
 
+from dynamo_core.transfer.base import RemoteRegion
+
 
 class FinishReason(str, enum.Enum):
     STOP = "stop"  # EOS or a stop token id (the gateway also uses it for stop strings)
@@ -53,6 +55,41 @@ class GuidedDecoding(msgspec.Struct, omit_defaults=True, kw_only=True):
     grammar: str | None = None  # EBNF / GBNF grammar text
 
 
+class KvTransferParams(msgspec.Struct, omit_defaults=True, kw_only=True):
+    """Where a prefill worker holds a prompt's KV, so that a decode worker can pull it.
+
+    The prefill worker keeps the blocks until the frontend releases them (`kv_release` on the
+    prefill worker) or its hold timeout passes, whichever comes first.
+    """
+
+    worker_id: str  # the prefill worker
+    hold_id: str  # its key for the held blocks (what `kv_release` names)
+    num_tokens: int  # leading prompt tokens whose KV is held
+    block_size: int
+    bytes_per_token: int = 0
+    region: RemoteRegion | None = None  # the registered memory the blocks live in
+    block_ids: list[int] = []  # the blocks, in prompt order; block i is at i * block_size * bytes_per_token
+    engine_params: dict | None = None  # an engine's own transfer parameters (e.g. vLLM's connector's)
+
+
+class DisaggParams(msgspec.Struct, omit_defaults=True, kw_only=True):
+    """Disaggregated serving: which phase a worker runs, and for decode where the KV is."""
+
+    phase: str  # "prefill": compute the prompt, sample one token, hold the KV | "decode"
+    kv: KvTransferParams | None = None  # decode: what the prefill worker answered
+
+
+class KvPullReport(msgspec.Struct, omit_defaults=True, kw_only=True):
+    """What a decode worker did to get a prompt's KV (on its first delta)."""
+
+    bytes: int = 0
+    blocks: int = 0
+    seconds: float = 0.0
+    local_blocks: int = 0  # blocks it already had in its own prefix cache and did not pull
+    # Why it computed the prompt itself instead ("transfer_failed: ..."); None: it pulled.
+    recomputed: str | None = None
+
+
 class PreprocessedRequest(msgspec.Struct, omit_defaults=True, kw_only=True):
     request_id: str
     model: str
@@ -65,6 +102,7 @@ class PreprocessedRequest(msgspec.Struct, omit_defaults=True, kw_only=True):
     # Filled only for models whose card asks for it (`wants_last_message_tokens`): the
     # `echo` engine replays exactly the text of the last message.
     last_message_token_ids: list[int] | None = None
+    disagg: DisaggParams | None = None  # None: aggregated (prefill and decode here)
 
 
 class TokenLogprob(msgspec.Struct, array_like=True):
@@ -85,6 +123,10 @@ class EngineOutput(msgspec.Struct, omit_defaults=True, kw_only=True):
     prompt_tokens: int | None = None
     cached_tokens: int | None = None
     error: str | None = None
+    # Disaggregated serving: a prefill worker's last delta says where the KV is held; a decode
+    # worker's first delta reports how it got it.
+    kv_transfer: KvTransferParams | None = None
+    kv_pull: KvPullReport | None = None
 
 
 class EngineInfo(msgspec.Struct, kw_only=True):
@@ -106,6 +148,8 @@ def merge_outputs(outputs: list[EngineOutput]) -> EngineOutput:
         prompt_tokens=first.prompt_tokens,
         cached_tokens=first.cached_tokens,
         error=last.error,
+        kv_transfer=last.kv_transfer,
+        kv_pull=first.kv_pull,
     )
     if any(o.logprobs is not None for o in outputs):
         merged.logprobs = [lp for o in outputs for lp in (o.logprobs or [])]

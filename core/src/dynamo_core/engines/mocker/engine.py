@@ -6,6 +6,10 @@ clock so that sleep overheads do not add up), apply it, and hand each sampling s
 token. The mocker runs no model: its tokens cycle through a fixed English paragraph, so
 clients read words, and it never samples EOS, so every request yields exactly `max_tokens`
 (or stops at the context length).
+
+In disaggregated roles its KV cache is real memory (`kv_arena`): a prefill worker computes a
+prompt, samples its first token, fills the prompt's blocks and holds them; a decode worker
+pulls those blocks through the transfer agent, checks every byte, and decodes the rest.
 """
 
 from __future__ import annotations
@@ -20,11 +24,21 @@ from dataclasses import dataclass, field
 
 from dynamo_core.engines.base import Engine, EngineContext, KvEventSink, NullKvEventSink
 from dynamo_core.engines.echo import context_length_from_model
-from dynamo_core.engines.mocker.kv_cache import BlockPool
+from dynamo_core.engines.mocker.kv_arena import KvArena
+from dynamo_core.engines.mocker.kv_cache import BlockPool, BlockTable
 from dynamo_core.engines.mocker.options import MockerConfig
 from dynamo_core.engines.mocker.scheduler import Scheduler, Sequence, SequenceStatus
-from dynamo_core.protocols.engine import EngineInfo, EngineOutput, FinishReason, PreprocessedRequest, TokenLogprob
+from dynamo_core.protocols.engine import (
+    EngineInfo,
+    EngineOutput,
+    FinishReason,
+    KvPullReport,
+    KvTransferParams,
+    PreprocessedRequest,
+    TokenLogprob,
+)
 from dynamo_core.protocols.kv_events import KvStored, LoadMetrics
+from dynamo_core.transfer.base import TransferAgent, TransferError
 from dynamo_core.tokenizer import BUILTIN_TOKENIZER, load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -58,6 +72,10 @@ class _Stream(Sequence):
     offset: int  # where in the output token cycle this request starts
     logprobs: int | None
     num_generated: int = 0
+    hold_id: str | None = None  # prefill phase: hold the prompt's KV under this id when done
+    kv_source: KvTransferParams | None = None  # decode phase: where to pull the prompt's KV from
+    kv_pull: KvPullReport | None = None
+    abandoned: bool = False  # the consumer left while a pull was writing into its blocks
     pending: deque[EngineOutput] = field(default_factory=deque)
     waiter: asyncio.Future[None] | None = None
 
@@ -75,8 +93,19 @@ class MockerEngine(Engine):
         token_pool: list[int],
         context_length: int,
         kv_events: KvEventSink | None = None,
+        role: str = "agg",
+        transfer: TransferAgent | None = None,
+        worker_id: str = "",
     ):
         self.config = config
+        self.role = role
+        self.worker_id = worker_id
+        self._transfer = transfer
+        self.arena: KvArena | None = None
+        # Prefill role: prompts' blocks held for decode workers, by hold id, with their expiry.
+        self.held: dict[str, tuple[BlockTable, asyncio.TimerHandle]] = {}
+        self._pulls: set[asyncio.Task] = set()
+        self._wake = asyncio.Event()
         self.context_length = context_length
         self._token_pool = token_pool
         self._kv_events = kv_events or NullKvEventSink()
@@ -88,9 +117,19 @@ class MockerEngine(Engine):
     def from_context(cls, context: EngineContext) -> MockerEngine:
         config = MockerConfig.from_namespace(context.options)
         context_length = context_length_from_model(context.model_path, config.context_length)
-        return cls(config, output_token_pool(context.model_path), context_length, context.kv_events)
+        return cls(config, output_token_pool(context.model_path), context_length, context.kv_events,
+                   role=context.role, transfer=context.transfer, worker_id=context.worker_id)
+
+    supports_disaggregation = True
 
     async def start(self) -> EngineInfo:
+        if self.role in ("prefill", "decode"):
+            if self._transfer is None:
+                raise ValueError(f"a {self.role} mocker needs a transfer agent (the worker's --transfer)")
+            config = self.config
+            self.arena = KvArena(self._transfer, config.num_gpu_blocks, config.block_size, config.kv_bytes_per_token)
+            log.info("KV arena: %d blocks x %d bytes registered with the %s transfer agent",
+                     config.num_gpu_blocks, self.arena.block_bytes, self._transfer.name)
         return EngineInfo(
             block_size=self.config.block_size,
             kv_capacity_blocks=self.config.num_gpu_blocks,
@@ -125,6 +164,12 @@ class MockerEngine(Engine):
         capacity_tokens = self.pool.num_blocks * self.pool.block_size
         # The n-th output token is sampled from a step that computed prompt + n - 1 tokens.
         max_output = min(request.stop.max_tokens, self.context_length - prompt_len, capacity_tokens - prompt_len + 1)
+        phase = request.disagg.phase if request.disagg is not None else None
+        if phase == "prefill":
+            if self.arena is None:
+                yield EngineOutput(finish_reason=FinishReason.ERROR, error=f"this worker's role is {self.role}, not prefill")
+                return
+            max_output = min(max_output, 1)
         if max_output <= 0:
             yield EngineOutput(finish_reason=FinishReason.LENGTH, prompt_tokens=prompt_len, cached_tokens=0)
             return
@@ -135,7 +180,12 @@ class MockerEngine(Engine):
             offset=self._offset(request),
             logprobs=request.output.logprobs,
         )
+        if phase == "prefill":
+            stream.hold_id = request.request_id
+        elif phase == "decode" and request.disagg.kv is not None:
+            self._plan_pull(stream, request.disagg.kv)
         self.scheduler.add(stream)
+        self._wake.set()  # a step loop waiting for pulls can admit it
         if self._loop_task is None or self._loop_task.done():
             self._loop_task = asyncio.create_task(self._run_steps(), name="mocker-steps")
         loop = asyncio.get_running_loop()
@@ -150,7 +200,9 @@ class MockerEngine(Engine):
                 if output.finish_reason is not None:
                     return
         finally:
-            if stream.status is not SequenceStatus.FINISHED:  # closed or cancelled by the consumer
+            if stream.loading:  # the pull writes into its blocks: it finishes the sequence
+                stream.abandoned = True
+            elif stream.status is not SequenceStatus.FINISHED:  # closed or cancelled by the consumer
                 self.scheduler.finish(stream)
                 self._publish_events()
 
@@ -171,7 +223,14 @@ class MockerEngine(Engine):
         deadline = clock()
         while scheduler.has_work():
             plan = scheduler.schedule()
-            if plan.empty:
+            for seq in plan.loads:
+                self._start_pull(seq)
+            if not plan.scheduled:
+                if plan.loads or scheduler.loading:  # nothing to compute until a pull lands or a request comes
+                    self._wake.clear()
+                    await self._wake.wait()
+                    deadline = clock()
+                    continue
                 raise RuntimeError(f"no progress possible with {len(scheduler.running)} running and "
                                    f"{len(scheduler.waiting)} waiting sequences")
             duration = timing.step_seconds(plan.prefill_chunks, plan.num_decodes, plan.decode_kv_tokens) / speedup
@@ -196,12 +255,120 @@ class MockerEngine(Engine):
             if seq.num_generated == 1:
                 output.prompt_tokens = seq.prompt_len
                 output.cached_tokens = seq.cached_tokens
+                output.kv_pull = seq.kv_pull
             if seq.logprobs is not None:
                 self._add_logprobs(output, position, seq.logprobs)
             if seq.num_generated >= seq.max_output:
                 output.finish_reason = FinishReason.LENGTH
-                finish(seq)
+                if seq.hold_id is not None:
+                    output.kv_transfer = self._hold(seq)
+                else:
+                    finish(seq)
             seq.push(output)
+
+    # --- disaggregated serving ---------------------------------------------------------------
+
+    def _hold(self, seq: _Stream) -> KvTransferParams:
+        """Prefill done: write the prompt's KV into its blocks and keep them for the decode
+        worker until it is released or the hold times out."""
+        assert self.arena is not None and seq.hold_id is not None
+        table = self.scheduler.detach(seq)
+        prompt = seq.token_ids[: seq.prompt_len]
+        block_ids = table.block_ids[: self.pool.blocks_for(seq.prompt_len)]
+        self.arena.fill(block_ids, prompt)
+        if self.config.inject_kv_corruption:
+            self.arena.damage(block_ids[-1])
+        self.release_kv(seq.hold_id)  # a retried request may reuse its id
+        timer = asyncio.get_running_loop().call_later(self.config.kv_hold_timeout_s, self._expire, seq.hold_id)
+        self.held[seq.hold_id] = (table, timer)
+        return KvTransferParams(
+            worker_id=self.worker_id,
+            hold_id=seq.hold_id,
+            num_tokens=seq.prompt_len,
+            block_size=self.pool.block_size,
+            bytes_per_token=self.arena.bytes_per_token,
+            region=self.arena.region,
+            block_ids=list(block_ids),
+        )
+
+    def _expire(self, hold_id: str) -> None:
+        if hold_id in self.held:
+            log.warning("KV of request %s was never pulled; released after %.0f s", hold_id, self.config.kv_hold_timeout_s)
+            self.release_kv(hold_id)
+
+    def release_kv(self, hold_id: str) -> None:
+        entry = self.held.pop(hold_id, None)
+        if entry is not None:
+            table, timer = entry
+            timer.cancel()
+            self.pool.release(table)
+
+    def _plan_pull(self, seq: _Stream, kv: KvTransferParams) -> None:
+        """Decode phase: pull the prompt's KV if it fits this worker, else compute it here."""
+        reason = None
+        if self.arena is None:
+            reason = f"this worker's role is {self.role}: it has no KV to pull into"
+        elif kv.region is None or kv.region.backend != self.arena.agent.name:
+            backend = kv.region.backend if kv.region else "none"
+            reason = f"the prefill worker's transfer backend is {backend}, this worker's is {self.arena.agent.name}"
+        elif (kv.block_size, kv.bytes_per_token) != (self.pool.block_size, self.arena.bytes_per_token):
+            reason = (f"the prefill worker's KV layout (block size {kv.block_size}, {kv.bytes_per_token} bytes per "
+                      f"token) differs from this worker's ({self.pool.block_size}, {self.arena.bytes_per_token})")
+        elif not 0 < kv.num_tokens < len(seq.token_ids) or len(kv.block_ids) != self.pool.blocks_for(kv.num_tokens):
+            reason = f"bad transfer parameters ({kv.num_tokens} tokens in {len(kv.block_ids)} blocks)"
+        if reason is not None:
+            log.warning("request computes its prompt here instead of pulling its KV: %s", reason)
+            seq.kv_pull = KvPullReport(recomputed=reason)
+            return
+        seq.kv_tokens = kv.num_tokens
+        seq.kv_source = kv
+        # Continue the output cycle where the prefill worker's tokens left it.
+        seq.offset += len(seq.token_ids) - kv.num_tokens
+
+    def _start_pull(self, seq: Sequence) -> None:
+        assert isinstance(seq, _Stream)
+        task = asyncio.create_task(self._pull(seq), name="mocker-kv-pull")
+        self._pulls.add(task)
+        task.add_done_callback(self._pulls.discard)
+
+    async def _pull(self, seq: _Stream) -> None:
+        arena, kv = self.arena, seq.kv_source
+        assert arena is not None and kv is not None and kv.region is not None
+        first = seq.num_computed // self.pool.block_size  # blocks found in the local prefix cache
+        pieces = arena.pieces(kv.block_ids, seq.table.block_ids, first, kv.num_tokens)
+        started = time.perf_counter()
+        report = KvPullReport(blocks=len(pieces), bytes=sum(p[2] for p in pieces), local_blocks=first)
+        error = None
+        try:
+            try:
+                await arena.agent.read_many(kv.region, arena.region_id, pieces)
+            except TransferError as exc:
+                log.warning("pulling the KV of %d tokens from worker %s failed (%s); computing it here",
+                            kv.num_tokens, kv.worker_id, exc)
+                report = KvPullReport(local_blocks=first, recomputed=f"transfer failed: {exc}")
+                self.scheduler.load_failed(seq)
+            else:
+                report.seconds = time.perf_counter() - started
+                bad = arena.first_mismatch(seq.table.block_ids, seq.token_ids[: kv.num_tokens], first)
+                if bad is not None:
+                    error = (f"KV transfer corrupted: block {bad} of {len(kv.block_ids)} pulled from worker "
+                             f"{kv.worker_id} does not hold the KV of its tokens")
+                    log.error("%s", error)
+                else:
+                    self.scheduler.loaded(seq)
+        except Exception as exc:  # never leave the sequence loading forever
+            log.exception("KV pull failed")
+            error = f"KV pull failed: {exc!r}"
+        seq.kv_pull = report
+        if error is not None or seq.abandoned:
+            seq.loading = False
+            self.scheduler.finish(seq)
+            if error is not None:
+                seq.push(EngineOutput(finish_reason=FinishReason.ERROR, error=error, kv_pull=report))
+        self._publish_events()
+        self._wake.set()
+        if self.scheduler.has_work() and (self._loop_task is None or self._loop_task.done()):
+            self._loop_task = asyncio.create_task(self._run_steps(), name="mocker-steps")
 
     def _add_logprobs(self, output: EngineOutput, position: int, top: int) -> None:
         # Simulated but deterministic: a confident token, and `top` ever less likely alternatives.
@@ -247,4 +414,13 @@ class MockerEngine(Engine):
         if task is not None and not task.done():
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
+        for pull in list(self._pulls):
+            pull.cancel()
+        await asyncio.gather(*self._pulls, return_exceptions=True)
+        for seq in self.scheduler.running:
+            seq.loading = False
         self._fail_all("the engine stopped")
+        for hold_id in list(self.held):
+            self.release_kv(hold_id)
+        if self.arena is not None:
+            self.arena.close()

@@ -22,14 +22,21 @@ class MockerConfig(msgspec.Struct, kw_only=True, frozen=True):
     speedup_ratio: float = 1.0
     context_length: int | None = None  # None: the model's config.json, else 32768
     timing: TimingProfile = H100_LLAMA_8B
+    # Disaggregated roles only: KV bytes each token's cache holds (moved between workers), how
+    # long a prefill worker holds a prompt's KV for its decode worker, and a fault injection.
+    kv_bytes_per_token: int = 1024
+    kv_hold_timeout_s: float = 60.0
+    inject_kv_corruption: bool = False
 
     def __post_init__(self) -> None:
-        for name in ("block_size", "num_gpu_blocks", "max_num_seqs", "max_num_batched_tokens"):
+        for name in ("block_size", "num_gpu_blocks", "max_num_seqs", "max_num_batched_tokens", "kv_bytes_per_token"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise MockerConfigError(f"--{_flag(name)} must be a positive integer, got {value!r}")
         if not self.speedup_ratio > 0:
             raise MockerConfigError(f"--speedup-ratio must be positive, got {self.speedup_ratio!r}")
+        if not self.kv_hold_timeout_s > 0:
+            raise MockerConfigError(f"--kv-hold-timeout must be positive, got {self.kv_hold_timeout_s!r}")
         if self.context_length is not None and self.context_length < 1:
             raise MockerConfigError(f"--context-length must be a positive integer, got {self.context_length!r}")
         if not self.timing.prefill_tokens_per_s > 0:
@@ -58,6 +65,9 @@ class MockerConfig(msgspec.Struct, kw_only=True, frozen=True):
             speedup_ratio=get("speedup_ratio", base.speedup_ratio),
             context_length=getattr(ns, "context_length", None),
             timing=timing,
+            kv_bytes_per_token=get("kv_bytes_per_token", base.kv_bytes_per_token),
+            kv_hold_timeout_s=get("kv_hold_timeout", base.kv_hold_timeout_s),
+            inject_kv_corruption=getattr(ns, "inject_kv_corruption", False),
         )
 
 
@@ -79,6 +89,14 @@ def add_mocker_options(group: argparse._ArgumentGroup) -> None:
         help="divide all simulated time by this (default: %(default)s)")
     add("--context-length", type=int, default=None,
         help="longest prompt + output (default: the model's config.json max_position_embeddings, else 32768)")
+    add("--kv-bytes-per-token", type=int, default=d.kv_bytes_per_token,
+        help="prefill/decode workers: bytes of KV per token, really written by prefill, moved by the "
+             "transfer backend and verified by decode (default: %(default)s; Llama-3.1-8B in bf16 has 131072)")
+    add("--kv-hold-timeout", type=float, default=d.kv_hold_timeout_s,
+        help="prefill workers: seconds a prompt's KV is held for a decode worker that has not pulled it "
+             "(default: %(default)s)")
+    add("--inject-kv-corruption", action="store_true",
+        help="prefill workers, for testing: damage one byte of every prompt's KV, which decode must detect")
     add("--prefill-tokens-per-s", type=float, default=t.prefill_tokens_per_s,
         help="uncached prompt tokens prefilled per second at the start of a context "
              "(default: %(default)s, Llama-3.1-8B bf16 on one H100 with vLLM)")

@@ -17,6 +17,11 @@ Per step, with a budget of `max_num_batched_tokens` tokens:
    allow: each reuses the longest cached run of its leading full blocks and takes blocks for
    its first chunk.
 Blocks are allocated as chunks need them, as in vLLM's v1 scheduler.
+
+A sequence whose prompt KV comes from elsewhere (a decode worker in disaggregated serving,
+`kv_tokens` > 0) is admitted without compute: it takes blocks for those tokens and waits,
+running but never scheduled or preempted, until the engine has pulled them into its blocks
+(`loaded`), or computes them itself if the pull failed (`load_failed`).
 """
 
 from __future__ import annotations
@@ -44,6 +49,8 @@ class Sequence:
     table: BlockTable = field(default_factory=BlockTable)
     block_hashes: list[int] = field(default_factory=list)  # chained hashes of full blocks, grown lazily
     scheduled_step: int = -1  # the last step that scheduled this sequence
+    kv_tokens: int = 0  # leading tokens whose KV is to be pulled from another worker
+    loading: bool = False  # admitted, its blocks being filled by a pull
 
 
 @dataclass(slots=True)
@@ -53,10 +60,11 @@ class StepPlan:
     prefill_chunks: list[tuple[int, int]] = field(default_factory=list)  # (start position, tokens)
     num_decodes: int = 0
     decode_kv_tokens: int = 0  # context tokens the decoding sequences attend to
+    loads: list[Sequence] = field(default_factory=list)  # admitted this step to pull their KV
 
     @property
     def empty(self) -> bool:
-        return not self.scheduled
+        return not self.scheduled and not self.loads
 
 
 class Scheduler:
@@ -75,6 +83,26 @@ class Scheduler:
     def has_work(self) -> bool:
         return bool(self.waiting or self.running)
 
+    @property
+    def loading(self) -> int:
+        """Running sequences waiting for their KV to arrive."""
+        return sum(1 for seq in self.running if seq.loading)
+
+    def loaded(self, seq: Sequence) -> None:
+        """The pull into `seq`'s blocks is done: its first `kv_tokens` tokens are computed."""
+        seq.loading = False
+        seq.num_computed, seq.kv_tokens = seq.kv_tokens, 0  # a later preemption recomputes
+        full = seq.num_computed // self.pool.block_size
+        if full > seq.table.committed:
+            if self.pool.enable_prefix_caching:
+                extend_block_hashes(seq.block_hashes, seq.token_ids, self.pool.block_size)
+            self.pool.commit_full_blocks(seq.table, seq.block_hashes, seq.token_ids, full)
+
+    def load_failed(self, seq: Sequence) -> None:
+        """The pull failed: `seq` computes its prompt here, past the prefix it found cached."""
+        seq.loading = False
+        seq.kv_tokens = 0
+
     def finish(self, seq: Sequence) -> None:
         """Take a sequence out (finished or aborted) and release its blocks."""
         if seq.status is SequenceStatus.RUNNING:
@@ -84,6 +112,14 @@ class Scheduler:
         seq.status = SequenceStatus.FINISHED
         if seq.table.block_ids:
             self.pool.release(seq.table)
+
+    def detach(self, seq: Sequence) -> BlockTable:
+        """Take a running sequence out as finished but keep its blocks referenced; the caller
+        now owns the returned table and releases it (`pool.release`)."""
+        self.running.remove(seq)
+        seq.status = SequenceStatus.FINISHED
+        table, seq.table = seq.table, BlockTable()
+        return table
 
     # --- one step -----------------------------------------------------------------------------
 
@@ -123,7 +159,7 @@ class Scheduler:
         while i < len(running) and budget > 0:
             seq = running[i]
             num_tokens = len(seq.token_ids)
-            if num_tokens - seq.num_computed != 1:
+            if num_tokens - seq.num_computed != 1 or seq.loading:
                 i += 1
                 continue
             # Most decodes fit in the last block: check that before anything costlier.
@@ -143,7 +179,7 @@ class Scheduler:
         while i < len(running) and budget > 0:
             seq = running[i]
             remaining = len(seq.token_ids) - seq.num_computed
-            if remaining <= 1:  # decoding (scheduled above, or out of budget)
+            if remaining <= 1 or seq.loading:  # decoding (scheduled above, or out of budget), or loading
                 i += 1
                 continue
             chunk = min(remaining, budget)
@@ -175,6 +211,12 @@ class Scheduler:
                 usable = hashes[: (num_tokens - 1) // pool.block_size]
                 matched, unreferenced = pool.cached_prefix(usable)
             start = matched * pool.block_size
+            if seq.kv_tokens:
+                if pool.blocks_for(seq.kv_tokens) - matched > pool.free_blocks - unreferenced:
+                    break
+                waiting.popleft()
+                self._admit_load(plan, seq, matched)
+                continue
             chunk = min(num_tokens - start, budget)
             if pool.blocks_for(start + chunk) - matched > pool.free_blocks - unreferenced:
                 break  # wait for blocks to come free; admissions never preempt
@@ -196,6 +238,20 @@ class Scheduler:
                 plan.prefill_chunks.append((start, chunk))
             seq.scheduled_step = plan.step
             budget -= chunk
+
+    def _admit_load(self, plan: StepPlan, seq: Sequence, matched: int) -> None:
+        """Admit a sequence whose KV arrives by transfer: blocks for it, no compute."""
+        pool = self.pool
+        if matched:
+            pool.acquire_prefix(seq.table, seq.block_hashes[:matched])
+        pool.grow(seq.table, seq.kv_tokens)
+        seq.num_computed = matched * pool.block_size
+        if seq.cached_tokens is None:
+            seq.cached_tokens = seq.num_computed
+        seq.loading = True
+        seq.status = SequenceStatus.RUNNING
+        self.running.append(seq)
+        plan.loads.append(seq)
 
     # --- blocks and preemption ----------------------------------------------------------------
 
@@ -220,6 +276,8 @@ class Scheduler:
     def _newest_victim(self, first_victim: int, plan_step: int | None) -> Sequence | None:
         running = self.running
         for index in range(len(running) - 1, first_victim - 1, -1):
+            if running[index].loading:  # a transfer is writing into its blocks
+                continue
             if plan_step is None or running[index].scheduled_step != plan_step:
                 return running[index]
         return None
