@@ -71,7 +71,12 @@ def build_worker_parser(engine: str | None) -> argparse.ArgumentParser:
     )
     options.add_engine_option(parser)
     options.add_model_options(parser)
-    parser.add_argument("--mode", choices=["agg"], default="agg", help="worker role (default: %(default)s)")
+    parser.add_argument(
+        "--mode", choices=["agg", "prefill", "decode"], default=os.environ.get("DYN_WORKER_MODE", "agg"),
+        help="agg: whole requests; prefill: compute prompts and hold their KV for decode workers; decode: pull "
+             "that KV and generate, or serve short prompts whole (env DYN_WORKER_MODE; default: %(default)s)",
+    )
+    options.add_transfer_option(parser)
     parser.add_argument("--host", default=os.environ.get("DYN_WORKER_HOST", "127.0.0.1"),
                         help="address of the worker's request-plane server (default: %(default)s)")
     parser.add_argument("--port", type=int, default=0, help="port of the request-plane server (default: any free one)")
@@ -86,6 +91,7 @@ def build_frontend_parser(router: str | None) -> argparse.ArgumentParser:
     )
     options.add_router_option(parser)
     options.add_http_options(parser)
+    options.add_disagg_frontend_option(parser)
     options.add_discovery_options(parser)
     options.add_plugin_options(parser, engine=None, router=router)
     return parser
@@ -100,6 +106,13 @@ def build_serve_parser(engine: str | None, router: str | None) -> argparse.Argum
     options.add_router_option(parser)
     parser.add_argument("--workers", type=int, default=int(os.environ.get("DYN_WORKERS", "1")),
                         help="number of worker processes (default: %(default)s)")
+    group = parser.add_argument_group("disaggregated serving")
+    group.add_argument("--disagg", action="store_true",
+                       help="run prefill and decode workers (--prefill-workers, --decode-workers) instead of --workers")
+    group.add_argument("--prefill-workers", type=int, default=1, help="with --disagg: prefill workers (default: %(default)s)")
+    group.add_argument("--decode-workers", type=int, default=1, help="with --disagg: decode workers (default: %(default)s)")
+    options.add_transfer_option(group)
+    options.add_disagg_frontend_option(group)
     options.add_model_options(parser)
     options.add_http_options(parser)
     options.add_discovery_options(parser)
@@ -124,6 +137,7 @@ def worker_config_from(ns: argparse.Namespace, parser: argparse.ArgumentParser):
         tool_call_parser=ns.tool_call_parser,
         namespace=ns.namespace,
         role=getattr(ns, "mode", "agg"),
+        transfer=ns.transfer,
         discovery=ns.discovery,
         discovery_config=_discovery_config(ns),
         host=getattr(ns, "host", "127.0.0.1"),
@@ -142,6 +156,7 @@ def frontend_config_from(ns: argparse.Namespace, parser: argparse.ArgumentParser
         http_host=ns.http_host,
         http_port=ns.http_port,
         preprocess_workers=ns.preprocess_workers,
+        disagg_min_prompt_tokens=ns.disagg_min_prompt_tokens,
         namespace=ns.namespace,
         router=ns.router,
         router_options=options.group_namespace(parser, options.ROUTER_GROUP_TITLE, ns),
@@ -156,12 +171,17 @@ def cmd_worker(argv: list[str]) -> int:
     parser = build_worker_parser(pre.engine)
     ns = parser.parse_args(argv)
     setup_logging("worker")
-    from dynamo_core.worker.worker import Worker
+    from dynamo_core.worker.worker import Worker, WorkerConfigError
 
     if ns.model and not os.path.isdir(ns.model):
         parser.error(f"--model {ns.model}: not a directory (an HF-format model directory is expected)")
-    worker = Worker(worker_config_from(ns, parser))
-    run_async(worker.run_until_signalled())
+    get_registry().get("transfer", ns.transfer)  # fail early, naming the package to install
+    try:
+        worker = Worker(worker_config_from(ns, parser))
+        run_async(worker.run_until_signalled())
+    except WorkerConfigError as exc:
+        print(f"dynamo worker: error: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -182,6 +202,14 @@ def cmd_serve(argv: list[str]) -> int:
     ns = parser.parse_args(argv)
     if ns.workers < 1:
         parser.error("--workers must be at least 1")
+    if ns.disagg:
+        if ns.prefill_workers < 1 or ns.decode_workers < 1:
+            parser.error("--disagg needs at least one prefill and one decode worker")
+        if ns.discovery == "mem":
+            parser.error("--disagg runs each worker as its own process: use --discovery file (the default) or etcd")
+        get_registry().get("transfer", ns.transfer)
+    elif "--prefill-workers" in argv or "--decode-workers" in argv:
+        parser.error("--prefill-workers and --decode-workers need --disagg")
     if ns.model and not os.path.isdir(ns.model):
         parser.error(f"--model {ns.model}: not a directory (an HF-format model directory is expected)")
     setup_logging("serve")

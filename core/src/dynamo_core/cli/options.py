@@ -153,6 +153,23 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_transfer_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--transfer", default=env_default("DYN_TRANSFER", "tcp"),
+        help="KV-transfer backend of prefill and decode workers: %s, or a plugin's "
+             "(env DYN_TRANSFER; default: %%(default)s)" % ", ".join(get_registry().names("transfer")),
+    )
+
+
+def add_disagg_frontend_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--disagg-min-prompt-tokens", type=non_negative_int, default=env_default("DYN_DISAGG_MIN_PROMPT_TOKENS", 512),
+        help="with prefill workers present, prompts shorter than this are served whole by a decode worker, "
+             "since moving their KV costs more than computing it there (env DYN_DISAGG_MIN_PROMPT_TOKENS; "
+             "default: %(default)s)",
+    )
+
+
 def add_plugin_options(parser: argparse.ArgumentParser, *, engine: str | None, router: str | None) -> None:
     """Let the selected engine's and router's plugins add their flags."""
     hooks = get_registry().pm.hook

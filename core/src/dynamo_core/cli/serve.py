@@ -48,8 +48,10 @@ def _shared_runtime_args(ns: argparse.Namespace) -> list[str]:
     return args
 
 
-def worker_argv(ns: argparse.Namespace, parser: argparse.ArgumentParser) -> list[str]:
+def worker_argv(ns: argparse.Namespace, parser: argparse.ArgumentParser, mode: str = "agg") -> list[str]:
     args = ["worker", "--engine", ns.engine, *_shared_runtime_args(ns)]
+    if mode != "agg":
+        args += ["--mode", mode, "--transfer", ns.transfer]
     args += ["--request-plane", ns.request_plane, "--event-plane", ns.event_plane]
     if ns.model:
         args += ["--model", os.path.abspath(ns.model)]
@@ -63,12 +65,27 @@ def worker_argv(ns: argparse.Namespace, parser: argparse.ArgumentParser) -> list
 def frontend_argv(ns: argparse.Namespace, parser: argparse.ArgumentParser) -> list[str]:
     args = ["frontend", "--router", ns.router, "--http-host", ns.http_host, "--http-port", str(ns.http_port)]
     args += ["--preprocess-workers", str(ns.preprocess_workers)]
+    args += ["--disagg-min-prompt-tokens", str(ns.disagg_min_prompt_tokens)]
     return args + _shared_runtime_args(ns) + options.group_args(parser, options.ROUTER_GROUP_TITLE, ns)
+
+
+def worker_roles(ns: argparse.Namespace) -> list[str]:
+    """The mode of each worker process to start."""
+    if ns.disagg:
+        return ["prefill"] * ns.prefill_workers + ["decode"] * ns.decode_workers
+    return ["agg"] * ns.workers
+
+
+def describe_workers(ns: argparse.Namespace) -> str:
+    if ns.disagg:
+        return f"prefill workers={ns.prefill_workers}, decode workers={ns.decode_workers}, transfer={ns.transfer}"
+    return f"workers={ns.workers}"
 
 
 class Supervisor:
     def __init__(self, ns: argparse.Namespace, parser: argparse.ArgumentParser):
         self.ns, self.parser = ns, parser
+        self.roles = worker_roles(ns)
         self.procs: dict[str, asyncio.subprocess.Process] = {}
         self._stopping = False
 
@@ -85,7 +102,7 @@ class Supervisor:
                 return False
             try:
                 body = await asyncio.to_thread(_fetch, url)
-                if body is not None and body.count('"instance_id"') >= self.ns.workers:
+                if body is not None and body.count('"instance_id"') >= len(self.roles):
                     return True
             except OSError:
                 pass
@@ -98,8 +115,9 @@ class Supervisor:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         await self._spawn("frontend", frontend_argv(self.ns, self.parser))
-        for i in range(self.ns.workers):
-            await self._spawn(f"worker-{i}", worker_argv(self.ns, self.parser))
+        for i, mode in enumerate(self.roles):
+            name = f"worker-{i}" if mode == "agg" else f"{mode}-worker-{i}"
+            await self._spawn(name, worker_argv(self.ns, self.parser, mode))
         watchers = {asyncio.create_task(p.wait(), name=n): n for n, p in self.procs.items()}
         ready = asyncio.create_task(self._wait_ready())
         stop_task = asyncio.create_task(stop.wait())
@@ -111,7 +129,7 @@ class Supervisor:
                 if ready.result():
                     print(
                         f"dynamo serving on http://{self.ns.http_host}:{self.ns.http_port}/v1 "
-                        f"(engine={self.ns.engine}, router={self.ns.router}, workers={self.ns.workers}); Ctrl-C to stop",
+                        f"(engine={self.ns.engine}, router={self.ns.router}, {describe_workers(self.ns)}); Ctrl-C to stop",
                         flush=True,
                     )
                 elif not stop.is_set():

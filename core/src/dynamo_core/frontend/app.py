@@ -15,6 +15,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from dynamo_core.frontend import metrics, prompt_pool
 from dynamo_core.frontend.completions import ServingState, chat_completions, completions, decode_body, find_model
+from dynamo_core.frontend.disagg import DisaggregatingClient
 from dynamo_core.frontend.engine_client import EngineClient
 from dynamo_core.frontend.errors import BadRequestError, openai_error_handler
 from dynamo_core.frontend.model_registry import ModelRegistry
@@ -79,6 +80,8 @@ class FrontendConfig:
     http_port: int = 8000
     # Processes that template and tokenize long prompts (prompt_pool.py); 0: a thread instead.
     preprocess_workers: int = 0
+    # With prefill workers present, shorter prompts are served whole by a decode worker.
+    disagg_min_prompt_tokens: int = 512
     namespace: str = "dynamo"
     router: str = "round-robin"
     router_options: argparse.Namespace = field(default_factory=argparse.Namespace)
@@ -98,7 +101,8 @@ def create_app(config: FrontendConfig, discovery: DiscoveryBackend | None = None
     discovery = discovery or plugins.get("discovery", config.discovery).create(config.discovery_config)
     client = TransportClients(config.nats_url)
     registry = ModelRegistry(discovery, client, config.namespace, router_spec.create, config.router_options)
-    state = ServingState(registry=registry, engine=EngineClient(client))
+    engine = DisaggregatingClient(EngineClient(client), client, config.disagg_min_prompt_tokens)
+    state = ServingState(registry=registry, engine=engine)
 
     @post(
         "/v1/chat/completions", summary="Create a chat completion", status_code=200,

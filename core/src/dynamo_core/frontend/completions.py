@@ -18,7 +18,7 @@ from litestar import Response
 from litestar.response import Stream
 
 from dynamo_core.frontend import metrics
-from dynamo_core.frontend.engine_client import EngineClient
+from dynamo_core.frontend.disagg import DisaggregatingClient
 from dynamo_core.frontend.errors import (
     ModelNotFoundError,
     OpenAIError,
@@ -65,7 +65,7 @@ SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 @dataclass
 class ServingState:
     registry: ModelRegistry
-    engine: EngineClient
+    engine: DisaggregatingClient
 
 
 def decode_body(decoder: msgspec.json.Decoder, body: bytes):

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 import msgspec
 
 from dynamo_core.frontend.errors import EngineError, ServiceUnavailableError
-from dynamo_core.frontend.model_registry import ServedModel
+from dynamo_core.frontend.model_registry import WHOLE_REQUEST_ROLES, ServedModel
 from dynamo_core.protocols.engine import EngineOutput, PreprocessedRequest, merge_outputs
 from dynamo_core.routers.base import NoWorkerAvailableError
 from dynamo_core.runtime.request_plane import ConnectionLostError, RemoteError
@@ -33,15 +33,18 @@ class EngineClient:
     async def generate(self, model: ServedModel, request: PreprocessedRequest) -> AsyncIterator[EngineOutput]:
         payload = _request_encoder.encode(request)
         failed: set[str] = set()
-        router = model.router
+        phase = request.disagg.phase if request.disagg is not None else None
+        roles = (phase,) if phase in ("prefill", "decode") else WHOLE_REQUEST_ROLES
+        kind = f"{phase} worker" if phase else "worker"
+        router = model.router_of(roles[0])
         while True:
-            workers = model.worker_states(exclude=failed)
+            workers = model.worker_states(exclude=failed, roles=roles)
             if not workers:
                 if failed:
                     raise ServiceUnavailableError(
-                        f"all {len(failed)} worker(s) of model '{model.name}' failed this request; try again"
+                        f"all {len(failed)} {kind}(s) of model '{model.name}' failed this request; try again"
                     )
-                raise ServiceUnavailableError(f"no worker is serving model '{model.name}' right now")
+                raise ServiceUnavailableError(f"no {kind} is serving model '{model.name}' right now")
             try:
                 worker_id = router.select_worker(request, workers)
             except NoWorkerAvailableError as exc:

@@ -29,3 +29,24 @@ RETRIES = Counter(
     "dynamo_frontend_worker_failures", "Workers that failed a request before answering (it was routed again)", ["model"]
 )
 WORKERS = Gauge("dynamo_frontend_workers", "Live worker instances per model", ["model"])
+
+# Disaggregated serving (models with prefill and decode workers).
+DISAGG_REQUESTS = Counter(
+    "dynamo_frontend_disagg_requests", "Requests served disaggregated: prefilled on one worker, decoded on another", ["model"]
+)
+DISAGG_FALLBACKS = Counter(
+    "dynamo_frontend_disagg_fallbacks",
+    "Requests of a model with decode workers served without a KV transfer, by reason "
+    "(short_prompt, no_prefill_worker, prefill_failed, structured_output, decode_recomputed)",
+    ["model", "reason"],
+)
+KV_TRANSFER_BYTES = Counter(
+    "dynamo_frontend_kv_transfer_bytes", "KV bytes decode workers pulled from prefill workers", ["model"]
+)
+KV_TRANSFER_BLOCKS = Counter(
+    "dynamo_frontend_kv_transfer_blocks", "KV blocks decode workers pulled from prefill workers", ["model"]
+)
+KV_TRANSFER_SECONDS = Histogram(
+    "dynamo_frontend_kv_transfer_seconds", "Time a decode worker took to pull one request's KV", ["model"],
+    buckets=_LATENCY_BUCKETS,
+)

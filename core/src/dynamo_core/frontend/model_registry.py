@@ -37,11 +37,21 @@ _record_decoder = msgspec.msgpack.Decoder(InstanceRecord)
 RESUBSCRIBE_DELAY_S = 0.5
 
 
+# Which workers take which requests: whole (aggregated) requests go to agg and decode workers,
+# the prefill phase of a disaggregated request to prefill workers, its decode phase to decode
+# workers (they can pull KV; agg workers cannot).
+WHOLE_REQUEST_ROLES = ("agg", "decode")
+
+
 @dataclass
 class WorkerHandle:
     record: InstanceRecord
     state: WorkerState
     subscription: asyncio.Task | None = None
+
+    @property
+    def role(self) -> str:
+        return self.record.model.role if self.record.model is not None else "agg"
 
 
 @dataclass
@@ -49,12 +59,17 @@ class ServedModel:
     name: str
     card: ModelCard
     tokenizer: TokenizerBundle
-    router: Router
+    router: Router  # routes whole requests and decode phases (agg and decode workers)
     # What `load_tokenizer` loaded `tokenizer` from (before the card's chat template), so the
     # prompt pool's processes can load the same; None: the pool cannot serve this model.
     tokenizer_source: str | None = None
     created: int = field(default_factory=lambda: int(time.time()))
     workers: dict[str, WorkerHandle] = field(default_factory=dict)
+    # Routes prefill phases among prefill workers: a router of its own, so that a KV-aware
+    # router indexes and scores prefill workers apart from decode workers.
+    prefill_router: Router | None = None
+    router_context: RouterContext | None = None
+    router_factory: Callable[[RouterContext], Router] | None = None
 
     @functools.cached_property
     def token_texts(self) -> TokenTexts:
@@ -63,8 +78,22 @@ class ServedModel:
 
         return TokenTexts(self.tokenizer)
 
-    def worker_states(self, exclude: set[str] | frozenset[str] = frozenset()) -> list[WorkerState]:
-        return [h.state for wid, h in self.workers.items() if wid not in exclude]
+    def worker_states(
+        self, exclude: set[str] | frozenset[str] = frozenset(), roles: tuple[str, ...] = WHOLE_REQUEST_ROLES
+    ) -> list[WorkerState]:
+        return [h.state for wid, h in self.workers.items() if wid not in exclude and h.role in roles]
+
+    def has_role(self, role: str) -> bool:
+        return any(h.role == role for h in self.workers.values())
+
+    def router_of(self, role: str) -> Router:
+        """The router of the pool a worker of `role` belongs to (made on first use)."""
+        if role != "prefill":
+            return self.router
+        if self.prefill_router is None:
+            assert self.router_context is not None and self.router_factory is not None
+            self.prefill_router = self.router_factory(self.router_context)
+        return self.prefill_router
 
 
 RouterFactory = Callable[[RouterContext], Router]
@@ -150,9 +179,10 @@ class ModelRegistry:
         handle = WorkerHandle(record=record, state=state)
         model.workers[worker_id] = handle
         self._model_of_worker[worker_id] = model.name
-        model.router.on_worker_added(state)
+        model.router_of(handle.role).on_worker_added(state)
         handle.subscription = asyncio.create_task(self._subscribe(model, handle), name=f"events-{worker_id}")
-        log.info("worker %s joined model '%s' at %s (%d worker(s))", worker_id, model.name, record.address, len(model.workers))
+        log.info("%s worker %s joined model '%s' at %s (%d worker(s))",
+                 handle.role, worker_id, model.name, record.address, len(model.workers))
 
     async def _tokenizer_source(self, record: InstanceRecord) -> str:
         """A local directory holding the model's tokenizer: the card's own path when this host
@@ -184,7 +214,8 @@ class ModelRegistry:
             options=self._router_options,
             request_resync=lambda worker_id: self._resync(worker_id),
         )
-        model = ServedModel(card.served_name, card, tokenizer, self._router_factory(context), tokenizer_source=source)
+        model = ServedModel(card.served_name, card, tokenizer, self._router_factory(context), tokenizer_source=source,
+                            router_context=context, router_factory=self._router_factory)
         self.models[card.served_name] = model
         log.info("model '%s' is now served (tokenizer %s, context %d)", card.served_name, card.tokenizer, card.context_length)
         return model
@@ -199,7 +230,8 @@ class ModelRegistry:
             self._client.worker_gone(handle.record)
             if handle.subscription:
                 handle.subscription.cancel()
-        model.router.on_worker_removed(worker_id)
+        if handle is not None:
+            model.router_of(handle.role).on_worker_removed(worker_id)
         log.info("worker %s left model '%s' (%d worker(s) left)", worker_id, model.name, len(model.workers))
         if not model.workers:
             del self.models[model.name]
@@ -217,7 +249,7 @@ class ModelRegistry:
         handle.subscription = asyncio.create_task(self._subscribe(model, handle), name=f"events-{worker_id}")
 
     async def _subscribe(self, model: ServedModel, handle: WorkerHandle) -> None:
-        router, state = model.router, handle.state
+        router, state = model.router_of(handle.role), handle.state
         while handle.state.worker_id in model.workers:
             try:
                 async for message in self._client.events(handle.record):

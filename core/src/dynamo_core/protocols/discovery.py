@@ -14,6 +14,7 @@ class ModelCard(msgspec.Struct, omit_defaults=True, kw_only=True):
     block_size: int
     kv_capacity_blocks: int
     role: str = "agg"  # agg | prefill | decode
+    transfer: str = ""  # prefill and decode workers: their KV-transfer backend
     engine: str = ""
     chat_template: str | None = None  # overrides the tokenizer directory's template
     wants_last_message_tokens: bool = False

@@ -30,9 +30,15 @@ from dynamo_core.tokenizer import BUILTIN_TOKENIZER
 log = logging.getLogger(__name__)
 
 GENERATE_ENDPOINT = "generate"
+KV_RELEASE_ENDPOINT = "kv_release"  # prefill workers: free the KV held under a hold id
+ROLES = ("agg", "prefill", "decode")
 BACKEND_COMPONENT = "backend"
 LOAD_REPORT_INTERVAL_S = 0.05
 LOAD_HEARTBEAT_S = 1.0
+
+class WorkerConfigError(ValueError):
+    """A worker setting that cannot work (the CLI prints it without a traceback)."""
+
 
 _request_decoder = msgspec.msgpack.Decoder(PreprocessedRequest)
 _output_encoder = msgspec.msgpack.Encoder()
@@ -47,7 +53,8 @@ class WorkerConfig:
     reasoning_parser: str | None = None  # published in the model card; the frontend applies it
     tool_call_parser: str | None = None  # likewise
     namespace: str = "dynamo"
-    role: str = "agg"
+    role: str = "agg"  # agg | prefill | decode
+    transfer: str = "tcp"  # KV-transfer backend of prefill and decode workers
     discovery: str = "file"
     discovery_config: DiscoveryConfig = field(default_factory=DiscoveryConfig)
     host: str = "127.0.0.1"
@@ -90,7 +97,10 @@ class Worker:
             raise ValueError(f"unknown request plane '{config.request_plane}' (tcp, nats)")
         if config.event_plane not in ("tcp", "nats"):
             raise ValueError(f"unknown event plane '{config.event_plane}' (tcp, nats)")
+        if config.role not in ROLES:
+            raise WorkerConfigError(f"unknown worker mode '{config.role}' ({', '.join(ROLES)})")
         self._nats_events = None
+        self.transfer = None  # the KV-transfer agent of prefill and decode workers
         self.engine: Engine | None = None
         self.events: EventPublisher | None = None
         self.record: InstanceRecord | None = None
@@ -103,6 +113,8 @@ class Worker:
         name = served_model_name(config)
         # The publisher needs the engine for snapshots, and the engine needs the publisher.
         self.events = EventPublisher(self.worker_id, lambda: self.engine.kv_snapshot() if self.engine else [])
+        if config.role != "agg":
+            await self._start_transfer()
         context = EngineContext(
             model_path=config.model_path,
             served_name=name,
@@ -110,11 +122,15 @@ class Worker:
             kv_events=self.events,
             worker_id=self.worker_id,
             role=config.role,
+            transfer=self.transfer,
         )
         self.engine = self._engine_spec.create(context)
+        if config.role != "agg" and not self.engine.supports_disaggregation:
+            raise WorkerConfigError(f"engine '{config.engine}' cannot run as a {config.role} worker (no disaggregated serving)")
         info = await self.engine.start()
         self._server.register(GENERATE_ENDPOINT, self._generate)
         self._server.register(EVENTS_ENDPOINT, self.events.serve_subscription)
+        self._server.register(KV_RELEASE_ENDPOINT, self._release_kv)
         if config.model_path:
             self._server.register(MODEL_FILES_ENDPOINT, serve_model_files(config.model_path))
         address = await self._server.start()
@@ -127,6 +143,7 @@ class Worker:
             block_size=info.block_size,
             kv_capacity_blocks=info.kv_capacity_blocks,
             role=config.role,
+            transfer=self.transfer.name if self.transfer is not None else "",
             engine=config.engine,
             wants_last_message_tokens=self.engine.wants_last_message_tokens,
             tokenizer_digest=tokenizer_digest(config.model_path) if config.model_path else "",
@@ -154,6 +171,19 @@ class Worker:
             config.engine, name, config.role, self.worker_id, address, info.block_size, info.kv_capacity_blocks,
         )
         return self.record
+
+    async def _start_transfer(self) -> None:
+        from dynamo_core.transfer import TransferConfig, create_transfer_agent
+
+        # Peers reach the agent where they reach the worker (`--host`).
+        self.transfer = create_transfer_agent(self.config.transfer, TransferConfig(host=self.config.host))
+        await self.transfer.start()
+        log.info("KV transfer agent %s (%s) started", self.transfer.agent_name, self.config.transfer)
+
+    async def _release_kv(self, payload: bytes) -> AsyncIterator[bytes]:
+        assert self.engine is not None
+        self.engine.release_kv(payload.decode())
+        yield b""
 
     async def _start_nats_events(self) -> None:
         from dynamo_core.runtime.nats_plane import NatsEventForwarder, connect, events_subject, nats_url
@@ -216,6 +246,8 @@ class Worker:
         await self._server.stop()
         if self.engine is not None:
             await self.engine.stop()
+        if self.transfer is not None:
+            await self.transfer.close()
         if self._nats_events is not None:
             with contextlib.suppress(Exception):
                 await self._nats_events.close()
