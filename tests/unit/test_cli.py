@@ -66,3 +66,28 @@ def test_chat_template_that_is_no_readable_file_fails_before_starting():
     result = _run("serve", "--chat-template", "/nonexistent/template.jinja")
     assert result.returncode == 2
     assert "cannot read chat template '/nonexistent/template.jinja'" in result.stderr
+
+
+def test_serve_disagg_starts_prefill_and_decode_workers_with_the_transfer_backend():
+    from dynamo_core.cli.serve import worker_roles
+
+    parser = cli.build_serve_parser("mocker", "round-robin")
+    ns = parser.parse_args(["--disagg", "--prefill-workers", "2", "--decode-workers", "3", "--transfer", "tcp",
+                            "--disagg-min-prompt-tokens", "64", "--kv-bytes-per-token", "4096"])
+    assert worker_roles(ns) == ["prefill", "prefill", "decode", "decode", "decode"]
+    argv = worker_argv(ns, parser, "prefill")
+    assert argv[argv.index("--mode") + 1] == "prefill" and argv[argv.index("--transfer") + 1] == "tcp"
+    assert argv[argv.index("--kv-bytes-per-token") + 1] == "4096"
+    assert "--mode" not in worker_argv(ns, parser)  # aggregated workers keep the default
+    front = frontend_argv(ns, parser)
+    assert front[front.index("--disagg-min-prompt-tokens") + 1] == "64"
+
+
+def test_disagg_flags_without_disagg_and_roles_the_engine_cannot_take_fail_clearly():
+    result = _run("serve", "--prefill-workers", "2")
+    assert result.returncode == 2 and "--prefill-workers and --decode-workers need --disagg" in result.stderr
+    result = _run("serve", "--disagg", "--transfer", "rdma")
+    assert result.returncode == 2 and "transfer 'rdma' is not installed" in result.stderr
+    result = _run("worker", "--engine", "echo", "--mode", "prefill", "--discovery", "mem")
+    assert result.returncode == 2
+    assert "engine 'echo' cannot run as a prefill worker" in result.stderr

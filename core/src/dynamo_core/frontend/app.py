@@ -56,6 +56,8 @@ class HealthInstance(msgspec.Struct):
     pid: int
     role: str
     in_flight: int
+    # From the worker's latest load report (None before the first): KV blocks in use.
+    active_kv_blocks: int | None = None
 
 
 class Health(msgspec.Struct, omit_defaults=True):
@@ -156,7 +158,10 @@ def create_app(config: FrontendConfig, discovery: DiscoveryBackend | None = None
     @get("/health", summary="200 while at least one worker serves; 503 otherwise", opt=api(response=Health, extra=((503, Health),)))
     async def health() -> Response:
         instances = [
-            HealthInstance(m.name, h.record.instance_id, h.record.address, h.record.pid, m.card.role, h.state.in_flight)
+            HealthInstance(
+                m.name, h.record.instance_id, h.record.address, h.record.pid, h.role, h.state.in_flight,
+                h.state.load.active_kv_blocks if h.state.load is not None else None,
+            )
             for m in registry.models.values()
             for h in m.workers.values()
         ]
