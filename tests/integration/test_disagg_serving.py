@@ -37,12 +37,18 @@ def _long_prompt(topic: str, words: int = 60) -> str:
     return f"Tell me about {topic}. " + " ".join(f"{topic}{i}" for i in range(words))
 
 
-@pytest.mark.parametrize("transfer", ["tcp", "nixl"])
-def test_disaggregated_serving_answers_the_openai_client(cluster, mistral_tokenizer_dir, transfer):
+@pytest.mark.parametrize(
+    "transfer,protocol",
+    [("tcp", "first-token"), ("nixl", "first-token"), ("tcp", "decode-samples-first-token")],
+)
+def test_disaggregated_serving_answers_the_openai_client(cluster, mistral_tokenizer_dir, transfer, protocol):
+    # first-token: the client sees the prefill worker's token at once; decode-samples-first-token:
+    # the decode worker samples it (as with vLLM's NIXL connector).
+    extra = ["--decode-samples-first-token"] if protocol == "decode-samples-first-token" else []
     _, base = cluster.serve(
         "--disagg", "--prefill-workers", "1", "--decode-workers", "1", "--transfer", transfer,
         "--disagg-min-prompt-tokens", "32", "--model", str(mistral_tokenizer_dir), "--model-name", "m",
-        "--speedup-ratio", "50", workers=2,
+        "--speedup-ratio", "50", *extra, workers=2,
     )
     roles = sorted(i["role"] for i in http_get(f"{base}/health")[1]["instances"])
     assert roles == ["decode", "prefill"]

@@ -97,6 +97,18 @@ async def test_prefill_holds_the_prompts_kv_bytes_and_decode_pulls_and_verifies_
         assert "r1" not in pair.prefill.held and pair.prefill.pool.active_blocks == active - 7
 
 
+async def test_decode_can_sample_the_first_token_itself_as_vllm_does():
+    async with Pair(decode_samples_first_token=True) as pair:
+        [first] = await _collect(pair.prefill, _request("v", PROMPT, 5, DisaggParams(phase="prefill")))
+        assert first.kv_transfer.decode_samples_first_token
+        # The decode worker gets the prompt alone: it pulls every block and recomputes the last token.
+        rest = await _collect(pair.decode, _request("v", PROMPT, 5, DisaggParams(phase="decode", kv=first.kv_transfer)))
+        assert rest[0].kv_pull.blocks == 7 and rest[0].kv_pull.recomputed is None
+        agg = MockerEngine(MockerConfig(speedup_ratio=1000.0), output_token_pool(None), 4096)
+        whole = await _collect(agg, _request("v", PROMPT, 5))
+        assert [t for o in rest for t in o.token_ids] == [t for o in whole for t in o.token_ids]
+
+
 async def test_decode_pulls_only_the_blocks_it_lacks():
     async with Pair() as pair:
         await pair.prefill_then_decode("a", PROMPT, 3)

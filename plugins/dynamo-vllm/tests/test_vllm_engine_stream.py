@@ -29,6 +29,7 @@ class Output:
     outputs: list[Completion]
     prompt_token_ids: list[int] = field(default_factory=lambda: [1, 2, 3])
     num_cached_tokens: int = 2
+    kv_transfer_params: dict | None = None
 
 
 class StandInLLM:
@@ -44,14 +45,25 @@ class StandInLLM:
                 if self.fail_after is not None and i == self.fail_after:
                     raise ValueError("prompt too long")
                 await asyncio.sleep(0)
-                yield Output([Completion([100 + i], "length" if i == self.tokens - 1 else None)])
+                last = i == self.tokens - 1
+                # vLLM answers a prefill request (do_remote_decode) with where its blocks are.
+                held = last and (params.get("extra_args") or {}).get("kv_transfer_params", {}).get("do_remote_decode")
+                yield Output([Completion([100 + i], "length" if last else None)],
+                             kv_transfer_params=dict(VLLM_PARAMS) if held else None)
         except (asyncio.CancelledError, GeneratorExit):
             self.aborted.append(request_id)
             raise
 
 
-def engine_with(llm: StandInLLM) -> VllmEngine:
-    engine = VllmEngine(EngineContext(model_path="/m", served_name="m", options=argparse.Namespace()), [], kv_events=False)
+VLLM_PARAMS = {"do_remote_prefill": True, "do_remote_decode": False, "remote_block_ids": [[4, 5, 6]],
+               "remote_engine_id": "e1", "remote_request_id": "req-1", "remote_host": "10.0.0.1", "remote_port": 5601,
+               "tp_size": 1, "remote_num_tokens": 3}
+
+
+def engine_with(llm: StandInLLM, role: str = "agg") -> VllmEngine:
+    context = EngineContext(model_path="/m", served_name="m", options=argparse.Namespace(), role=role, worker_id="W")
+    engine = VllmEngine(context, [], kv_events=False)
+    engine._block_size, engine._bytes_per_block = 16, 1000
     engine._llm = llm
     engine._vllm = {"params": lambda **kw: kw, "prompt": lambda prompt_token_ids: prompt_token_ids, "delta": "DELTA"}
     return engine
@@ -115,3 +127,27 @@ async def test_a_request_vllm_cannot_express_is_refused_before_it_reaches_vllm()
     outputs = [o async for o in engine.generate(bad)]
     assert len(outputs) == 1 and outputs[0].finish_reason is FinishReason.ERROR and "n=3" in outputs[0].error
     assert llm.requests == []
+
+
+async def test_prefill_and_decode_carry_vllms_transfer_parameters_through_dynamos():
+    from dynamo_core.protocols.engine import DisaggParams
+
+    prefill_llm = StandInLLM(tokens=1)
+    prefill = engine_with(prefill_llm, role="prefill")
+    ask = request(1)
+    ask.disagg = DisaggParams(phase="prefill")
+    [answer] = [o async for o in prefill.generate(ask)]
+    assert prefill_llm.requests[0][1]["extra_args"] == {"kv_transfer_params": {"do_remote_decode": True}}
+    kv = answer.kv_transfer
+    assert (kv.worker_id, kv.hold_id, kv.num_tokens, kv.block_size) == ("W", "req-1", 3, 16)
+    assert kv.engine_params == VLLM_PARAMS and kv.decode_samples_first_token
+
+    decode_llm = StandInLLM(tokens=3)
+    decode = engine_with(decode_llm, role="decode")
+    follow = request(3)
+    follow.disagg = DisaggParams(phase="decode", kv=kv)
+    outputs = [o async for o in decode.generate(follow)]
+    assert decode_llm.requests[0][1]["extra_args"] == {"kv_transfer_params": VLLM_PARAMS}
+    report = outputs[0].kv_pull
+    assert (report.blocks, report.bytes, report.seconds, report.recomputed) == (3, 3000, None, None)
+    assert all(o.kv_pull is None and o.kv_transfer is None for o in outputs[1:])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
 
 import pytest
@@ -182,3 +183,23 @@ def test_structured_output_maps_to_vllms_structured_outputs_params(guided, expec
     request = PreprocessedRequest(request_id="r", model="m", token_ids=[1], stop=StopConditions(max_tokens=1),
                                   guided=guided)
     assert structured_output_kwargs(request) == expected
+
+
+def test_disagg_side_channel_gets_a_free_port_unless_the_user_set_one(monkeypatch):
+    from dynamo_vllm import disagg
+
+    monkeypatch.delenv(disagg.SIDE_CHANNEL_PORT_ENV, raising=False)
+    monkeypatch.delenv(disagg.SIDE_CHANNEL_HOST_ENV, raising=False)
+    host, port = disagg.configure_side_channel("10.1.2.3")
+    assert (host, port) == ("10.1.2.3", int(os.environ[disagg.SIDE_CHANNEL_PORT_ENV])) and port > 0
+    monkeypatch.setenv(disagg.SIDE_CHANNEL_PORT_ENV, "7777")
+    assert disagg.configure_side_channel("0.0.0.0")[1] == 7777
+
+
+def test_disagg_kv_bytes_per_block_and_reports_without_parameters():
+    from dynamo_vllm import disagg
+
+    # Llama-3.1-8B in bf16: 32 layers, 8 KV heads of 128, block of 16 tokens -> 2 MiB.
+    assert disagg.kv_bytes_per_block(32, 8, 128, 2, 16) == 2 * 1024 * 1024
+    assert disagg.pull_report(None, 100).recomputed
+    assert disagg.prefill_result(None, worker_id="w", request_id="r", prompt_tokens=3, block_size=16) is None

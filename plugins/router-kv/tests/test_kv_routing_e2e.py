@@ -91,3 +91,26 @@ def test_repeated_prefixes_follow_their_cache_and_unique_ones_spread(tmp_path):
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(30)
+
+
+def test_disaggregated_prefills_follow_their_cache_among_prefill_workers(tmp_path):
+    proc, base = _serve(tmp_path, "--disagg", "--prefill-workers", "2", "--decode-workers", "2",
+                        "--disagg-min-prompt-tokens", "64", "--speedup-ratio", "20")
+    try:
+        shared = [(t * 11) % 250 + 3 for t in range(512)]
+        replies = []
+        for i in range(4):
+            replies.append(_call(f"{base}/v1/completions",
+                                 {"model": "mocker", "prompt": shared + [i + 3, 4], "max_tokens": 3}))
+            time.sleep(0.3)  # the prefill worker's KV events reach the prefill router's index
+        # Every prefill after the first found the prefix cached: they all went to one prefill
+        # worker (round-robin over two would have sent the second elsewhere).
+        assert [r["usage"]["prompt_tokens_details"]["cached_tokens"] for r in replies[1:]] == [512] * 3, replies
+        metrics = _call(f"{base}/metrics")
+        assert 'dynamo_frontend_disagg_requests_total{model="mocker"} 4.0' in metrics
+        prefill_decisions = [line for line in metrics.splitlines()
+                             if line.startswith("dynamo_router_kv_decisions_total{") and not line.endswith(" 0.0")]
+        assert len(prefill_decisions) >= 2, prefill_decisions  # prefill and decode pools decide apart
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)

@@ -38,6 +38,7 @@ class EngineContext:
     kv_events: KvEventSink = field(default_factory=NullKvEventSink)
     worker_id: str = ""
     role: str = "agg"  # agg | prefill | decode
+    host: str = "127.0.0.1"  # the worker's `--host`: where peers reach it (e.g. for KV transfer)
     # Prefill and decode workers: the worker's started transfer agent (`--transfer`), through
     # which the engine exposes and pulls KV blocks. None for aggregated workers.
     transfer: TransferAgent | None = None

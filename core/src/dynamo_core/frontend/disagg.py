@@ -58,6 +58,8 @@ class DisaggregatingClient:
             return "no_prefill_worker"
         if len(request.token_ids) < self.min_prompt_tokens:
             return "short_prompt"
+        if request.stop.max_tokens <= 1:
+            return "single_token"  # the prefill alone answers it: no decode worker needed
         if request.guided is not None:
             # The decode worker would restart the constraint after the prefill worker's token.
             return "structured_output"
@@ -83,9 +85,14 @@ class DisaggregatingClient:
             if kv is None or first.finish_reason is FinishReason.STOP or request.stop.max_tokens <= len(first.token_ids):
                 yield first  # nothing left to decode
                 return
+            if kv.decode_samples_first_token:
+                # The decode worker samples the first token again: the prefill's is not shown.
+                async for output in self._decode(model, request, kv, after=None, usage=first):
+                    yield output
+                return
             first.finish_reason = None
             yield first
-            async for output in self._decode(model, request, first, kv):
+            async for output in self._decode(model, request, kv, after=first, usage=None):
                 yield output
         finally:
             if kv is not None:
@@ -117,15 +124,24 @@ class DisaggregatingClient:
         return first
 
     async def _decode(
-        self, model: ServedModel, request: PreprocessedRequest, first: EngineOutput, kv: KvTransferParams
+        self,
+        model: ServedModel,
+        request: PreprocessedRequest,
+        kv: KvTransferParams,
+        after: EngineOutput | None,
+        usage: EngineOutput | None,
     ) -> AsyncIterator[EngineOutput]:
+        """The decode phase: after the prefill worker's token (`after`), or from the prompt
+        alone. The client's usage counts the prompt once, as the prefill worker saw it: from
+        `usage` when that output was not shown."""
+        shown = after.token_ids if after is not None else []
         decode = msgspec.structs.replace(
             request,
-            token_ids=[*request.token_ids, *first.token_ids],
+            token_ids=[*request.token_ids, *shown],
             stop=msgspec.structs.replace(
                 request.stop,
-                max_tokens=request.stop.max_tokens - len(first.token_ids),
-                min_tokens=max(0, request.stop.min_tokens - len(first.token_ids)),
+                max_tokens=request.stop.max_tokens - len(shown),
+                min_tokens=max(0, request.stop.min_tokens - len(shown)),
             ),
             disagg=DisaggParams(phase="decode", kv=kv),
         )
@@ -133,8 +149,8 @@ class DisaggregatingClient:
         async for output in self._engine.generate(model, decode):
             if not started:
                 started = True
-                # The client's usage counts the prompt once, as the prefill worker saw it.
-                output.prompt_tokens = output.cached_tokens = None
+                output.prompt_tokens = usage.prompt_tokens if usage is not None else None
+                output.cached_tokens = usage.cached_tokens if usage is not None else None
                 if output.kv_pull is not None:
                     _record_pull(model.name, output.kv_pull)
                 self._release(model, kv)  # the decode worker has the KV (or computed it)
@@ -165,4 +181,5 @@ def _record_pull(model: str, report: KvPullReport) -> None:
     metrics.DISAGG_REQUESTS.labels(model).inc()
     metrics.KV_TRANSFER_BYTES.labels(model).inc(report.bytes)
     metrics.KV_TRANSFER_BLOCKS.labels(model).inc(report.blocks)
-    metrics.KV_TRANSFER_SECONDS.labels(model).observe(report.seconds)
+    if report.seconds is not None:
+        metrics.KV_TRANSFER_SECONDS.labels(model).observe(report.seconds)

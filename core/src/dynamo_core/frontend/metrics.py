@@ -37,7 +37,7 @@ DISAGG_REQUESTS = Counter(
 DISAGG_FALLBACKS = Counter(
     "dynamo_frontend_disagg_fallbacks",
     "Requests of a model with decode workers served without a KV transfer, by reason "
-    "(short_prompt, no_prefill_worker, prefill_failed, structured_output, decode_recomputed)",
+    "(short_prompt, single_token, no_prefill_worker, prefill_failed, structured_output, decode_recomputed)",
     ["model", "reason"],
 )
 KV_TRANSFER_BYTES = Counter(

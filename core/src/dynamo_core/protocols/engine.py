@@ -70,6 +70,11 @@ class KvTransferParams(msgspec.Struct, omit_defaults=True, kw_only=True):
     region: RemoteRegion | None = None  # the registered memory the blocks live in
     block_ids: list[int] = []  # the blocks, in prompt order; block i is at i * block_size * bytes_per_token
     engine_params: dict | None = None  # an engine's own transfer parameters (e.g. vLLM's connector's)
+    # False: the prefill worker's token is the request's first (the client sees it at once)
+    # and the decode worker continues after it. True: the decode worker recomputes the last
+    # prompt token and samples the first token itself (vLLM's NIXL connector works so): it
+    # gets the prompt alone, and the prefill worker's token is dropped.
+    decode_samples_first_token: bool = False
 
 
 class DisaggParams(msgspec.Struct, omit_defaults=True, kw_only=True):
@@ -84,7 +89,7 @@ class KvPullReport(msgspec.Struct, omit_defaults=True, kw_only=True):
 
     bytes: int = 0
     blocks: int = 0
-    seconds: float = 0.0
+    seconds: float | None = None  # None: the engine does not know (vLLM's connector does not say)
     local_blocks: int = 0  # blocks it already had in its own prefix cache and did not pull
     # Why it computed the prompt itself instead ("transfer_failed: ..."); None: it pulled.
     recomputed: str | None = None

@@ -22,9 +22,18 @@ from dynamo_core.transfer.base import RemoteRegion, TransferError
 _PREFIX = "REGION "
 
 
+_CHUNK = 1 << 20
+
+
 def region_bytes(size: int, seed: int) -> bytearray:
-    """The region's content: seeded random bytes, so a misplaced or stale piece shows."""
-    return bytearray(random.Random(seed).randbytes(size))
+    """The region's content: seeded random bytes, so a misplaced or stale piece shows.
+    Made a MiB at a time: `randbytes` cannot make 256 MiB (2**31 bits) in one call."""
+    rng = random.Random(seed)
+    content = bytearray(size)
+    for start in range(0, size, _CHUNK):
+        end = min(start + _CHUNK, size)
+        content[start:end] = rng.randbytes(end - start)
+    return content
 
 
 async def _serve(backend: str, size: int, seed: int) -> None:

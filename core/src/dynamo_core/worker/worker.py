@@ -122,6 +122,7 @@ class Worker:
             kv_events=self.events,
             worker_id=self.worker_id,
             role=config.role,
+            host=config.host,
             transfer=self.transfer,
         )
         self.engine = self._engine_spec.create(context)

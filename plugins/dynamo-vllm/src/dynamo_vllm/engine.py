@@ -8,6 +8,7 @@
 - KV events: vLLM's ZMQ publisher is pointed at this worker's subscriber; batches are
   translated into dynamo's events, kept in a mirror (for snapshots) and published.
 - Load: a stat logger receives vLLM's scheduler statistics with every engine step.
+- Prefill and decode roles (`--mode`): vLLM's NIXL connector moves the KV (`disagg.py`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from dynamo_core.engines.base import Engine, EngineContext
 from dynamo_core.protocols.engine import EngineInfo, EngineOutput, FinishReason, PreprocessedRequest
 from dynamo_core.protocols.kv_events import KvCleared, KvStored, LoadMetrics
+from dynamo_vllm import disagg
 from dynamo_vllm.availability import require_vllm
 from dynamo_vllm.kv_events import KvCacheMirror, KvEventTranslator, decode_batch
 from dynamo_vllm.load import SchedulerLoad
@@ -56,6 +58,7 @@ def _load_logger_factory(load: SchedulerLoad):
 
 class VllmEngine(Engine):
     supports_structured_output = True  # vLLM's structured outputs (xgrammar / guidance)
+    supports_disaggregation = True  # through vLLM's NIXL connector
 
     def __init__(self, context: EngineContext, argv: list[str], kv_events: bool):
         if context.model_path is None:
@@ -70,15 +73,12 @@ class VllmEngine(Engine):
         self._translator: KvEventTranslator | None = None
         self._subscriber: KvEventSubscriber | None = None
         self._vllm: dict[str, Any] = {}  # vLLM's request classes, bound once vLLM is imported
+        self._block_size = 0
+        self._bytes_per_block = 0
 
     @classmethod
     def from_context(cls, context: EngineContext) -> "VllmEngine":
         require_vllm()
-        if context.role != "agg":
-            raise ValueError(
-                f"--mode {context.role}: dynamo-vllm serves aggregated workers only for now "
-                "(disaggregated prefill/decode through vLLM's NIXL connector is not built yet)"
-            )
         # vLLM publishes no meaningful KV events without prefix caching, and routers then
         # treat this worker as holding nothing.
         kv_events = "--no-enable-prefix-caching" not in given_flags(context.options)
@@ -107,6 +107,12 @@ class VllmEngine(Engine):
                 replay_endpoint=self._subscriber.replay_endpoint,
                 topic=KV_EVENTS_TOPIC,
             )
+        if self._context.role != "agg":
+            from vllm.config import KVTransferConfig
+
+            host, port = disagg.configure_side_channel(self._context.host)
+            args.kv_transfer_config = KVTransferConfig(kv_connector=disagg.CONNECTOR, kv_role="kv_both")
+            log.info("%s worker: vLLM's %s moves the KV (handshakes on %s:%d)", self._context.role, disagg.CONNECTOR, host, port)
         log.info("starting vLLM for %s with %s", self._model_path, " ".join(self._argv) or "its defaults")
         # Blocks this loop until the engine core is up (weights loaded, memory profiled, KV
         # cache allocated); the worker registers nowhere and serves nothing before that.
@@ -115,6 +121,8 @@ class VllmEngine(Engine):
         block_size = config.cache_config.block_size
         blocks = config.cache_config.num_gpu_blocks or 0
         self._load.total_kv_blocks = blocks
+        self._block_size = block_size
+        self._bytes_per_block = self._kv_bytes_per_block(config)
         if self._subscriber is not None:
             self._translator = KvEventTranslator(block_size)
             self._subscriber.start(self._on_kv_batch, self._on_kv_events_lost)
@@ -123,23 +131,36 @@ class VllmEngine(Engine):
     async def generate(self, request: PreprocessedRequest) -> AsyncIterator[EngineOutput]:
         assert self._llm is not None, "start() first"
         vllm = self._vllm
+        transfer = disagg.request_transfer_params(request)
         try:
+            kwargs = sampling_kwargs(request)
+            if transfer is not None:
+                kwargs["extra_args"] = {"kv_transfer_params": transfer}
             structured = structured_output_kwargs(request)
             if structured:
-                params = vllm["params"](**sampling_kwargs(request), output_kind=vllm["delta"],
+                params = vllm["params"](**kwargs, output_kind=vllm["delta"],
                                         structured_outputs=vllm["structured"](**structured))
             else:
-                params = vllm["params"](**sampling_kwargs(request), output_kind=vllm["delta"])
+                params = vllm["params"](**kwargs, output_kind=vllm["delta"])
         except ValueError as exc:  # includes UnsupportedRequestError
             yield EngineOutput(finish_reason=FinishReason.ERROR, error=str(exc))
             return
         top_logprobs = request.output.logprobs
+        phase = request.disagg.phase if request.disagg is not None else None
         stream = self._llm.generate(vllm["prompt"](prompt_token_ids=request.token_ids), params, request.request_id)
         self._load.in_flight += 1
         first = True
         try:
             async for out in stream:
-                yield engine_output(out, first=first, top_logprobs=top_logprobs)
+                output = engine_output(out, first=first, top_logprobs=top_logprobs)
+                if first and phase == "decode":
+                    output.kv_pull = disagg.pull_report(request.disagg.kv if transfer else None, self._bytes_per_block)
+                if phase == "prefill" and output.finish_reason is not None:
+                    output.kv_transfer = disagg.prefill_result(
+                        getattr(out, "kv_transfer_params", None), worker_id=self._context.worker_id,
+                        request_id=request.request_id, prompt_tokens=len(request.token_ids), block_size=self._block_size,
+                    )
+                yield output
                 first = False
         except Exception as exc:  # a rejected request (ValueError) or a failed engine
             log.warning("request %s failed in vLLM: %s", request.request_id, exc)
@@ -148,6 +169,20 @@ class VllmEngine(Engine):
             self._load.in_flight -= 1
             # Aborts the request in vLLM when it has not finished (the consumer went away).
             await stream.aclose()
+
+    @staticmethod
+    def _kv_bytes_per_block(config: Any) -> int:
+        """Bytes of one KV block on this rank (for the transfer metrics); 0 if unknown."""
+        try:
+            model, parallel = config.model_config, config.parallel_config
+            dtype = config.cache_config.cache_dtype
+            itemsize = model.dtype.itemsize if dtype in ("auto", None) else (1 if "fp8" in str(dtype) else 2)
+            return disagg.kv_bytes_per_block(
+                model.get_num_layers(parallel), model.get_num_kv_heads(parallel), model.get_head_size(),
+                itemsize, config.cache_config.block_size,
+            )
+        except Exception:  # noqa: BLE001 - metrics only: a vLLM that moved these is still served
+            return 0
 
     def load_metrics(self, worker_id: str) -> LoadMetrics:
         return self._load.metrics(worker_id)

@@ -31,6 +31,10 @@ from dynamo_core.transfer.base import (
 )
 
 _BACKEND = "UCX"
+# NIXL's UCX progress thread spins without pause (its Python wrapper fixes the delay at 0):
+# one idle agent took 80% of a core, and four of them starved a 2-core host. Between polls it
+# now waits on UCX's events for up to this long. Env DYN_NIXL_PROGRESS_DELAY_US; 0 spins.
+_PROGRESS_DELAY_US = int(os.environ.get("DYN_NIXL_PROGRESS_DELAY_US", "100"))
 # Polling: bare yields to the event loop for the first milliseconds (most KV reads are done by
 # then), then 1 ms sleeps; asyncio cannot sleep less than that (epoll's timeout is in ms).
 _SPIN_S = 0.002
@@ -61,7 +65,34 @@ def _nixl_api():
     # scheme was as fast or slower in every A/B run on one host (docs/benchmarks.md). UCX reads
     # it when it starts, so set it before the first agent; a user's own setting wins.
     os.environ.setdefault("UCX_RNDV_SCHEME", "get_zcopy")
+    # GPU memory: UCX only reads another process's VRAM over CUDA IPC when it sees NVLink;
+    # without, VRAM reads fall back to an emulation over TCP at 0.3-0.5 GB/s where CUDA IPC
+    # gave 1.1-1.2 TB/s on one H200 (docs/benchmarks.md).
+    os.environ.setdefault("UCX_CUDA_IPC_ENABLE_GET_ZCOPY", "on")
+    _pace_progress_thread(_api)
     return _api
+
+
+def _pace_progress_thread(api: Any) -> None:
+    """Make the agents created from now on use `_PROGRESS_DELAY_US` for their progress
+    thread. The wrapper builds NIXL's config and sets `pthrDelay = 0` itself; a config class
+    whose setter keeps our value instead is the one seam it leaves."""
+    bind = api.nixlBind
+    base = getattr(bind, "_dynamo_base_config", bind.nixlAgentConfig)
+    if not hasattr(base, "pthrDelay"):
+        return  # another NIXL build: leave its defaults alone
+
+    class PacedConfig(base):  # type: ignore[misc, valid-type]
+        @property
+        def pthrDelay(self) -> int:
+            return base.pthrDelay.__get__(self)
+
+        @pthrDelay.setter
+        def pthrDelay(self, value: int) -> None:
+            base.pthrDelay.__set__(self, _PROGRESS_DELAY_US)
+
+    bind._dynamo_base_config = base
+    bind.nixlAgentConfig = PacedConfig
 
 
 def _is_tensor(buffer: Any) -> bool:

@@ -289,6 +289,7 @@ class MockerEngine(Engine):
             bytes_per_token=self.arena.bytes_per_token,
             region=self.arena.region,
             block_ids=list(block_ids),
+            decode_samples_first_token=self.config.decode_samples_first_token,
         )
 
     def _expire(self, hold_id: str) -> None:
@@ -314,7 +315,7 @@ class MockerEngine(Engine):
         elif (kv.block_size, kv.bytes_per_token) != (self.pool.block_size, self.arena.bytes_per_token):
             reason = (f"the prefill worker's KV layout (block size {kv.block_size}, {kv.bytes_per_token} bytes per "
                       f"token) differs from this worker's ({self.pool.block_size}, {self.arena.bytes_per_token})")
-        elif not 0 < kv.num_tokens < len(seq.token_ids) or len(kv.block_ids) != self.pool.blocks_for(kv.num_tokens):
+        elif not 0 < kv.num_tokens <= len(seq.token_ids) or len(kv.block_ids) != self.pool.blocks_for(kv.num_tokens):
             reason = f"bad transfer parameters ({kv.num_tokens} tokens in {len(kv.block_ids)} blocks)"
         if reason is not None:
             log.warning("request computes its prompt here instead of pulling its KV: %s", reason)

@@ -77,7 +77,8 @@ class KvArena:
                 continue
             start = block_ids[index] * self.block_bytes
             length = self._extent(index, len(token_ids))
-            if self.view[start : start + length] != block_content(seed, length):
+            # tobytes(): bytes compare with memcmp; a memoryview compares item by item.
+            if self.view[start : start + length].tobytes() != block_content(seed, length):
                 return index
         return None
 

@@ -27,6 +27,7 @@ class MockerConfig(msgspec.Struct, kw_only=True, frozen=True):
     kv_bytes_per_token: int = 1024
     kv_hold_timeout_s: float = 60.0
     inject_kv_corruption: bool = False
+    decode_samples_first_token: bool = False  # vLLM's protocol (see KvTransferParams)
 
     def __post_init__(self) -> None:
         for name in ("block_size", "num_gpu_blocks", "max_num_seqs", "max_num_batched_tokens", "kv_bytes_per_token"):
@@ -68,6 +69,7 @@ class MockerConfig(msgspec.Struct, kw_only=True, frozen=True):
             kv_bytes_per_token=get("kv_bytes_per_token", base.kv_bytes_per_token),
             kv_hold_timeout_s=get("kv_hold_timeout", base.kv_hold_timeout_s),
             inject_kv_corruption=getattr(ns, "inject_kv_corruption", False),
+            decode_samples_first_token=getattr(ns, "decode_samples_first_token", False),
         )
 
 
@@ -97,6 +99,9 @@ def add_mocker_options(group: argparse._ArgumentGroup) -> None:
              "(default: %(default)s)")
     add("--inject-kv-corruption", action="store_true",
         help="prefill workers, for testing: damage one byte of every prompt's KV, which decode must detect")
+    add("--decode-samples-first-token", action="store_true",
+        help="prefill workers: let the decode worker recompute the last prompt token and sample the first "
+             "token itself, as vLLM's NIXL connector does (default: the prefill worker's token is the first)")
     add("--prefill-tokens-per-s", type=float, default=t.prefill_tokens_per_s,
         help="uncached prompt tokens prefilled per second at the start of a context "
              "(default: %(default)s, Llama-3.1-8B bf16 on one H100 with vLLM)")

@@ -91,7 +91,9 @@ class Scheduler:
     def loaded(self, seq: Sequence) -> None:
         """The pull into `seq`'s blocks is done: its first `kv_tokens` tokens are computed."""
         seq.loading = False
-        seq.num_computed, seq.kv_tokens = seq.kv_tokens, 0  # a later preemption recomputes
+        # Pulled KV for the whole prompt still leaves its last token to compute (to sample).
+        seq.num_computed = min(seq.kv_tokens, len(seq.token_ids) - 1)
+        seq.kv_tokens = 0  # a later preemption recomputes
         full = seq.num_computed // self.pool.block_size
         if full > seq.table.committed:
             if self.pool.enable_prefix_caching:
