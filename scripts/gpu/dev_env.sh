@@ -3,7 +3,7 @@
 # for their entry points) on PYTHONPATH, ahead of the image's own packages.
 REPO_ROOT=$(pwd)
 python3 scripts/gpu/dist_info.py /root/dynamo-dist
-export PYTHONPATH="/root/site:/root/dynamo-dist:$REPO_ROOT/core/src:$REPO_ROOT/plugins/router-kv/src:$REPO_ROOT/plugins/dynamo-vllm/src:$REPO_ROOT"
+export PYTHONPATH="/root/site:/root/dynamo-dist:$REPO_ROOT/core/src:$REPO_ROOT/plugins/router-kv/src:$REPO_ROOT/plugins/dynamo-vllm/src:$REPO_ROOT/plugins/nixl/src:$REPO_ROOT"
 export PATH="/root/site/bin:$PATH"
 export PYTHONUNBUFFERED=1
 export DYN_TEST_MODEL_DIR=${DYN_TEST_MODEL_DIR:-/root/models/llama-8l-random}

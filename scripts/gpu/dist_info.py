@@ -13,7 +13,7 @@ import tomllib
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-PACKAGES = ["core", "plugins/router-kv", "plugins/dynamo-vllm"]
+PACKAGES = ["core", "plugins/router-kv", "plugins/dynamo-vllm", "plugins/nixl"]
 
 
 def write_dist_info(package: Path, target: Path) -> str:

@@ -50,6 +50,9 @@ WHEELS=(
   pytest==8.4.2 iniconfig==2.1.0 pytest-asyncio==1.5.0 pytest-timeout==2.4.0
   # profiling the serving processes under load (bench_vllm.sh with PROFILE=1)
   py-spy==0.4.3
+  # disaggregated serving: vLLM's NIXL connector imports `nixl` (a shim choosing nixl-cu13 here,
+  # which bundles UCX); dynamo-nixl uses nixl-cu13 directly. Both install with --no-deps.
+  nixl==1.5.1 nixl-cu13==1.5.1
 )
 
 PLATFORMS=()

@@ -6,7 +6,7 @@
 #
 #   run(carry=[".whl/parts/01", ".whl/parts/SHA256SUMS"], command="scripts/gpu/stage_wheels.sh")
 #   ...
-#   run(carry=[".whl/parts/07", ".whl/parts/SHA256SUMS"], command="scripts/gpu/stage_wheels.sh --install")
+#   run(carry=[".whl/parts/08", ".whl/parts/SHA256SUMS"], command="scripts/gpu/stage_wheels.sh --install")
 set -euo pipefail
 STORE=/root/whl
 SITE=/root/site

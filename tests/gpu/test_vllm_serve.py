@@ -12,7 +12,6 @@ GPU machine; set DYN_TEST_MODEL_DIR to reuse a model, DYN_TEST_LOG_DIR to keep t
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -20,7 +19,6 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,28 +33,12 @@ openai = pytest.importorskip("openai")
 
 sys.path.insert(0, str(Path(__file__).parent))
 from conftest import free_port  # noqa: E402  (tests/, put on the path by its conftest)
-from random_llama import VOCAB_SIZE, build_random_llama  # noqa: E402
+from gpu_support import ENGINE_FLAGS, START_TIMEOUT_S, call as _call, model_dir as _model_dir  # noqa: E402
+from random_llama import VOCAB_SIZE  # noqa: E402
 
 pytestmark = [pytest.mark.gpu, pytest.mark.timeout(900)]
 
 WORKERS = 2
-KV_CACHE_BYTES = 1 << 30  # per worker; fixed, so two workers starting together size alike
-ENGINE_FLAGS = [
-    "--gpu-memory-utilization", "0.3",
-    "--kv-cache-memory-bytes", str(KV_CACHE_BYTES),
-    "--max-model-len", "4096",
-    "--enforce-eager",  # starts faster; the benchmark script measures with CUDA graphs
-    "--enable-log-requests",  # vLLM logs "Aborted request(s) ..." for the cancellation check
-]
-START_TIMEOUT_S = 600
-
-
-def _call(url: str, body: dict | None = None):
-    data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=60) as response:
-        raw = response.read().decode()
-    return json.loads(raw) if raw.startswith(("{", "[")) else raw
 
 
 @dataclass
@@ -75,10 +57,7 @@ class Served:
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> Path:
-    preset = os.environ.get("DYN_TEST_MODEL_DIR")
-    if preset and (Path(preset) / "model.safetensors").is_file():
-        return Path(preset)
-    return build_random_llama(tmp_path_factory.mktemp("models") / "llama-8l-random")
+    return _model_dir(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
