@@ -17,13 +17,14 @@ bytes; prints "skipped: no CUDA" and exits 0 where there is no CUDA GPU (or no t
 
 UCX reads GPU memory of another process on the same host with `cuda_ipc`, but it turns that
 transport's gets off where NVML reports no NVLink (a one-GPU machine, PCIe-only GPUs): NIXL's
-READ then falls back to "software emulation" over tcp/lo at well under 1 GB/s. Set
-`UCX_CUDA_IPC_ENABLE_GET_ZCOPY=on` to keep cuda_ipc zero-copy reads, and `UCX_PROTO_INFO=y`
-to see the path UCX picked ("remote memory read by ucp_get* into cuda/...").
+READ then falls back to "software emulation" over tcp/lo at well under 1 GB/s. The nixl
+backend sets `UCX_CUDA_IPC_ENABLE_GET_ZCOPY=on` (unless the environment sets it) to keep
+cuda_ipc zero-copy reads; `=off` shows the fallback, `UCX_PROTO_INFO=y` the path UCX picked
+("remote memory read by ucp_get* into cuda/...").
 
 The nixl agent class is imported directly (not via `create_transfer_agent`), so the benchmark
 also runs from a source tree with `core/src` and `plugins/nixl/src` on PYTHONPATH, where no
-entry points are installed (the GPU machine: `scripts/gpu/fetch_nixl_wheels.sh`).
+entry points are installed (the GPU machine: `scripts/gpu/fetch_wheels.sh nixl`).
 """
 
 from __future__ import annotations

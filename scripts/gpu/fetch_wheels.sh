@@ -4,6 +4,9 @@
 # must stay under 64 MiB a call). Run from the repository root on a machine with PyPI access:
 #
 #   scripts/gpu/fetch_wheels.sh            # -> .whl/parts/01 .. NN, .whl/SHA256SUMS
+#   scripts/gpu/fetch_wheels.sh nixl       # -> .whl-nixl/parts/01 (+ SHA256SUMS): NIXL alone,
+#       for tests/gpu/test_nixl_vram.py and benchmarks/transfer_bench_gpu.py in one call
+#       (list .whl-nixl/ in .git/info/exclude or .gitignore)
 #
 # The GPU machine's image already has Python 3.12, torch 2.11.0+cu130, transformers 5.17,
 # numpy, tokenizers, jinja2, xxhash, pluggy, prometheus-client, uvloop, httpx, h11, click, rich,
@@ -14,6 +17,7 @@
 set -euo pipefail
 
 cd "$(git rev-parse --show-toplevel)"
+SET=${1:-vllm}
 WHL=.whl
 PART_BYTES=$((55 * 1000 * 1000))   # one part per call, leaving room for the working tree
 
@@ -54,6 +58,16 @@ WHEELS=(
   # which bundles UCX); dynamo-nixl uses nixl-cu13 directly. Both install with --no-deps.
   nixl==1.5.1 nixl-cu13==1.5.1
 )
+if [ "$SET" = nixl ]; then
+  # The image lacks NIXL (UCX is in its wheel) and msgspec (dynamo-core's RemoteRegion); the
+  # ~59 MB wheel travels whole in one part beside a working tree of a few MB.
+  WHL=.whl-nixl
+  PART_BYTES=$((60 * 1000 * 1000))
+  WHEELS=(nixl-cu13==1.5.1 msgspec==0.22.0)
+elif [ "$SET" != vllm ]; then
+  echo "usage: $0 [vllm|nixl]" >&2
+  exit 2
+fi
 
 PLATFORMS=()
 for tag in manylinux_2_39 manylinux_2_35 manylinux_2_34 manylinux_2_31 manylinux_2_28 manylinux_2_27 \

@@ -7,7 +7,7 @@ with one `read_many`, and checks every byte against the same seeded bytes made h
 
 Skipped without torch, a CUDA GPU or NIXL (CI). On the GPU machine it runs from the source
 tree with `core/src` and `plugins/nixl/src` on PYTHONPATH (no installed entry points), so it
-uses the plugin's agent class directly; see `scripts/gpu/fetch_nixl_wheels.sh`. No
+uses the plugin's agent class directly; see `scripts/gpu/fetch_wheels.sh nixl`. No
 pytest-asyncio there either, hence `asyncio.run`.
 """
 
