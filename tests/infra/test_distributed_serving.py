@@ -123,3 +123,23 @@ def test_etcd_discovery_with_the_tcp_request_plane(cluster, etcd_server):
     assert _instances(base)[0]["address"].startswith("127.0.0.1:")
     reply = _client(base).chat.completions.create(model="echo", messages=[{"role": "user", "content": "mixed"}])
     assert reply.choices[0].message.content == "mixed"
+
+
+def test_disaggregated_serving_over_etcd_and_nats(cluster, etcd_server, nats_server, mistral_tokenizer_dir):
+    """Prefill and decode workers found through etcd, requests (and KV releases) over NATS,
+    the KV itself over each worker's own transfer agent."""
+    args = _distributed_args(etcd_server, nats_server)
+    model = ["--model", str(mistral_tokenizer_dir), "--model-name", "m", "--speedup-ratio", "50"]
+    _, base = cluster.frontend(*args, "--disagg-min-prompt-tokens", "32")
+    prefill = cluster.start("worker", "--mode", "prefill", "--transfer", "nixl", *model, *args)
+    cluster.start("worker", "--mode", "decode", "--transfer", "nixl", *model, *args)
+    wait_until(lambda: sorted(i["role"] for i in _instances(base)) == ["decode", "prefill"], 60, prefill)
+    client = _client(base)
+    for topic in ("glaciers", "volcanoes"):
+        reply = client.completions.create(model="m", prompt=f"Tell me about {topic}. " + "and more " * 60,
+                                          max_tokens=8)
+        assert reply.usage.completion_tokens == 8
+    _, metrics = http_get(f"{base}/metrics")
+    assert 'dynamo_frontend_disagg_requests_total{model="m"} 2.0' in metrics
+    # The frontend's kv_release reached the prefill worker over NATS: it holds nothing.
+    wait_until(lambda: [i["active_kv_blocks"] for i in _instances(base) if i["role"] == "prefill"] == [0], 5)

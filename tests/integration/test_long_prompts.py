@@ -18,6 +18,7 @@ from dynamo_core.frontend.preprocessor import OFF_LOOP_PROMPT_CHARS
 pytestmark = pytest.mark.timeout(180)
 
 POOL_WORKERS = 2
+POOL_MIN_CHARS = 1000  # below the 8,192 characters a frontend without a pool moves to a thread
 WORDS = "apple bread chair dance eagle field grape horse image judge knife lemon mouse north ocean piano".split()
 
 
@@ -94,7 +95,8 @@ def frontends(tmp_path_factory: pytest.TempPathFactory, mistral_tokenizer_dir: P
     cluster = DynamoCluster(tmp_path_factory.mktemp("long-prompts"))
     common = ("--engine", "echo", "--model", str(mistral_tokenizer_dir), "--model-name", "m", "--context-length", "65536")
     try:
-        pooled, pooled_base = cluster.serve(*common, "--preprocess-workers", str(POOL_WORKERS), workers=1)
+        pooled, pooled_base = cluster.serve(*common, "--preprocess-workers", str(POOL_WORKERS),
+                                            "--preprocess-min-chars", str(POOL_MIN_CHARS), workers=1)
         plain, plain_base = cluster.serve(*common, "--preprocess-workers", "0", workers=1)
         yield {"pooled": pooled_base, "plain": plain_base, "pooled_serve": pooled, "plain_serve": plain}
     finally:
@@ -147,6 +149,20 @@ def test_long_prompts_through_the_pool_match_the_loop_path(frontends):
     assert tokens["count"] == usage["/v1/chat/completions"]["prompt_tokens"]
     # The pool did the work: its processes used CPU (60k characters take ~0.1 s to encode).
     assert _cpu_ticks(pool_pids) > ticks_before
+
+
+def test_prompts_over_the_pools_threshold_go_to_it(frontends):
+    pool_pids = _pool_pids(_frontend_pid(frontends["pooled_serve"]), POOL_WORKERS)
+    wait_until(lambda: "prompt pool ready" in frontends["pooled_serve"].output(), 30)
+    ticks_before = _cpu_ticks(pool_pids)
+    for seed in range(20):
+        text = _long_text(100 + seed, 5_000)
+        assert POOL_MIN_CHARS < len(text) < 8_192
+        body = {"model": "m", "prompt": text, "max_tokens": 5_000}
+        status, with_pool = _post(frontends["pooled"], "/v1/completions", body)
+        assert status == 200 and (status, with_pool["usage"]) == (200, _post(frontends["plain"], "/v1/completions", body)[1]["usage"])
+        assert with_pool["choices"][0]["text"] == text
+    assert _cpu_ticks(pool_pids) > ticks_before  # encoded in the pool, not on the loop
 
 
 def test_a_template_error_inside_the_pool_is_the_same_400(frontends):

@@ -64,7 +64,7 @@ def worker_argv(ns: argparse.Namespace, parser: argparse.ArgumentParser, mode: s
 
 def frontend_argv(ns: argparse.Namespace, parser: argparse.ArgumentParser) -> list[str]:
     args = ["frontend", "--router", ns.router, "--http-host", ns.http_host, "--http-port", str(ns.http_port)]
-    args += ["--preprocess-workers", str(ns.preprocess_workers)]
+    args += ["--preprocess-workers", str(ns.preprocess_workers), "--preprocess-min-chars", str(ns.preprocess_min_chars)]
     args += ["--disagg-min-prompt-tokens", str(ns.disagg_min_prompt_tokens)]
     return args + _shared_runtime_args(ns) + options.group_args(parser, options.ROUTER_GROUP_TITLE, ns)
 

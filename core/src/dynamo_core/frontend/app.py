@@ -82,6 +82,7 @@ class FrontendConfig:
     http_port: int = 8000
     # Processes that template and tokenize long prompts (prompt_pool.py); 0: a thread instead.
     preprocess_workers: int = 0
+    preprocess_min_chars: int = 8192  # prompts longer than this go to that pool
     # With prefill workers present, shorter prompts are served whole by a decode worker.
     disagg_min_prompt_tokens: int = 512
     namespace: str = "dynamo"
@@ -199,7 +200,7 @@ def create_app(config: FrontendConfig, discovery: DiscoveryBackend | None = None
         return _json_response(RoutingScores(model.name, len(request.token_ids), scores))
 
     async def on_startup() -> None:
-        await prompt_pool.start(config.preprocess_workers)
+        await prompt_pool.start(config.preprocess_workers, config.preprocess_min_chars)
         await registry.start()
 
     async def on_shutdown() -> None:

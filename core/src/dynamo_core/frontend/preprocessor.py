@@ -8,7 +8,9 @@ OpenAI numbers them).
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import msgspec
 
@@ -26,11 +28,27 @@ from dynamo_core.protocols.engine import (
 )
 from dynamo_core.protocols.openai import ChatCompletionRequest, CompletionRequest, _SamplingFields
 
-# Prompts longer than this (characters) are templated and tokenized off the event loop, so
-# one huge request does not stall every other stream: in the frontend's prompt pool when it
-# has one (`--preprocess-workers`), else in a thread (which helps little: `tokenizers` holds
-# the GIL while it encodes). Shorter ones stay on the loop, where they take a few ms at most.
+# Without a prompt pool, prompts longer than this (characters) are templated and tokenized in
+# a thread, which helps little (`tokenizers` holds the GIL while it encodes). With a pool
+# (`--preprocess-workers`), prompts longer than its `min_chars` (`--preprocess-min-chars`) go
+# to its processes. Shorter ones stay on the loop, where they take a few ms at most.
 OFF_LOOP_PROMPT_CHARS = 8192
+
+
+T = TypeVar("T")
+
+
+async def _where_it_pays(
+    model: ServedModel, chars: int, pooled: Callable[[prompt_pool.PromptPool], Awaitable[T]], here: Callable[[], T]
+) -> T:
+    """Template and encode a prompt of `chars` characters in the prompt pool, a thread, or on
+    the loop (see OFF_LOOP_PROMPT_CHARS)."""
+    pool = prompt_pool.pool_for(model)
+    if pool is not None and chars > pool.min_chars:
+        return await pooled(pool)
+    if pool is None and chars > OFF_LOOP_PROMPT_CHARS:
+        return await asyncio.to_thread(here)
+    return here()
 
 
 @dataclass
@@ -162,13 +180,10 @@ async def prepare_chat(
         raise BadRequestError("'tool_choice' cannot be combined with another output constraint", param="tool_choice")
     guided = guided or tool_guided
     _stop_strings(req.stop)  # validate before the expensive part
-    if _chat_prompt_chars(req) > OFF_LOOP_PROMPT_CHARS:
-        if (pool := prompt_pool.pool_for(model)) is not None:
-            token_ids, last_ids = await pool.render_and_encode(model, req)
-        else:
-            token_ids, last_ids = await asyncio.to_thread(_render_and_encode, model, req)
-    else:
-        token_ids, last_ids = _render_and_encode(model, req)
+    token_ids, last_ids = await _where_it_pays(
+        model, _chat_prompt_chars(req),
+        lambda pool: pool.render_and_encode(model, req), lambda: _render_and_encode(model, req),
+    )
     requested = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
     param = "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens"
     max_tokens = _max_tokens(model, len(token_ids), requested, param)
@@ -229,13 +244,10 @@ async def prepare_completion(model: ServedModel, req: CompletionRequest, request
     _stop_strings(req.stop)
     guided = guided_decoding(req, model.card)
     prompt_chars = len(req.prompt) if isinstance(req.prompt, str) else 0
-    if prompt_chars > OFF_LOOP_PROMPT_CHARS:
-        if (pool := prompt_pool.pool_for(model)) is not None:
-            prompts = await pool.completion_prompts(model, req.prompt)
-        else:
-            prompts = await asyncio.to_thread(_completion_prompts, model, req.prompt)
-    else:
-        prompts = _completion_prompts(model, req.prompt)
+    prompts = await _where_it_pays(
+        model, prompt_chars,
+        lambda pool: pool.completion_prompts(model, req.prompt), lambda: _completion_prompts(model, req.prompt),
+    )
     choices: list[PreparedChoice] = []
     for p, (token_ids, text) in enumerate(prompts):
         max_tokens = _max_tokens(model, len(token_ids), req.max_tokens if req.max_tokens is not None else 16, "max_tokens")

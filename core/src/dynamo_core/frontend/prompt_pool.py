@@ -126,10 +126,11 @@ def _completion_job(source: str, card: bytes, prompt: Any) -> list[tuple[list[in
 class PromptPool:
     """`workers` spawned processes that render and encode prompts for the event loop."""
 
-    def __init__(self, workers: int):
+    def __init__(self, workers: int, min_chars: int = 8192):
         if workers < 1:
             raise ValueError(f"a prompt pool needs at least one worker, got {workers}")
         self.workers = workers
+        self.min_chars = min_chars  # prompts longer than this (characters) come here
         self._executor: ProcessPoolExecutor | None = None
 
     def _get_executor(self) -> ProcessPoolExecutor:
@@ -203,14 +204,14 @@ def pool_for(model: ServedModel) -> PromptPool | None:
     return _pool if _pool is not None and model.tokenizer_source is not None else None
 
 
-async def start(workers: int) -> PromptPool | None:
-    """Give this process a pool of `workers` processes (none for 0) and warm it in the
-    background; called by the frontend's startup."""
+async def start(workers: int, min_chars: int = 8192) -> PromptPool | None:
+    """Give this process a pool of `workers` processes (none for 0) for prompts of more than
+    `min_chars` characters and warm it in the background; called by the frontend's startup."""
     global _pool, _warming
     await stop()
     if workers < 1:
         return None
-    _pool = PromptPool(workers)
+    _pool = PromptPool(workers, min_chars)
     _warming = asyncio.create_task(_pool.warm(), name="prompt-pool-warm")
     return _pool
 
