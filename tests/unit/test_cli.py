@@ -91,3 +91,13 @@ def test_disagg_flags_without_disagg_and_roles_the_engine_cannot_take_fail_clear
     result = _run("worker", "--engine", "echo", "--mode", "prefill", "--discovery", "mem")
     assert result.returncode == 2
     assert "engine 'echo' cannot run as a prefill worker" in result.stderr
+
+
+def test_check_moves_bytes_with_the_transfer_backend_it_is_asked_about():
+    result = _run("check", "--transfer", "tcp", "--json", "--http-port", "0")
+    checks = {c["name"]: c for c in json.loads(result.stdout)["checks"]}
+    assert checks["transfer tcp"]["status"] == "ok" and "moved 64 KiB" in checks["transfer tcp"]["detail"]
+    result = _run("check", "--transfer", "rdma", "--json", "--http-port", "0")
+    checks = {c["name"]: c for c in json.loads(result.stdout)["checks"]}
+    assert result.returncode == 1 and checks["transfer rdma"]["status"] == "fail"
+    assert "transfer 'rdma' is not installed" in checks["transfer rdma"]["detail"]

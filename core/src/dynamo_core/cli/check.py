@@ -142,10 +142,44 @@ def check_nats(url: str) -> CheckResult:
         return CheckResult("nats", "fail", f"not reachable at {target}: {str(exc) or type(exc).__name__}")
 
 
+async def _transfer_roundtrip(backend: str) -> str:
+    """Start two agents of `backend` and move a few KiB between them, as decode pulls KV."""
+    from dynamo_core.transfer import TransferConfig, create_transfer_agent
+
+    owner, reader = create_transfer_agent(backend, TransferConfig()), create_transfer_agent(backend, TransferConfig())
+    try:
+        await owner.start()
+        await reader.start()
+        source, target = bytearray(os.urandom(64 * 1024)), bytearray(64 * 1024)
+        remote = owner.describe(owner.register(source))
+        await asyncio.wait_for(reader.read(remote, 0, reader.register(target), 0, len(source)), 20)
+        if target != source:
+            raise RuntimeError("the bytes read differ from the bytes registered")
+    finally:
+        await reader.close()
+        await owner.close()
+    return "two agents moved 64 KiB between them"
+
+
+def check_transfer(backend: str) -> CheckResult:
+    """Whether prefill and decode workers of this backend can move KV here (`--transfer`)."""
+    name = f"transfer {backend}"
+    try:
+        get_registry().get("transfer", backend)
+    except PluginNotInstalledError as exc:
+        return CheckResult(name, "fail", str(exc))
+    try:
+        return CheckResult(name, "ok", asyncio.run(_transfer_roundtrip(backend)))
+    except Exception as exc:  # noqa: BLE001 - reported, whatever the backend raised
+        return CheckResult(name, "fail", f"{type(exc).__name__}: {exc}")
+
+
 def run_checks(ns: argparse.Namespace) -> list[CheckResult]:
     results = [check_python(), check_plugins_listing(), check_plugin("engine", ns.engine), check_plugin("router", ns.router)]
     results.append(check_plugin("discovery", ns.discovery))
     results.append(check_gpu())
+    if getattr(ns, "transfer", None):
+        results.append(check_transfer(ns.transfer))
     results.append(check_port(ns.http_host, ns.http_port))
     if ns.discovery == "file":
         results.append(check_file_discovery(ns.file_discovery_dir))

@@ -245,12 +245,17 @@ def cmd_plugins(argv: list[str]) -> int:
 def cmd_check(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="dynamo check",
-        description="Preflight report: Python, plugins, GPU, etcd/NATS reachability, free ports. Exits 1 on a problem.",
+        description="Preflight report: Python, plugins, GPU, KV transfer, etcd/NATS reachability, free ports. "
+                    "Exits 1 on a problem.",
     )
     options.add_engine_option(parser)
     options.add_router_option(parser)
     options.add_http_options(parser)
     options.add_discovery_options(parser)
+    parser.add_argument(
+        "--transfer", default=os.environ.get("DYN_TRANSFER"),
+        help="also check that this KV-transfer backend moves bytes between two agents here (prefill/decode workers)",
+    )
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     ns = parser.parse_args(argv)
     from dynamo_core.cli.check import print_report, run_checks

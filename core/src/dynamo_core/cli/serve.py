@@ -20,6 +20,7 @@ import urllib.error
 import urllib.request
 
 from dynamo_core.cli import options
+from dynamo_core.runtime.children import die_with_parent
 
 log = logging.getLogger("dynamo_core.serve")
 READY_TIMEOUT_S = 300.0
@@ -92,7 +93,7 @@ class Supervisor:
     async def _spawn(self, name: str, argv: list[str]) -> None:
         command = _dynamo_command() + argv
         log.debug("starting %s: %s", name, " ".join(command))
-        self.procs[name] = await asyncio.create_subprocess_exec(*command, preexec_fn=_die_with_parent)
+        self.procs[name] = await asyncio.create_subprocess_exec(*command, preexec_fn=die_with_parent)
 
     async def _wait_ready(self) -> bool:
         url = f"http://{self.ns.http_host}:{self.ns.http_port}/health"
@@ -170,16 +171,6 @@ class Supervisor:
                     proc.kill()
                 await proc.wait()
         log.info("stopped")
-
-
-def _die_with_parent() -> None:
-    """Linux: the child gets SIGTERM if `serve` dies, even by SIGKILL, so none is orphaned."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
 
 
 def _fetch(url: str) -> str | None:

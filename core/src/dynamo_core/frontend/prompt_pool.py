@@ -73,9 +73,9 @@ class _WorkerModel:
 def _init_worker() -> None:
     # Ctrl-C reaches the whole process group; the frontend decides when its pool stops.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    from dynamo_core.cli.serve import _die_with_parent  # what `serve` does for its own children
+    from dynamo_core.runtime.children import die_with_parent  # as `serve` does for its own children
 
-    _die_with_parent()  # no orphans if the frontend is killed outright
+    die_with_parent()  # no orphans if the frontend is killed outright
 
 
 def _warm() -> int:

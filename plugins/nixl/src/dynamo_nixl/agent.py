@@ -67,8 +67,10 @@ def _nixl_api():
     os.environ.setdefault("UCX_RNDV_SCHEME", "get_zcopy")
     # GPU memory: UCX only reads another process's VRAM over CUDA IPC when it sees NVLink;
     # without, VRAM reads fall back to an emulation over TCP at 0.3-0.5 GB/s where CUDA IPC
-    # gave 1.1-1.2 TB/s on one H200 (docs/benchmarks.md).
-    os.environ.setdefault("UCX_CUDA_IPC_ENABLE_GET_ZCOPY", "on")
+    # gave 1.1-1.2 TB/s on one H200 (docs/benchmarks.md). Only where an NVIDIA driver is:
+    # elsewhere UCX has no CUDA transport and warns about the unused variable.
+    if os.path.exists("/dev/nvidiactl"):
+        os.environ.setdefault("UCX_CUDA_IPC_ENABLE_GET_ZCOPY", "on")
     _pace_progress_thread(_api)
     return _api
 

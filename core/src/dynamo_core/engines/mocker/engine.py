@@ -87,6 +87,8 @@ class _Stream(Sequence):
 
 
 class MockerEngine(Engine):
+    supports_disaggregation = True  # prefill and decode roles, with real KV bytes (kv_arena.py)
+
     def __init__(
         self,
         config: MockerConfig,
@@ -119,8 +121,6 @@ class MockerEngine(Engine):
         context_length = context_length_from_model(context.model_path, config.context_length)
         return cls(config, output_token_pool(context.model_path), context_length, context.kv_events,
                    role=context.role, transfer=context.transfer, worker_id=context.worker_id)
-
-    supports_disaggregation = True
 
     async def start(self) -> EngineInfo:
         if self.role in ("prefill", "decode"):
