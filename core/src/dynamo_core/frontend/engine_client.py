@@ -1,7 +1,8 @@
 """Sends a preprocessed request to a worker picked by the model's router, streams the deltas.
 
-A worker that cannot be reached, or whose connection drops before it sent anything, costs the
-request nothing: it is routed again among the remaining workers. Once output has reached the
+A worker that cannot be reached, whose connection drops before it sent anything, or that says
+it is shutting down (between leaving discovery and this frontend noticing), costs the request
+nothing: it is routed again among the remaining workers. Once output has reached the
 client, a failure ends the stream with an error (the tokens already sent cannot be unsent).
 """
 
@@ -24,6 +25,10 @@ log = logging.getLogger(__name__)
 
 _request_encoder = msgspec.msgpack.Encoder()
 _output_decoder = msgspec.msgpack.Decoder(EngineOutput)
+
+
+class _Declined(Exception):
+    """The worker declined the request before starting it (`retry_elsewhere`)."""
 
 
 class EngineClient:
@@ -60,12 +65,17 @@ class EngineClient:
                 async for batch in stream:
                     # Deltas that queued up while we were busy go out as one.
                     output = merge_outputs([_output_decoder.decode(item) for item in batch])
+                    if not received and output.retry_elsewhere:
+                        raise _Declined(output.error or "declined")
                     if not received:
                         received = True
                         router.on_first_token(request.request_id, worker_id)
                     output_tokens += len(output.token_ids)
                     yield output
                 return
+            except _Declined as exc:
+                log.info("worker %s declined request %s (%s); routing again", worker_id, request.request_id, exc)
+                failed.add(worker_id)
             except ConnectionLostError as exc:
                 if received:
                     raise EngineError(f"worker {worker_id} failed mid-stream: {exc}") from exc

@@ -128,6 +128,9 @@ class EngineOutput(msgspec.Struct, omit_defaults=True, kw_only=True):
     prompt_tokens: int | None = None
     cached_tokens: int | None = None
     error: str | None = None
+    # The worker did not take the request (it is shutting down): the frontend routes it to
+    # another worker instead of failing it.
+    retry_elsewhere: bool = False
     # Disaggregated serving: a prefill worker's last delta says where the KV is held; a decode
     # worker's first delta reports how it got it.
     kv_transfer: KvTransferParams | None = None
@@ -153,6 +156,7 @@ def merge_outputs(outputs: list[EngineOutput]) -> EngineOutput:
         prompt_tokens=first.prompt_tokens,
         cached_tokens=first.cached_tokens,
         error=last.error,
+        retry_elsewhere=first.retry_elsewhere,
         kv_transfer=last.kv_transfer,
         kv_pull=first.kv_pull,
     )

@@ -208,7 +208,7 @@ class Worker:
         request = _request_decoder.decode(payload)
         if self._stopping.is_set():
             yield _output_encoder.encode(
-                EngineOutput(finish_reason=FinishReason.ERROR, error="worker is shutting down")
+                EngineOutput(finish_reason=FinishReason.ERROR, error="worker is shutting down", retry_elsewhere=True)
             )
             return
         task = asyncio.current_task()

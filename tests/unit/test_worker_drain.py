@@ -1,0 +1,68 @@
+"""A worker that has begun shutting down declines new requests, and the frontend's engine
+client routes them to another worker: real workers, file discovery, the TCP request plane."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+
+from dynamo_core.frontend.engine_client import EngineClient
+from dynamo_core.frontend.model_registry import ModelRegistry
+from dynamo_core.plugins import get_registry
+from dynamo_core.protocols.engine import PreprocessedRequest, StopConditions
+from dynamo_core.runtime.discovery import DiscoveryConfig
+from dynamo_core.runtime.transports import TransportClients
+from dynamo_core.worker.worker import Worker, WorkerConfig
+
+
+async def test_requests_sent_to_a_draining_worker_are_served_by_another(tmp_path):
+    # A slow watch: the frontend keeps listing the stopping worker for a second, the window
+    # in which it still routes requests there.
+    config = DiscoveryConfig(file_dir=str(tmp_path), poll_interval_s=1.0)
+    options = argparse.Namespace(echo_delay_ms=50)
+    workers = [Worker(WorkerConfig(engine="echo", discovery_config=config, engine_options=options, drain_timeout_s=5))
+               for _ in range(2)]
+    for worker in workers:
+        await worker.start()
+    clients = TransportClients(None)
+    discovery = get_registry().get("discovery", "file").create(config)
+    registry = ModelRegistry(discovery, clients, "dynamo", get_registry().get("router", "round-robin").create,
+                             argparse.Namespace())
+    await registry.start()
+    try:
+        for _ in range(50):
+            if (model := registry.models.get("echo")) is not None and len(model.workers) == 2:
+                break
+            await asyncio.sleep(0.1)
+        engine = EngineClient(clients)
+        # Keep one request in flight on the first worker, so that its drain lasts.
+        busy = PreprocessedRequest(request_id="busy", model="echo", token_ids=list(range(65, 90)),
+                                   stop=StopConditions(max_tokens=25))
+        first_output = asyncio.Event()
+
+        async def consume_busy() -> int:
+            count = 0
+            async for output in engine.generate(model, busy):
+                count += len(output.token_ids)
+                first_output.set()
+            return count
+
+        busy_task = asyncio.create_task(consume_busy())
+        await first_output.wait()
+        stopping = asyncio.create_task(workers[0].stop())
+        await asyncio.sleep(0.05)
+        assert workers[0].worker_id in model.workers  # the frontend has not noticed yet
+        for i in range(4):  # round-robin sends every other one to the stopping worker
+            request = PreprocessedRequest(request_id=f"r{i}", model="echo", token_ids=[72, 105],
+                                          stop=StopConditions(max_tokens=2))
+            outputs = [o async for o in engine.generate(model, request)]
+            assert all(o.error is None for o in outputs), outputs
+            assert sum(len(o.token_ids) for o in outputs) == 2
+        assert await busy_task == 25  # the in-flight request finished during the drain
+        await stopping
+    finally:
+        await registry.stop()
+        await clients.close()
+        await discovery.close()
+        for worker in workers[1:]:
+            await worker.stop()
