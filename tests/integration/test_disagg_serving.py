@@ -3,6 +3,7 @@ through the tcp and NIXL transfer backends, spoken to by the `openai` client."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import signal
@@ -82,7 +83,7 @@ def test_disaggregated_serving_answers_the_openai_client(cluster, mistral_tokeni
 
     # A client that leaves mid-stream: the decode worker aborts, and neither keeps the blocks.
     stream = client.completions.create(model="m", prompt=_long_prompt("oceans"), max_tokens=3500, stream=True)
-    for _, _ in zip(range(3), stream):
+    for _ in itertools.islice(stream, 3):
         pass
     stream.close()
     wait_until(lambda: blocks_in_use("decode") == 0 and blocks_in_use("prefill") == 0, 5)

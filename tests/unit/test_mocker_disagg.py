@@ -58,7 +58,9 @@ class Pair:
         for agent in self.agents:
             await agent.close()
 
-    async def prefill_then_decode(self, request_id: str, prompt, max_tokens: int) -> tuple[EngineOutput, list[EngineOutput]]:
+    async def prefill_then_decode(
+        self, request_id: str, prompt, max_tokens: int
+    ) -> tuple[EngineOutput, list[EngineOutput]]:
         [first] = await _collect(self.prefill, _request(request_id, prompt, max_tokens, DisaggParams(phase="prefill")))
         assert first.kv_transfer is not None, first
         decode = _request(request_id, [*prompt, *first.token_ids], max_tokens - 1,
@@ -144,7 +146,8 @@ async def test_mismatched_layouts_compute_instead_of_pulling():
         [first] = await _collect(pair.prefill, _request("x", PROMPT, 4, DisaggParams(phase="prefill")))
         kv = first.kv_transfer
         wrong = KvTransferParams(worker_id=kv.worker_id, hold_id=kv.hold_id, num_tokens=kv.num_tokens,
-                                 block_size=kv.block_size, bytes_per_token=128, region=kv.region, block_ids=kv.block_ids)
+                                 block_size=kv.block_size, bytes_per_token=128, region=kv.region,
+                                 block_ids=kv.block_ids)
         rest = await _collect(pair.decode, _request("x", [*PROMPT, 1], 2, DisaggParams(phase="decode", kv=wrong)))
         assert "layout" in rest[0].kv_pull.recomputed
         assert sum(len(o.token_ids) for o in rest) == 2
