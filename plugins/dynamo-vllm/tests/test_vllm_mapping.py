@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import socket
 from dataclasses import dataclass, field
 
 import pytest
@@ -193,7 +194,9 @@ def test_disagg_side_channel_gets_a_free_port_unless_the_user_set_one(monkeypatc
     host, port = disagg.configure_side_channel("10.1.2.3")
     assert (host, port) == ("10.1.2.3", int(os.environ[disagg.SIDE_CHANNEL_PORT_ENV])) and port > 0
     monkeypatch.setenv(disagg.SIDE_CHANNEL_PORT_ENV, "7777")
-    assert disagg.configure_side_channel("0.0.0.0")[1] == 7777
+    monkeypatch.delenv(disagg.SIDE_CHANNEL_HOST_ENV)
+    host, port = disagg.configure_side_channel("0.0.0.0")  # a wildcard: peers get this host's address
+    assert port == 7777 and host == socket.gethostbyname(socket.gethostname())
 
 
 def test_disagg_kv_bytes_per_block_and_reports_without_parameters():

@@ -33,12 +33,15 @@ def configure_side_channel(host: str) -> tuple[str, int]:
         with socket.socket() as s:
             s.bind(("", 0))
             os.environ[SIDE_CHANNEL_PORT_ENV] = str(s.getsockname()[1])
-    if SIDE_CHANNEL_HOST_ENV not in os.environ and host not in ("", "0.0.0.0"):
-        os.environ[SIDE_CHANNEL_HOST_ENV] = host
+    if SIDE_CHANNEL_HOST_ENV not in os.environ:
+        # vLLM binds this address and tells decode workers to connect to it: a wildcard
+        # `--host` becomes this host's own address, as the request plane advertises it.
+        wildcard = host in ("", "0.0.0.0", "::")
+        os.environ[SIDE_CHANNEL_HOST_ENV] = socket.gethostbyname(socket.gethostname()) if wildcard else host
     # Without NVLink, UCX reads another process's GPU memory only through an emulation over
     # TCP (0.3-0.5 GB/s on an H200) unless CUDA IPC gets are allowed (over 1 TB/s there).
     os.environ.setdefault("UCX_CUDA_IPC_ENABLE_GET_ZCOPY", "on")
-    return os.environ.get(SIDE_CHANNEL_HOST_ENV, "localhost"), int(os.environ[SIDE_CHANNEL_PORT_ENV])
+    return os.environ[SIDE_CHANNEL_HOST_ENV], int(os.environ[SIDE_CHANNEL_PORT_ENV])
 
 
 def request_transfer_params(request: PreprocessedRequest) -> dict[str, Any] | None:
