@@ -124,3 +124,37 @@ async def test_large_payloads_cross_intact(server):
     blob = bytes(range(256)) * 40_000  # 10 MB
     assert await _collect(client.call(address, "echo", blob)) == [blob]
     await client.close()
+
+
+async def test_a_load_only_subscription_gets_load_reports_and_no_cache_events():
+    from dynamo_core.protocols.kv_events import KvBlock, KvEventBatch, KvSnapshot, KvStored, LoadMetrics
+    from dynamo_core.runtime.event_plane import EVENTS_ENDPOINT, EventPublisher, subscribe
+
+    publisher = EventPublisher("w", lambda: [])
+    server = RequestPlaneServer("127.0.0.1", 0)
+    server.register(EVENTS_ENDPOINT, publisher.serve_subscription)
+    address = await server.start()
+    client = RequestPlaneClient()
+    def load(running: int) -> LoadMetrics:
+        return LoadMetrics(worker_id="w", running_requests=running, waiting_requests=0, active_kv_blocks=0,
+                           total_kv_blocks=8)
+
+    try:
+        publisher.publish_load(load(1))
+        everything = subscribe(client, address)
+        loads = subscribe(client, address, load_only=True)
+        assert isinstance(await everything.__anext__(), KvSnapshot)
+        assert (await everything.__anext__()).running_requests == 1
+        assert (await loads.__anext__()).running_requests == 1  # the latest report, no snapshot
+        publisher.publish([KvStored(parent_hash=None, blocks=[KvBlock(1, [1, 2])])])
+        publisher.publish_load(load(3))
+        got = [await everything.__anext__(), await everything.__anext__()]
+        assert {type(m) for m in got} == {KvEventBatch, LoadMetrics}
+        only = await asyncio.wait_for(loads.__anext__(), 5)
+        assert isinstance(only, LoadMetrics) and only.running_requests == 3  # the batch was not sent
+        assert publisher.subscriber_count == 2
+        await everything.aclose()
+        await loads.aclose()
+    finally:
+        await client.close()
+        await server.stop()

@@ -250,9 +250,10 @@ class ModelRegistry:
 
     async def _subscribe(self, model: ServedModel, handle: WorkerHandle) -> None:
         router, state = model.router_of(handle.role), handle.state
+        load_only = not router.wants_kv_events()
         while handle.state.worker_id in model.workers:
             try:
-                async for message in self._client.events(handle.record):
+                async for message in self._client.events(handle.record, load_only):
                     if isinstance(message, LoadMetrics):
                         state.load = message
                         router.on_load(message)

@@ -6,6 +6,9 @@ router) opens one long-lived stream to it and receives, in order:
 1. a ``KvSnapshot`` of the worker's whole cache, stamped with the current ``event_id``;
 2. then every ``KvEventBatch`` (``event_id`` one higher each time) and ``LoadMetrics`` report.
 
+A subscriber whose router has no use for KV events (``Router.wants_kv_events``) asks for
+``LOAD_ONLY`` and receives only the load reports: neither side spends time on cache events.
+
 A subscriber that falls too far behind is dropped; it reconnects and starts from a fresh
 snapshot, as it does when it sees a gap in ``event_id``. Events published in one event-loop
 iteration travel as one batch.
@@ -33,6 +36,7 @@ from dynamo_core.runtime.request_plane import RequestPlaneClient
 log = logging.getLogger(__name__)
 
 EVENTS_ENDPOINT = "events"
+LOAD_ONLY = b"load"  # the subscription payload that asks for load reports alone
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(EventPlaneMessage)
 
@@ -54,6 +58,7 @@ class EventPublisher(KvEventSink):
         self._pending: list[KvEvent] = []
         self._flush_scheduled = False
         self._subscribers: set[asyncio.Queue] = set()
+        self._load_subscribers: set[asyncio.Queue] = set()
         self._last_load: LoadMetrics | None = None
         self._listeners: list[Callable[[bytes], None]] = []
 
@@ -90,26 +95,30 @@ class EventPublisher(KvEventSink):
         if metrics == self._last_load and not force:
             return
         self._last_load = metrics
-        self._fan_out(_encoder.encode(metrics))
+        self._fan_out(_encoder.encode(metrics), load=True)
 
-    def _fan_out(self, payload: bytes) -> None:
+    def _fan_out(self, payload: bytes, load: bool = False) -> None:
         for listener in self._listeners:
             listener(payload)
-        for queue in list(self._subscribers):
-            if queue.qsize() >= SUBSCRIBER_QUEUE_LIMIT:
-                self._subscribers.discard(queue)
-                queue.put_nowait(_SubscriberOverflow())
-            else:
-                queue.put_nowait(payload)
+        for subscribers in (self._subscribers, self._load_subscribers) if load else (self._subscribers,):
+            for queue in list(subscribers):
+                if queue.qsize() >= SUBSCRIBER_QUEUE_LIMIT:
+                    subscribers.discard(queue)
+                    queue.put_nowait(_SubscriberOverflow())
+                else:
+                    queue.put_nowait(payload)
 
-    async def serve_subscription(self, _payload: bytes) -> AsyncIterator[bytes]:
-        """The ``events`` endpoint handler."""
+    async def serve_subscription(self, payload: bytes) -> AsyncIterator[bytes]:
+        """The ``events`` endpoint handler (``payload``: ``LOAD_ONLY``, or anything for all)."""
+        load_only = payload == LOAD_ONLY
         # Flushed inside snapshot_payload: events already published belong before its event_id.
-        snapshot = self.snapshot_payload()
+        snapshot = None if load_only else self.snapshot_payload()
         queue: asyncio.Queue = asyncio.Queue()
-        self._subscribers.add(queue)
+        subscribers = self._load_subscribers if load_only else self._subscribers
+        subscribers.add(queue)
         try:
-            yield snapshot
+            if snapshot is not None:
+                yield snapshot
             if self._last_load is not None:
                 yield _encoder.encode(self._last_load)
             while True:
@@ -119,18 +128,18 @@ class EventPublisher(KvEventSink):
                     return
                 yield item
         finally:
-            self._subscribers.discard(queue)
+            subscribers.discard(queue)
 
     @property
     def subscriber_count(self) -> int:
-        return len(self._subscribers)
+        return len(self._subscribers) + len(self._load_subscribers)
 
 
 def decode_message(payload: bytes) -> EventPlaneMessage:
     return _decoder.decode(payload)
 
 
-async def subscribe(client: RequestPlaneClient, address: str) -> AsyncIterator[EventPlaneMessage]:
+async def subscribe(client: RequestPlaneClient, address: str, load_only: bool = False) -> AsyncIterator[EventPlaneMessage]:
     """The subscriber's side: decode the worker's event stream."""
-    async for payload in client.call(address, EVENTS_ENDPOINT, b""):
+    async for payload in client.call(address, EVENTS_ENDPOINT, LOAD_ONLY if load_only else b""):
         yield _decoder.decode(payload)

@@ -57,7 +57,9 @@ class TransportClients:
         else:
             raise RequestPlaneError(f"worker {record.instance_id} uses unknown transport '{record.transport}'")
 
-    async def events(self, record: InstanceRecord) -> AsyncIterator[EventPlaneMessage]:
+    async def events(self, record: InstanceRecord, load_only: bool = False) -> AsyncIterator[EventPlaneMessage]:
+        """A worker's event stream; `load_only`: just its load reports where the plane can
+        filter (the embedded one; a NATS subject carries everything)."""
         if record.event_plane == "nats":
             from dynamo_core.runtime.nats_plane import events_subject, subscribe_events
 
@@ -65,12 +67,13 @@ class TransportClients:
             async for message in subscribe_events(nc, events_subject(record.namespace, record.instance_id)):
                 yield message
         elif record.transport == "tcp":
-            async for message in event_plane.subscribe(self.tcp, record.address):
+            async for message in event_plane.subscribe(self.tcp, record.address, load_only):
                 yield message
         else:
             # A NATS-reachable worker with the embedded event plane: events ride the request plane.
             client = await self._nats_client()
-            async for payload in client.call(record.address, event_plane.EVENTS_ENDPOINT, b""):
+            request = event_plane.LOAD_ONLY if load_only else b""
+            async for payload in client.call(record.address, event_plane.EVENTS_ENDPOINT, request):
                 yield event_plane.decode_message(payload)
 
     def worker_gone(self, record: InstanceRecord) -> None:
