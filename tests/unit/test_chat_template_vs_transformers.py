@@ -14,6 +14,7 @@ import dataclasses
 import datetime as dt
 import functools
 import json
+import shutil
 import types
 from pathlib import Path
 from typing import Any
@@ -639,3 +640,22 @@ def test_raise_exception_is_a_400_carrying_the_templates_message(family, message
     assert in_request.value.status_code == 400
     assert in_request.value.message == message
     assert in_request.value.param == "messages"
+
+
+def test_every_named_special_token_reaches_the_template_as_in_transformers(mistral_tokenizer_dir, tmp_path):
+    # The test tokenizer's config names <unk>; add a pad token and additional special tokens.
+    directory = tmp_path / "tok"
+    shutil.copytree(mistral_tokenizer_dir, directory)
+    config = json.loads((directory / "tokenizer_config.json").read_text())
+    config.update(pad_token="</s>", additional_special_tokens=["[INST]", "[/INST]"])
+    config["chat_template"] = (
+        "{{ bos_token }}|{{ unk_token }}|{{ pad_token }}|{{ additional_special_tokens | join(',') }}|"
+        "{% for m in messages %}{{ m['content'] }}{% endfor %}{{ eos_token }}"
+    )
+    (directory / "tokenizer_config.json").write_text(json.dumps(config))
+    messages = [{"role": "user", "content": "hi"}]
+    expected = transformers.PreTrainedTokenizerFast.from_pretrained(str(directory)).apply_chat_template(
+        messages, tokenize=False)
+    # (transformers 5 passes no additional_special_tokens to templates.)
+    assert expected.startswith("<s>|<unk>|</s>|")
+    assert render_chat_template(load_tokenizer(str(directory)), messages) == expected

@@ -23,7 +23,7 @@ from __future__ import annotations
 import functools
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +63,9 @@ class TokenizerBundle:
     vocab_size: int  # ids the tokenizer knows, added tokens included
     add_bos_token: bool = False  # whether `encode(..., add_special_tokens=True)` prepends BOS
     tool_chat_template: str | None = None  # the model's "tool_use" template, for requests with tools
+    # The other named special tokens (unk_token, pad_token, sep_token, cls_token, mask_token),
+    # as `transformers` hands its `special_tokens_map` to chat templates.
+    template_tokens: dict[str, Any] = field(default_factory=dict)
 
     def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
         """Token ids of `text`. Special-token strings in `text` (e.g. "<|im_end|>") become their
@@ -151,6 +154,15 @@ def _token_content(value: Any) -> str | None:
     return value if isinstance(value, str) else None
 
 
+_NAMED_SPECIAL_TOKENS = ("unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
+
+
+def _template_tokens(names: dict[str, Any]) -> dict[str, Any]:
+    """The special tokens besides BOS and EOS that templates may use, by their config names.
+    (transformers 5 no longer passes `additional_special_tokens` to templates; nor do we.)"""
+    return {name: content for name in _NAMED_SPECIAL_TOKENS if (content := _token_content(names.get(name))) is not None}
+
+
 def _eos_ids_in(config: dict[str, Any]) -> list[int]:
     value = config.get("eos_token_id")
     values = value if isinstance(value, list) else [value]
@@ -216,6 +228,7 @@ def _from_directory(directory: Path) -> TokenizerBundle:
         tool_chat_template=tool_chat_template,
         vocab_size=tokenizer.get_vocab_size(with_added_tokens=True),
         add_bos_token=add_bos if isinstance(add_bos, bool) else _starts_with_bos(tokenizer, bos),
+        template_tokens=_template_tokens(names),
     )
 
 

@@ -8,7 +8,8 @@ A model's template is written for `transformers`, so the same prompt must come o
   `{% generation %}` block (which marks assistant text for training masks) as a plain block;
 - the same variables: `messages`, `tools` (JSON schemas, passed as given, so OpenAI's
   `{"type": "function", "function": {...}}` entries reach the template unchanged), `documents`,
-  `add_generation_prompt`, the tokenizer's `bos_token` and `eos_token`, then the request's
+  `add_generation_prompt`, the tokenizer's `bos_token`, `eos_token` and other named special
+  tokens (`unk_token`, `pad_token`, ...), then the request's
   `chat_template_kwargs` (`enable_thinking`, ...), which may override the special tokens;
 - the same `continue_final_message`: the final message is rendered with a marker after its
   content and the prompt is cut at the marker, so the model continues that message.
@@ -290,7 +291,7 @@ def render_chat_template(
         final_content = chat[-1]["content"]
         chat[-1]["content"] = final_content + _CONTINUE_MARKER
 
-    variables: dict[str, Any] = {}
+    variables: dict[str, Any] = dict(bundle.template_tokens)
     if bundle.bos_token is not None:
         variables["bos_token"] = bundle.bos_token
     if bundle.eos_token is not None:
