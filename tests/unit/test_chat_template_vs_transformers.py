@@ -539,8 +539,7 @@ def test_renders_as_transformers(family, messages, kwargs, family_bundle, hf_tok
     bundle = family_bundle(family)
     assert gateway_render(bundle, messages, **kwargs) == expected
     assert gateway_render(bundle, openai_wire(messages), **kwargs) == expected
-    if not any("reasoning" in m for m in messages):  # a field the request's messages lack
-        assert tokenize_request(bundle, messages, kwargs) == bundle.encode(expected)
+    assert tokenize_request(bundle, messages, kwargs) == bundle.encode(expected)
 
 
 def test_the_cases_reach_what_they_are_about(family_bundle):
@@ -578,6 +577,9 @@ def test_reasoning_reaches_the_template_under_the_names_transformers_gives_it(fi
     expected = hf_render(hf_tokenizer("mistral"), messages, chat_template=template)
     assert expected == "||;2+2|2+2|" + ("2+2;" if field == "reasoning" else ";")
     assert gateway_render(family_bundle("mistral"), messages, template=template) == expected
+    # A client's chat request carries the field under each of those names too.
+    bundle = dataclasses.replace(family_bundle("mistral"), chat_template=template)
+    assert tokenize_request(bundle, messages, {}) == bundle.encode(expected)
 
 
 # --- tool-call arguments sent as JSON text -----------------------------------------------------

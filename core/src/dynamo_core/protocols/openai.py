@@ -32,6 +32,9 @@ class ChatMessage(msgspec.Struct, omit_defaults=True):
     tool_calls: list[dict[str, Any]] | None = None
     tool_call_id: str | None = None
     reasoning_content: str | None = None
+    # The same, under the names vLLM (`reasoning`) and gpt-oss's template (`thinking`) use.
+    reasoning: str | None = None
+    thinking: str | None = None
 
 
 class JsonSchemaFormat(msgspec.Struct, omit_defaults=True, kw_only=True):
