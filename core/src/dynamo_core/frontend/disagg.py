@@ -65,14 +65,16 @@ class DisaggregatingClient:
             return "structured_output"
         return None
 
-    async def generate(self, model: ServedModel, request: PreprocessedRequest) -> AsyncIterator[EngineOutput]:
+    def generate(self, model: ServedModel, request: PreprocessedRequest) -> AsyncIterator[EngineOutput]:
         reason = self._aggregated_reason(model, request)
-        if reason is not None:
-            if reason != "no_decode_worker":  # a disaggregated deployment serving this one whole
-                metrics.DISAGG_FALLBACKS.labels(model.name, reason).inc()
-            async for output in self._engine.generate(model, request):
-                yield output
-            return
+        if reason is None:
+            return self._disaggregated(model, request)
+        if reason != "no_decode_worker":  # a disaggregated deployment serving this one whole
+            metrics.DISAGG_FALLBACKS.labels(model.name, reason).inc()
+        # The engine client's own stream: aggregated serving pays no extra layer per delta.
+        return self._engine.generate(model, request)
+
+    async def _disaggregated(self, model: ServedModel, request: PreprocessedRequest) -> AsyncIterator[EngineOutput]:
         first = await self._prefill(model, request)
         if first is None:
             metrics.DISAGG_FALLBACKS.labels(model.name, "prefill_failed").inc()

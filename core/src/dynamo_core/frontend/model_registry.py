@@ -8,6 +8,7 @@ keeps one event-plane subscription that feeds the model's router with KV events 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import dataclasses
 import functools
@@ -70,6 +71,13 @@ class ServedModel:
     prefill_router: Router | None = None
     router_context: RouterContext | None = None
     router_factory: Callable[[RouterContext], Router] | None = None
+    # Live workers per role, kept with `workers`: asked on every request (`has_role`).
+    role_counts: collections.Counter[str] = field(default_factory=collections.Counter)
+
+    @functools.cached_property
+    def encoded_card(self) -> bytes:
+        """The card as msgpack, for the prompt pool's processes (sent with every job)."""
+        return msgspec.msgpack.encode(self.card)
 
     @functools.cached_property
     def token_texts(self) -> TokenTexts:
@@ -84,7 +92,17 @@ class ServedModel:
         return [h.state for wid, h in self.workers.items() if wid not in exclude and h.role in roles]
 
     def has_role(self, role: str) -> bool:
-        return any(h.role == role for h in self.workers.values())
+        return self.role_counts[role] > 0
+
+    def add_worker(self, handle: WorkerHandle) -> None:
+        self.workers[handle.state.worker_id] = handle
+        self.role_counts[handle.role] += 1
+
+    def remove_worker(self, worker_id: str) -> WorkerHandle | None:
+        handle = self.workers.pop(worker_id, None)
+        if handle is not None:
+            self.role_counts[handle.role] -= 1
+        return handle
 
     def router_of(self, role: str) -> Router:
         """The router of the pool a worker of `role` belongs to (made on first use)."""
@@ -177,7 +195,7 @@ class ModelRegistry:
             return
         state = WorkerState(worker_id=worker_id, kv_capacity_blocks=card.kv_capacity_blocks)
         handle = WorkerHandle(record=record, state=state)
-        model.workers[worker_id] = handle
+        model.add_worker(handle)
         self._model_of_worker[worker_id] = model.name
         model.router_of(handle.role).on_worker_added(state)
         handle.subscription = asyncio.create_task(self._subscribe(model, handle), name=f"events-{worker_id}")
@@ -225,7 +243,7 @@ class ModelRegistry:
         model = self.models.get(name) if name else None
         if model is None:
             return
-        handle = model.workers.pop(worker_id, None)
+        handle = model.remove_worker(worker_id)
         if handle is not None:
             self._client.worker_gone(handle.record)
             if handle.subscription:

@@ -166,7 +166,7 @@ class PromptPool:
 
     async def _run(self, job: Callable[[str, bytes, Any], T | _Refusal], model: ServedModel, payload: Any) -> T:
         assert model.tokenizer_source is not None, "pool_for() hands out the pool only for such models"
-        card = _encoder.encode(model.card)
+        card = model.encoded_card
         loop = asyncio.get_running_loop()
         # A worker that died (killed, out of memory) breaks the whole executor: replace it and
         # try once more, so the requests that were merely queued behind it still succeed.
