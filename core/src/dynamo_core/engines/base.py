@@ -39,8 +39,9 @@ class EngineContext:
     worker_id: str = ""
     role: str = "agg"  # agg | prefill | decode
     host: str = "127.0.0.1"  # the worker's `--host`: where peers reach it (e.g. for KV transfer)
-    # Prefill and decode workers: the worker's started transfer agent (`--transfer`), through
-    # which the engine exposes and pulls KV blocks. None for aggregated workers.
+    # Prefill and decode workers: the worker's transfer agent (`--transfer`), through which the
+    # engine exposes and pulls KV blocks; started before `Engine.start()` (use it from there on),
+    # and only for engines with `uses_transfer_agent`. None for aggregated workers.
     transfer: TransferAgent | None = None
 
 
@@ -59,6 +60,9 @@ class Engine(abc.ABC):
     wants_last_message_tokens: bool = False
     # Whether it can run as a prefill or decode worker (`request.disagg`, `release_kv`).
     supports_disaggregation: bool = False
+    # Whether it moves KV through dynamo's transfer agent (`EngineContext.transfer`); False for
+    # engines that bring their own (vLLM's NIXL connector): the worker then starts none.
+    uses_transfer_agent: bool = True
 
     @abc.abstractmethod
     async def start(self) -> EngineInfo:

@@ -114,7 +114,7 @@ class Worker:
         # The publisher needs the engine for snapshots, and the engine needs the publisher.
         self.events = EventPublisher(self.worker_id, lambda: self.engine.kv_snapshot() if self.engine else [])
         if config.role != "agg":
-            await self._start_transfer()
+            self.transfer = self._make_transfer_agent()
         context = EngineContext(
             model_path=config.model_path,
             served_name=name,
@@ -128,6 +128,12 @@ class Worker:
         self.engine = self._engine_spec.create(context)
         if config.role != "agg" and not self.engine.supports_disaggregation:
             raise WorkerConfigError(f"engine '{config.engine}' cannot run as a {config.role} worker (no disaggregated serving)")
+        if self.transfer is not None:
+            if self.engine.uses_transfer_agent:
+                await self.transfer.start()
+                log.info("KV transfer agent %s (%s) started", self.transfer.agent_name, config.transfer)
+            else:
+                context.transfer = self.transfer = None  # the engine moves KV its own way
         info = await self.engine.start()
         self._server.register(GENERATE_ENDPOINT, self._generate)
         self._server.register(EVENTS_ENDPOINT, self.events.serve_subscription)
@@ -173,13 +179,12 @@ class Worker:
         )
         return self.record
 
-    async def _start_transfer(self) -> None:
+    def _make_transfer_agent(self):
         from dynamo_core.transfer import TransferConfig, create_transfer_agent
 
-        # Peers reach the agent where they reach the worker (`--host`).
-        self.transfer = create_transfer_agent(self.config.transfer, TransferConfig(host=self.config.host))
-        await self.transfer.start()
-        log.info("KV transfer agent %s (%s) started", self.transfer.agent_name, self.config.transfer)
+        # Peers reach the agent where they reach the worker (`--host`). Not started yet: the
+        # engine may not use it.
+        return create_transfer_agent(self.config.transfer, TransferConfig(host=self.config.host))
 
     async def _release_kv(self, payload: bytes) -> AsyncIterator[bytes]:
         assert self.engine is not None

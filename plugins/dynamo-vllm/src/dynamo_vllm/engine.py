@@ -59,6 +59,7 @@ def _load_logger_factory(load: SchedulerLoad):
 class VllmEngine(Engine):
     supports_structured_output = True  # vLLM's structured outputs (xgrammar / guidance)
     supports_disaggregation = True  # through vLLM's NIXL connector
+    uses_transfer_agent = False  # that connector moves the KV, not dynamo's `--transfer` agent
 
     def __init__(self, context: EngineContext, argv: list[str], kv_events: bool):
         if context.model_path is None:

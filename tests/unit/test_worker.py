@@ -1,5 +1,6 @@
-"""A worker that has begun shutting down declines new requests, and the frontend's engine
-client routes them to another worker: real workers, file discovery, the TCP request plane."""
+"""Workers in process, with real file discovery and the TCP request plane: a draining worker
+declines new requests (the frontend's engine client routes them elsewhere), and the transfer
+agent is started only for engines that use it."""
 
 from __future__ import annotations
 
@@ -66,3 +67,28 @@ async def test_requests_sent_to_a_draining_worker_are_served_by_another(tmp_path
         await discovery.close()
         for worker in workers[1:]:
             await worker.stop()
+
+
+async def test_a_worker_starts_no_transfer_agent_for_an_engine_that_brings_its_own(tmp_path):
+    from dynamo_core.engines.base import EngineSpec
+    from dynamo_core.engines.mocker.engine import MockerEngine
+
+    class OwnTransferEngine(MockerEngine):
+        """Stands for an engine like vLLM, whose connector moves the KV itself."""
+
+        uses_transfer_agent = False
+
+        async def start(self):  # as an aggregated mocker: no arena, no agent needed
+            self.role = "agg"
+            return await super().start()
+
+    config = DiscoveryConfig(file_dir=str(tmp_path))
+    own = Worker(WorkerConfig(engine="mocker", role="prefill", discovery_config=config))
+    own._engine_spec = EngineSpec("own", lambda context: OwnTransferEngine.from_context(context))
+    mocker = Worker(WorkerConfig(engine="mocker", role="prefill", discovery_config=config))
+    try:
+        assert (await own.start()).model.transfer == "" and own.transfer is None
+        assert (await mocker.start()).model.transfer == "tcp" and mocker.transfer is not None
+    finally:
+        await own.stop()
+        await mocker.stop()
