@@ -24,7 +24,7 @@ import numpy as np
 
 from benchmarks.common import run_async
 from dynamo_core.transfer import TransferConfig, TransferError, create_transfer_agent
-from dynamo_core.transfer.peer import region_bytes, start_peer
+from dynamo_core.transfer.peer import region_bytes, start_peer, stop_owner
 
 MIB = 1024 * 1024
 SEED = 1
@@ -66,8 +66,7 @@ async def _bench_backend(backend: str, sizes: list[int], repeat: int, dst: np.nd
             rows.append(_row(f"{backend} read", size, seconds))
         return rows
     finally:
-        peer.stdin.close()
-        peer.wait(timeout=30)
+        await asyncio.to_thread(stop_owner, peer)
         await agent.close()
 
 

@@ -35,16 +35,14 @@ import os
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
 
-import msgspec
 
 from dynamo_core.transfer import RemoteRegion, TransferAgent, TransferConfig, TransferError
+from dynamo_core.transfer.peer import serve_region, spawn_owner, stop_owner
 
 try:
     import torch
@@ -53,7 +51,6 @@ except ImportError:  # CPU hosts without torch: main() says "skipped"
 
 MIB = 1024 * 1024
 SEED = 1
-_PREFIX = "REGION "  # as dynamo_core.transfer.peer prints it
 _REPO = Path(__file__).resolve().parents[1]
 
 
@@ -95,45 +92,14 @@ async def _serve(size: int, seed: int, device: int) -> None:
     region = pattern(size, seed, device)
     agent = nixl_agent(TransferConfig())
     await agent.start()
-    region_id = agent.register(region)
-    print(_PREFIX + msgspec.msgpack.encode(agent.describe(region_id)).hex(), flush=True)
-    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
-    await agent.close()
+    await serve_region(agent, region)
 
 
 def start_owner(size: int, seed: int, device: int) -> tuple[subprocess.Popen[str], RemoteRegion]:
-    """Start an owner process serving `pattern(size, seed, device)` and wait for its region.
-    Stop it with `stop_owner`. Blocking: call it off the event loop. Raises `TransferError`
-    if the process exits first."""
-    owner = subprocess.Popen(
-        [sys.executable, "-m", "benchmarks.transfer_bench_gpu", "--owner", str(size),
-         "--seed", str(seed), "--device", str(device)],
-        cwd=_REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-    )
-    assert owner.stdout is not None
-    for line in owner.stdout:  # NIXL and UCX may log on stdout before the region line
-        if line.startswith(_PREFIX):
-            remote = msgspec.msgpack.decode(bytes.fromhex(line[len(_PREFIX):].strip()), type=RemoteRegion)
-            # Keep draining (UCX_PROTO_INFO and the like), so a full pipe never blocks the owner.
-            threading.Thread(target=_echo, args=(owner.stdout,), daemon=True).start()
-            return owner, remote
-        print(f"owner: {line}", end="", file=sys.stderr)
-    raise TransferError(f"the nixl owner process exited before serving its region (exit code {owner.wait()})")
-
-
-def _echo(lines: IO[str]) -> None:
-    for line in lines:
-        print(f"owner: {line}", end="", file=sys.stderr)
-
-
-def stop_owner(owner: subprocess.Popen[str]) -> None:
-    assert owner.stdin is not None
-    owner.stdin.close()
-    try:
-        owner.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        owner.kill()
-        owner.wait()
+    """An owner process serving `pattern(size, seed, device)`; stop it with `stop_owner`."""
+    argv = [sys.executable, "-m", "benchmarks.transfer_bench_gpu", "--owner", str(size),
+            "--seed", str(seed), "--device", str(device)]
+    return spawn_owner(argv, "nixl VRAM owner", cwd=str(_REPO))
 
 
 # ---------------------------------------------------------------------------------------------
