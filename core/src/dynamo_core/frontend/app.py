@@ -36,6 +36,7 @@ from dynamo_core.protocols.openai import (
     TokenizeResponse,
 )
 from dynamo_core.runtime.discovery import DiscoveryBackend, DiscoveryConfig
+from dynamo_core.runtime.gc_heap import freeze_heap
 from dynamo_core.runtime.transports import TransportClients
 
 log = logging.getLogger(__name__)
@@ -202,6 +203,7 @@ def create_app(config: FrontendConfig, discovery: DiscoveryBackend | None = None
     async def on_startup() -> None:
         await prompt_pool.start(config.preprocess_workers, config.preprocess_min_chars)
         await registry.start()
+        freeze_heap("frontend started")
 
     async def on_shutdown() -> None:
         await registry.stop()

@@ -24,6 +24,7 @@ from dynamo_core.protocols.discovery import InstanceRecord, ModelCard
 from dynamo_core.protocols.kv_events import KvEventBatch, KvSnapshot, LoadMetrics
 from dynamo_core.routers.base import Router, RouterContext, WorkerState
 from dynamo_core.runtime.discovery import DiscoveryBackend, WatchEventKind
+from dynamo_core.runtime.gc_heap import freeze_heap
 from dynamo_core.runtime.request_plane import RequestPlaneError
 from dynamo_core.runtime.transports import TransportClients
 from dynamo_core.runtime.model_files import MODEL_FILES_ENDPOINT, fetch_model_files, local_copy_matches
@@ -236,6 +237,7 @@ class ModelRegistry:
                             router_context=context, router_factory=self._router_factory)
         self.models[card.served_name] = model
         log.info("model '%s' is now served (tokenizer %s, context %d)", card.served_name, card.tokenizer, card.context_length)
+        freeze_heap(f"model '{card.served_name}' loaded")  # its tokenizer and templates live as long
         return model
 
     def _on_delete(self, worker_id: str) -> None:

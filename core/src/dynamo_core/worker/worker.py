@@ -23,6 +23,7 @@ from dynamo_core.protocols.discovery import InstanceRecord, ModelCard
 from dynamo_core.protocols.engine import EngineOutput, FinishReason, PreprocessedRequest
 from dynamo_core.runtime.discovery import DiscoveryBackend, DiscoveryConfig
 from dynamo_core.runtime.event_plane import EVENTS_ENDPOINT, EventPublisher
+from dynamo_core.runtime.gc_heap import freeze_heap
 from dynamo_core.runtime.model_files import MODEL_FILES_ENDPOINT, serve_model_files, tokenizer_digest
 from dynamo_core.runtime.request_plane import RequestPlaneServer
 from dynamo_core.tokenizer import BUILTIN_TOKENIZER
@@ -177,6 +178,7 @@ class Worker:
             "worker ready: engine=%s model=%s role=%s instance=%s address=%s block_size=%d kv_blocks=%d",
             config.engine, name, config.role, self.worker_id, address, info.block_size, info.kv_capacity_blocks,
         )
+        freeze_heap("worker ready")  # the engine's whole stack is loaded by now
         return self.record
 
     def _make_transfer_agent(self):
