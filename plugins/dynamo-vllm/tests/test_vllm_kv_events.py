@@ -8,6 +8,7 @@ vLLM's own classes where vLLM is installed.
 
 from __future__ import annotations
 
+import gc
 from typing import Any
 
 import msgspec
@@ -159,6 +160,19 @@ def test_snapshot_leaves_out_blocks_whose_parent_was_evicted():
     assert blocks_of(mirror.snapshot()) == [(None, [1, 2, 3])]
     mirror.apply([KvCleared()])
     assert mirror.snapshot() == [] and len(mirror) == 0
+
+
+def test_mirrored_blocks_are_left_alone_by_the_garbage_collector():
+    """The mirror holds every cached block; none of it should be walked by full collections."""
+    mirror = kv.KvCacheMirror()
+    mirror.apply(translate(stored(list(range(1, 101)), None, list(range(400)))))
+    # The collector untracks a tuple of untracked values when a collection meets it: the token
+    # tuples at the first, the (parent, tokens) pairs holding them at the next.
+    gc.collect()
+    gc.collect()
+    assert not any(gc.is_tracked(entry) for entry in mirror._blocks.values())
+    assert blocks_of(mirror.snapshot()) == [(None, list(range(1, 101)))]
+    assert mirror.snapshot()[0].blocks[1].token_ids == [4, 5, 6, 7]
 
 
 def test_a_re_reported_block_keeps_its_place():

@@ -131,7 +131,10 @@ class KvCacheMirror:
     """
 
     def __init__(self) -> None:
-        self._blocks: dict[int, tuple[int | None, list[int]]] = {}  # hash -> (parent, tokens)
+        # hash -> (parent, tokens). Tuples of ints, which CPython's collector stops tracking:
+        # the mirror holds every cached block (hundreds of thousands on a large GPU), and as
+        # lists they would make each full collection walk them all.
+        self._blocks: dict[int, tuple[int | None, tuple[int, ...]]] = {}
 
     def __len__(self) -> int:
         return len(self._blocks)
@@ -143,7 +146,8 @@ class KvCacheMirror:
                 parent = event.parent_hash
                 for block in event.blocks:
                     # A re-report of a cached block (vLLM's "full" report mode) keeps its entry.
-                    blocks.setdefault(block.block_hash, (parent, block.token_ids))
+                    if block.block_hash not in blocks:
+                        blocks[block.block_hash] = (parent, tuple(block.token_ids))
                     parent = block.block_hash
             elif isinstance(event, KvRemoved):
                 for block_hash in event.block_hashes:
@@ -163,7 +167,7 @@ class KvCacheMirror:
                 children.setdefault(parent, []).append(block_hash)
         out: list[KvStored] = []
         for chain_parent, chain in self._chains(children):
-            out.append(KvStored(parent_hash=chain_parent, blocks=[KvBlock(h, self._blocks[h][1]) for h in chain]))
+            out.append(KvStored(parent_hash=chain_parent, blocks=[KvBlock(h, list(self._blocks[h][1])) for h in chain]))
         return out
 
     @staticmethod
