@@ -65,7 +65,8 @@ def served(model_dir, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("serve")
     port = free_port()
     log = tmp / "serve.log"
-    env = dict(os.environ, DYN_FILE_DISCOVERY_DIR=str(tmp / "discovery"), DYN_NAMESPACE=f"gpu{port}")
+    env = dict(os.environ, DYN_FILE_DISCOVERY_DIR=str(tmp / "discovery"), DYN_NAMESPACE=f"gpu{port}",
+               VLLM_LOG_STATS_INTERVAL="2")
     command = [sys.executable, "-m", "dynamo_core.cli.main", "serve", "--engine", "vllm", "--router", "kv",
                "--workers", str(WORKERS), "--model", str(model_dir), "--http-port", str(port), *ENGINE_FLAGS]
     print("\n$ dynamo " + " ".join(command[3:]), flush=True)
@@ -105,6 +106,28 @@ def test_model_card_reports_vllms_block_size_and_kv_capacity(served):
     for block_size, blocks in ready:
         assert int(block_size) == 16  # vLLM's default on CUDA
         assert int(blocks) * int(block_size) in vllm_tokens
+
+
+def test_workers_schedule_with_vllm_serves_defaults(served):
+    """The batch limits vLLM picks for its OpenAI server on this GPU, not AsyncLLM's smaller
+    engine-context defaults (128 sequences, 2,048 tokens a step)."""
+    from vllm.engine.arg_utils import AsyncEngineArgs
+    from vllm.usage.usage_lib import UsageContext
+
+    tokens, seqs = AsyncEngineArgs.get_batch_defaults(world_size=1)
+    expected = (seqs[UsageContext.OPENAI_API_SERVER], tokens[UsageContext.OPENAI_API_SERVER])
+    logged = re.findall(r"vLLM scheduler: max_num_seqs=(\d+) max_num_batched_tokens=(\d+)", served.output())
+    print(f"workers' scheduler limits: {logged}; vllm serve's defaults here: {expected}", flush=True)
+    assert [(int(a), int(b)) for a, b in logged] == [expected] * WORKERS
+
+
+def test_workers_log_vllms_engine_summary(served):
+    served.client().completions.create(model=served.model, prompt="summary", max_tokens=8)
+    deadline = time.monotonic() + 10
+    while "Avg generation throughput" not in served.output():
+        assert time.monotonic() < deadline, "no vLLM engine summary in the workers' log"
+        time.sleep(0.5)
+    print(re.findall(r".*Avg generation throughput.*", served.output())[-1][-200:], flush=True)
 
 
 def test_chat_answers_streaming_and_not(served):

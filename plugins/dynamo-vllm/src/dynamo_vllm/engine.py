@@ -7,12 +7,15 @@
   read after the engine core has profiled memory.
 - KV events: vLLM's ZMQ publisher is pointed at this worker's subscriber; batches are
   translated into dynamo's events, kept in a mirror (for snapshots) and published.
-- Load: a stat logger receives vLLM's scheduler statistics with every engine step.
+- Load: a stat logger receives vLLM's scheduler statistics with every engine step; vLLM's own
+  loggers run too (its periodic summary in the log, its Prometheus metrics).
+- The worker asks for vLLM's OpenAI-server scheduler defaults (`engine_args.serving_config`).
 - Prefill and decode roles (`--mode`): vLLM's NIXL connector moves the KV (`disagg.py`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
@@ -73,6 +76,7 @@ class VllmEngine(Engine):
         self._mirror = KvCacheMirror()
         self._translator: KvEventTranslator | None = None
         self._subscriber: KvEventSubscriber | None = None
+        self._stats_task: asyncio.Task | None = None
         self._vllm: dict[str, Any] = {}  # vLLM's request classes, bound once vLLM is imported
         self._block_size = 0
         self._bytes_per_block = 0
@@ -91,7 +95,9 @@ class VllmEngine(Engine):
         from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
         from vllm.v1.engine.async_llm import AsyncLLM
 
-        from dynamo_vllm.engine_args import engine_args
+        from vllm.usage.usage_lib import UsageContext
+
+        from dynamo_vllm.engine_args import engine_args, serving_config
         from dynamo_vllm.kv_subscriber import KvEventSubscriber
 
         self._vllm = {
@@ -115,10 +121,17 @@ class VllmEngine(Engine):
             args.kv_transfer_config = KVTransferConfig(kv_connector=disagg.CONNECTOR, kv_role="kv_both")
             log.info("%s worker: vLLM's %s moves the KV (handshakes on %s:%d)", self._context.role, disagg.CONNECTOR, host, port)
         log.info("starting vLLM for %s with %s", self._model_path, " ".join(self._argv) or "its defaults")
+        config = serving_config(args)
+        scheduler = config.scheduler_config
+        log.info("vLLM scheduler: max_num_seqs=%d max_num_batched_tokens=%d (vllm serve's defaults unless given)",
+                 scheduler.max_num_seqs, scheduler.max_num_batched_tokens)
         # Blocks this loop until the engine core is up (weights loaded, memory profiled, KV
         # cache allocated); the worker registers nowhere and serves nothing before that.
-        self._llm = AsyncLLM.from_engine_args(args, stat_loggers=[_load_logger_factory(self._load)])
-        config = self._llm.vllm_config
+        self._llm = AsyncLLM.from_vllm_config(
+            config, usage_context=UsageContext.OPENAI_API_SERVER, stat_loggers=[_load_logger_factory(self._load)],
+            enable_log_requests=args.enable_log_requests, disable_log_stats=args.disable_log_stats,
+        )
+        config = self._llm.vllm_config  # the engine core's handshake filled in num_gpu_blocks
         block_size = config.cache_config.block_size
         blocks = config.cache_config.num_gpu_blocks or 0
         self._load.total_kv_blocks = blocks
@@ -127,6 +140,8 @@ class VllmEngine(Engine):
         if self._subscriber is not None:
             self._translator = KvEventTranslator(block_size)
             self._subscriber.start(self._on_kv_batch, self._on_kv_events_lost)
+        if not args.disable_log_stats:
+            self._stats_task = asyncio.create_task(self._log_stats(), name="vllm-log-stats")
         return EngineInfo(block_size=block_size, kv_capacity_blocks=blocks, context_length=config.model_config.max_model_len)
 
     async def generate(self, request: PreprocessedRequest) -> AsyncIterator[EngineOutput]:
@@ -171,6 +186,17 @@ class VllmEngine(Engine):
             # Aborts the request in vLLM when it has not finished (the consumer went away).
             await stream.aclose()
 
+    async def _log_stats(self) -> None:
+        """vLLM's periodic engine summary (throughput, running and waiting requests, KV cache
+        usage, prefix-cache hit rate) in the worker's log, every VLLM_LOG_STATS_INTERVAL
+        seconds, as `vllm serve` prints it."""
+        from vllm import envs
+
+        assert self._llm is not None
+        while True:
+            await asyncio.sleep(envs.VLLM_LOG_STATS_INTERVAL)
+            await self._llm.do_log_stats()
+
     @staticmethod
     def _kv_bytes_per_block(config: Any) -> int:
         """Bytes of one KV block on this rank (for the transfer metrics); 0 if unknown."""
@@ -206,6 +232,8 @@ class VllmEngine(Engine):
         self._context.kv_events.publish(events)
 
     async def stop(self) -> None:
+        if self._stats_task is not None:
+            self._stats_task.cancel()
         if self._subscriber is not None:
             await self._subscriber.stop()
         if self._llm is not None:

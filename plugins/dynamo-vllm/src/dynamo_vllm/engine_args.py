@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from dynamo_vllm.availability import VllmUnavailableError, require_vllm
 
 if TYPE_CHECKING:
+    from vllm.config import VllmConfig
     from vllm.engine.arg_utils import AsyncEngineArgs
 
 
@@ -39,3 +40,16 @@ def engine_args(model_path: str, argv: list[str]) -> AsyncEngineArgs:
 
     namespace = engine_arg_parser().parse_args(["--model", model_path, *argv])
     return AsyncEngineArgs.from_cli_args(namespace)
+
+
+def serving_config(args: AsyncEngineArgs) -> VllmConfig:
+    """vLLM's configuration for these arguments as `vllm serve` makes it.
+
+    vLLM picks scheduler defaults by usage context: an OpenAI server on an H100/H200-class GPU
+    gets up to 1,024 sequences and 8,192 tokens per step, while the `AsyncLLM` default (engine
+    context) gets 128 and 2,048. A worker is an OpenAI server's engine, so it asks for the
+    former; flags the user gives (`--max-num-seqs`, `--max-num-batched-tokens`) still win.
+    """
+    from vllm.usage.usage_lib import UsageContext
+
+    return args.create_engine_config(usage_context=UsageContext.OPENAI_API_SERVER)
