@@ -129,7 +129,8 @@ class VllmEngine(Engine):
         # cache allocated); the worker registers nowhere and serves nothing before that.
         self._llm = AsyncLLM.from_vllm_config(
             config, usage_context=UsageContext.OPENAI_API_SERVER, stat_loggers=[_load_logger_factory(self._load)],
-            enable_log_requests=args.enable_log_requests, disable_log_stats=args.disable_log_stats,
+            # Statistics stay on whatever --disable-log-stats says: the load metrics come from them.
+            enable_log_requests=args.enable_log_requests, disable_log_stats=False,
         )
         config = self._llm.vllm_config  # the engine core's handshake filled in num_gpu_blocks
         block_size = config.cache_config.block_size
