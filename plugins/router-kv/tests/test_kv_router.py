@@ -7,9 +7,10 @@ import logging
 import random
 from collections import Counter
 
+import msgspec
 from prometheus_client import REGISTRY
 
-from dynamo_core.protocols.engine import PreprocessedRequest, StopConditions
+from dynamo_core.protocols.engine import DisaggParams, KvTransferParams, PreprocessedRequest, StopConditions
 from dynamo_core.protocols.kv_events import KvBlock, KvEventBatch, KvSnapshot, KvStored, LoadMetrics
 from dynamo_core.routers.base import RouterContext, WorkerState
 from dynamo_router_kv import plugin
@@ -153,3 +154,19 @@ def test_plugin_offers_the_kv_router_and_its_options():
     assert router.config == KvRouterConfig(overlap_weight=2.0, temperature=0.5, use_kv_events=False, ttl_s=30.0)
     assert not router.wants_kv_events()
     assert spec.create(RouterContext(model="plugin-test", block_size=16, options=defaults)).wants_kv_events()
+
+
+def test_a_decode_request_with_transferred_kv_adds_no_queued_prefill_to_its_worker():
+    """In disaggregated serving the decode pool's router sees the whole prompt, but its KV
+    comes from the prefill worker: the decode worker computes at most the last token."""
+    router = _router()
+    kv = KvTransferParams(worker_id="p1", hold_id="h", num_tokens=len(PROMPT), block_size=BLOCK)
+    decode = msgspec.structs.replace(_req(0, PROMPT), disagg=DisaggParams(phase="decode", kv=kv))
+    chosen = router.select_worker(decode, WORKERS)
+    load = router.loads.load(chosen)
+    assert load.prefill_tokens == 1 and load.active_decode_blocks == 11  # its KV does occupy the worker
+    # A request served whole on the same router still queues its prompt as prefill work.
+    other = "b" if chosen == "a" else "a"
+    router.loads.routed("x", chosen, prefill_tokens=0, decode_blocks=50)  # steer the next one away
+    assert router.select_worker(_req(1, PROMPT), WORKERS) == other
+    assert router.loads.load(other).prefill_tokens == len(PROMPT)

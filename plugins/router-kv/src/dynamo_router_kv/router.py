@@ -91,8 +91,12 @@ class KvRouter(Router):
         chosen = choose(scores, self._rng)
         prompt_tokens = len(request.token_ids)
         prompt_blocks = -(-prompt_tokens // self.block_size)
-        # An engine computes at least the last prompt token, even on a full cache hit.
-        prefill_tokens = max(prompt_tokens - chosen.overlap_blocks * self.block_size, 1)
+        # An engine computes at least the last prompt token, even on a full cache hit; a decode
+        # worker given a prefill worker's KV computes no more than that (it pulls the rest).
+        if _kv_arrives_by_transfer(request):
+            prefill_tokens = 1
+        else:
+            prefill_tokens = max(prompt_tokens - chosen.overlap_blocks * self.block_size, 1)
         self.loads.routed(request.request_id, chosen.worker_id, prefill_tokens, prompt_blocks + 1)
         if self._assumed is not None:
             self._assumed.routed(chosen.worker_id, hashes)
@@ -187,3 +191,9 @@ class KvRouter(Router):
 def create(context: RouterContext) -> KvRouter:
     """The `kv` router factory (`RouterSpec.create`)."""
     return KvRouter(context)
+
+
+def _kv_arrives_by_transfer(request: PreprocessedRequest) -> bool:
+    """A disaggregated request's decode phase: its prompt's KV comes from a prefill worker."""
+    disagg = request.disagg
+    return disagg is not None and disagg.phase == "decode" and disagg.kv is not None
