@@ -1,6 +1,6 @@
 """The vLLM engine: vLLM's v1 `AsyncLLM` in the worker process, behind dynamo's `Engine`.
 
-- Requests arrive tokenized; each becomes a `TokensPrompt` and `SamplingParams` with delta
+- Requests arrive tokenized; each becomes vLLM's token input and `SamplingParams` with delta
   outputs, and its outputs stream back as `EngineOutput` deltas. Closing the stream (the client
   went away) closes vLLM's generator, which aborts the request in vLLM.
 - The model card gets vLLM's real block size, KV capacity (GPU blocks) and context length,
@@ -59,6 +59,17 @@ def _load_logger_factory(load: SchedulerLoad):
     return DynamoLoadLogger
 
 
+def _engine_input(tokens_prompt: Any) -> Any:
+    """token ids -> what `AsyncLLM.generate` takes. vLLM 0.26 deprecates raw prompts there
+    ("pass the outputs of Renderer.render_cmpl()"): a prompt the gateway has already tokenized
+    is that output, `tokens_input(ids)`, and needs none of its renderer. Older vLLMs lack it."""
+    try:
+        from vllm.inputs import tokens_input
+    except ImportError:
+        return lambda prompt_token_ids: tokens_prompt(prompt_token_ids=prompt_token_ids)
+    return lambda prompt_token_ids: tokens_input(prompt_token_ids)
+
+
 class VllmEngine(Engine):
     supports_structured_output = True  # vLLM's structured outputs (xgrammar / guidance)
     supports_disaggregation = True  # through vLLM's NIXL connector
@@ -101,7 +112,7 @@ class VllmEngine(Engine):
         from dynamo_vllm.kv_subscriber import KvEventSubscriber
 
         self._vllm = {
-            "params": SamplingParams, "prompt": TokensPrompt, "delta": RequestOutputKind.DELTA,
+            "params": SamplingParams, "prompt": _engine_input(TokensPrompt), "delta": RequestOutputKind.DELTA,
             "structured": StructuredOutputsParams,
         }
         args = engine_args(self._model_path, self._argv)
