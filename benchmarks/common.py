@@ -25,6 +25,7 @@ import argparse
 import asyncio
 import json
 import math
+import re
 import resource
 import time
 from collections import Counter
@@ -394,6 +395,27 @@ class StreamClient:
     async def aclose(self) -> None:
         await self._transport.aclose()
         await self._http.aclose()
+
+
+    async def gc_collections(self) -> list[float] | None:
+        """The server process's garbage collections so far, per generation (0, 1, 2), from
+        the Python collector metrics every prometheus_client registry exports; None if absent."""
+        try:
+            response = await self._http.get("/metrics")
+        except httpx.HTTPError:
+            return None
+        if response.status_code != 200:
+            return None
+        return gc_collections(response.text)
+
+
+def gc_collections(text: str) -> list[float] | None:
+    """Garbage collections per generation (0, 1, 2) in Prometheus text format, or None."""
+    found = {
+        int(g): float(n)
+        for g, n in re.findall(r'^python_gc_collections_total\{generation="(\d)"\} (\S+)$', text, re.M)
+    }
+    return [found[g] for g in range(3)] if len(found) >= 3 else None
 
 
 def prometheus_value(text: str, name: str) -> float | None:

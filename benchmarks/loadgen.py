@@ -14,7 +14,9 @@ prefixes.
 
 Reported per level: requests/s, output tokens/s, TTFT, ITL and end-to-end percentiles, errors,
 the frontend's CPU-seconds per 1000 requests (from `process_cpu_seconds_total` on its
-/metrics, scraped before and after the level) and the generator's own, so a reader can tell
+/metrics, scraped before and after the level), its garbage collections (all generations per
+1000 requests, and the full ones in the level, from `python_gc_collections_total`; each one
+stops the server's event loop) and the generator's own CPU, so a reader can tell
 whether the generator kept up.
 """
 
@@ -179,6 +181,7 @@ def measured_records(records: list[tuple[str, RequestRecord]], level: Level) -> 
 async def run_level(client: StreamClient, args: argparse.Namespace, concurrency: int, prompts: PromptFactory) -> dict[str, Any]:
     records: list[tuple[str, RequestRecord]] = []
     frontend_cpu_before = await client.metric("process_cpu_seconds_total")
+    frontend_gc_before = await client.gc_collections()
     own_cpu_before = process_cpu_seconds()
     started = time.perf_counter()
     warm_until = started + args.warmup
@@ -195,6 +198,7 @@ async def run_level(client: StreamClient, args: argparse.Namespace, concurrency:
     wall = time.perf_counter() - started
     own_cpu = process_cpu_seconds() - own_cpu_before
     frontend_cpu_after = await client.metric("process_cpu_seconds_total")
+    frontend_gc_after = await client.gc_collections()
 
     counted, window = measured_records(records, level)
     row = summarize(counted, window)
@@ -204,6 +208,10 @@ async def run_level(client: StreamClient, args: argparse.Namespace, concurrency:
     if frontend_cpu_before is not None and frontend_cpu_after is not None:
         row["frontend_cpu_s_per_1k"] = (frontend_cpu_after - frontend_cpu_before) * per_1k
         row["frontend_cpu_util"] = (frontend_cpu_after - frontend_cpu_before) / wall
+    if frontend_gc_before is not None and frontend_gc_after is not None:
+        collections = [after - before for before, after in zip(frontend_gc_before, frontend_gc_after)]
+        row["frontend_gc_per_1k"] = sum(collections) * per_1k
+        row["frontend_full_gc"] = collections[2]
     row["loadgen_cpu_s_per_1k"] = own_cpu * per_1k
     row["loadgen_cpu_util"] = own_cpu / wall
     return row
@@ -227,6 +235,8 @@ COLUMNS = [
     ("prefix_hit_rate", "prefix hit", ".0%"),
     ("frontend_cpu_s_per_1k", "frontend CPU s/1k req", ".2f"),
     ("frontend_cpu_util", "frontend CPU util", ".0%"),
+    ("frontend_gc_per_1k", "frontend GCs/1k req", ".1f"),
+    ("frontend_full_gc", "frontend full GCs", ".0f"),
     ("loadgen_cpu_s_per_1k", "loadgen CPU s/1k req", ".2f"),
     ("loadgen_cpu_util", "loadgen CPU util", ".0%"),
 ]

@@ -19,6 +19,7 @@ from benchmarks.common import (  # noqa: E402
     SseAccountant,
     StreamClient,
     append_json_lines,
+    gc_collections,
     markdown_table,
     percentile,
     prometheus_value,
@@ -113,6 +114,18 @@ def test_prometheus_value_reads_the_unlabelled_sample():
 # ---------------------------------------------------------------------------------------------
 # stream accounting
 # ---------------------------------------------------------------------------------------------
+
+
+def test_gc_collections_reads_each_generation_or_none():
+    text = (
+        '# TYPE python_gc_collections_total counter\n'
+        'python_gc_collections_total{generation="0"} 140.0\n'
+        'python_gc_collections_total{generation="1"} 12.0\n'
+        'python_gc_collections_total{generation="2"} 1.0\n'
+        'python_gc_objects_collected_total{generation="0"} 999.0\n'
+    )
+    assert gc_collections(text) == [140.0, 12.0, 1.0]
+    assert gc_collections("process_cpu_seconds_total 1.0\n") is None
 
 
 def test_accountant_reads_tokens_from_usage_whatever_the_read_boundaries():
