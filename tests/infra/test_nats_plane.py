@@ -46,6 +46,50 @@ async def test_streams_flow_controlled_and_errors_cross_nats(nats_server):
     await server.stop()
 
 
+async def test_concurrent_streams_share_nats_messages(nats_server):
+    """A worker sends what it has for one frontend connection as one message: 16 streams that
+    advance together cost about one message per step, not one per item."""
+
+    async def stepping(payload: bytes):
+        for i in range(int(payload)):
+            yield str(i).encode()
+            await asyncio.sleep(0.002)  # an engine step
+
+    server = NatsRequestServer(nats_server.url, "t.instance.w5")
+    server.register("stepping", stepping)
+    prefix = await server.start()
+    client = NatsRequestClient(nats_server.url)
+    await _collect(client.call(prefix, "stepping", b"1"))  # connect both sides first
+    published = server._nc.stats["out_msgs"]
+    results = await asyncio.gather(*[_collect(client.call(prefix, "stepping", b"100")) for _ in range(16)])
+    assert all(r == [str(i).encode() for i in range(100)] for r in results)
+    messages = server._nc.stats["out_msgs"] - published
+    frames = 16 * (100 + 2)  # Accepted and End besides the items
+    print(f"{frames} frames in {messages} NATS messages")
+    assert messages < frames / 4
+    await client.close()
+    await server.stop()
+
+
+async def test_frames_that_together_exceed_a_nats_message_still_arrive(nats_server):
+    """Model files stream in large chunks: batched together they would pass NATS's 1 MiB
+    message limit, so a batch is cut before it does."""
+    chunk = bytes(range(256)) * 1600  # 400 KiB
+
+    async def chunks(_payload: bytes):
+        for i in range(6):
+            yield bytes([i]) + chunk
+
+    server = NatsRequestServer(nats_server.url, "t.instance.w6")
+    server.register("chunks", chunks)
+    prefix = await server.start()
+    client = NatsRequestClient(nats_server.url)
+    received = await asyncio.wait_for(_collect(client.call(prefix, "chunks", b"")), 10)
+    assert [item[0] for item in received] == list(range(6)) and all(item[1:] == chunk for item in received)
+    await client.close()
+    await server.stop()
+
+
 async def test_closing_a_stream_cancels_the_handler(nats_server):
     cancelled = asyncio.Event()
 

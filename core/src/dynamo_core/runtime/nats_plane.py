@@ -2,9 +2,12 @@
 
 Request plane. A worker subscribes to `{prefix}.{endpoint}` for each endpoint and to
 `{prefix}.cancel`, where `prefix` is `{namespace}.instance.{instance_id}` (its record's
-address). A caller subscribes to a fresh inbox, publishes the request with the inbox as reply
-subject, and receives frames there (the TCP plane's `Data` and `End`, plus `Accepted` and
-`Keepalive`):
+address). A caller's connection subscribes once to `{inbox}.*` under a fresh inbox; each
+request goes out with `{inbox}.{call}` as its reply subject. The worker answers with frames
+(the TCP plane's `Data` and `End`, plus `Accepted` and `Keepalive`), and sends every frame it
+has for one caller connection in one loop iteration as a single `Batch` message on
+`{inbox}.batch`: with many concurrent streams one NATS message carries a token for each,
+instead of one message per token.
 
 - `Accepted` within `ACCEPT_TIMEOUT_S` proves a live worker took the request; without it the
   caller fails fast with `ConnectionLostError` and the frontend routes the request elsewhere.
@@ -27,9 +30,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 
 import msgspec
 import nats
@@ -62,9 +66,19 @@ class Ack(msgspec.Struct, array_like=True):
     received: int
 
 
+class Batch(msgspec.Struct, array_like=True):
+    """Frames for several calls of one caller connection: (call token, encoded ReplyFrame)."""
+
+    frames: list[tuple[str, bytes]]
+
+
+BATCH_OVERHEAD = 64  # bytes: a Batch's msgpack array headers
+FRAME_OVERHEAD = 16  # bytes: one (call, frame) pair's headers
+BATCH_TOKEN = "batch"  # `{inbox}.batch`; call tokens are decimal numbers, so never this
 ReplyFrame = Accepted | Keepalive | Data | End
 _encoder = msgspec.msgpack.Encoder()
 _reply_decoder = msgspec.msgpack.Decoder(ReplyFrame)
+_batch_decoder = msgspec.msgpack.Decoder(Batch)
 _ack_decoder = msgspec.msgpack.Decoder(Ack)
 _event_decoder = msgspec.msgpack.Decoder(EventPlaneMessage)
 
@@ -112,10 +126,68 @@ class _ServerStream:
         self.task: asyncio.Task | None = None
 
 
+def _within(frames: list[tuple[str, bytes]], limit: int) -> Iterator[list[tuple[str, bytes]]]:
+    """The frames in order, cut into runs whose bytes stay under `limit` (the server's largest
+    message, less room for the batch's own encoding); a frame over it alone goes alone."""
+    run: list[tuple[str, bytes]] = []
+    size = 0
+    for frame in frames:
+        cost = len(frame[0]) + len(frame[1]) + FRAME_OVERHEAD
+        if run and size + cost > limit:
+            yield run
+            run, size = [], 0
+        run.append(frame)
+        size += cost
+    if run:
+        yield run
+
+
+class _ReplyBatcher:
+    """Gathers the frames handlers produce and publishes them, per caller connection, as one
+    `Batch` each time its task gets a turn. One task publishes everything, so the frames of a
+    stream leave in the order they were sent. A frame lost to a broken connection is not
+    retried: the caller notices the gap in the numbering (or the silence) and says so."""
+
+    def __init__(self, nc: NatsConnection):
+        self._nc = nc
+        self._pending: dict[str, list[tuple[str, bytes]]] = {}  # caller inbox -> frames
+        self._ready = asyncio.Event()
+        self._task = asyncio.create_task(self._publish_loop(), name="nats-reply-batcher")
+
+    def send(self, reply: str, frame: ReplyFrame) -> None:
+        inbox, _, call = reply.rpartition(".")
+        self._pending.setdefault(inbox, []).append((call, _encoder.encode(frame)))
+        self._ready.set()
+
+    async def _publish_loop(self) -> None:
+        while True:
+            await self._ready.wait()
+            self._ready.clear()
+            pending, self._pending = self._pending, {}
+            for inbox, frames in pending.items():
+                for batch in _within(frames, self._nc.max_payload - BATCH_OVERHEAD):
+                    try:
+                        await self._nc.publish(f"{inbox}.{BATCH_TOKEN}", _encoder.encode(Batch(batch)))
+                    except Exception as exc:  # noqa: BLE001 - reconnecting or closed: see the docstring
+                        log.warning("could not publish %d frame(s) to %s: %s", len(batch), inbox, exc)
+
+    async def close(self) -> None:
+        """Publish what is pending, then stop."""
+        self._ready.set()
+        for _ in range(100):  # a second at most: NATS may be gone
+            await asyncio.sleep(0.01)
+            if not self._pending:
+                break
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+
+
 class NatsRequestServer:
     def __init__(self, url: str, prefix: str):
         self._url, self.prefix = url, prefix
         self._nc: NatsConnection | None = None
+        self._replies: _ReplyBatcher | None = None
         self._handlers: dict[str, Handler] = {}
         self._streams: dict[str, _ServerStream] = {}
 
@@ -124,6 +196,7 @@ class NatsRequestServer:
 
     async def start(self) -> str:
         self._nc = await connect(self._url, f"worker {self.prefix}")
+        self._replies = _ReplyBatcher(self._nc)
         for endpoint, handler in self._handlers.items():
             await self._nc.subscribe(f"{self.prefix}.{endpoint}", cb=self._on_request(handler))
         await self._nc.subscribe(f"{self.prefix}.cancel", cb=self._on_cancel)
@@ -142,19 +215,19 @@ class NatsRequestServer:
         return receive
 
     async def _run(self, handler: Handler, payload: bytes, inbox: str, stream: _ServerStream) -> None:
-        nc = self._nc
-        assert nc is not None
+        replies = self._replies
+        assert replies is not None
         error: str | None = None
         cancelled = False
         keepalive = asyncio.create_task(self._keepalive(inbox, stream))
         try:
-            await nc.publish(inbox, _encoder.encode(Accepted()))
+            replies.send(inbox, Accepted())
             async for item in handler(payload):
                 await stream.credit.wait()
                 # Data frames are numbered from 1 (in the `stream_id` slot, unused on NATS) so
                 # the caller notices frames lost in a NATS restart instead of missing tokens.
                 stream.sent += 1
-                await nc.publish(inbox, _encoder.encode(Data(stream.sent, item)))
+                replies.send(inbox, Data(stream.sent, item))
                 if stream.sent - stream.acked >= WINDOW:
                     stream.credit.clear()
         except asyncio.CancelledError:
@@ -166,15 +239,13 @@ class NatsRequestServer:
             keepalive.cancel()
             self._streams.pop(inbox, None)
         if not cancelled:
-            with contextlib.suppress(Exception):
-                await nc.publish(inbox, _encoder.encode(End(0, error)))
+            replies.send(inbox, End(0, error))
 
     async def _keepalive(self, inbox: str, stream: _ServerStream) -> None:
-        assert self._nc is not None
+        assert self._replies is not None
         while True:
             await asyncio.sleep(KEEPALIVE_S)
-            with contextlib.suppress(Exception):
-                await self._nc.publish(inbox, _encoder.encode(Keepalive(stream.sent)))
+            self._replies.send(inbox, Keepalive(stream.sent))
 
     async def _on_cancel(self, msg: Msg) -> None:
         stream = self._streams.get(msg.data.decode())
@@ -193,6 +264,8 @@ class NatsRequestServer:
         for stream in list(self._streams.values()):
             if stream.task is not None:
                 stream.task.cancel()
+        if self._replies is not None:
+            await self._replies.close()
         if self._nc is not None:
             with contextlib.suppress(Exception):
                 await self._nc.drain()
@@ -203,10 +276,48 @@ class NatsRequestServer:
 # ---------------------------------------------------------------------------------------------
 
 
+class _ReplyInbox:
+    """One subscription per connection, `{inbox}.*`, for the replies of every call: the
+    workers' `Batch` messages and NATS's own "no responders" statuses (sent to a call's own
+    reply subject). Each call's frames go to its queue, in order."""
+
+    def __init__(self, nc: NatsConnection):
+        self._nc = nc
+        self.inbox = nc.new_inbox()
+        self._calls: dict[str, asyncio.Queue] = {}
+        self._ids = itertools.count(1)
+
+    async def start(self) -> None:
+        await self._nc.subscribe(f"{self.inbox}.*", cb=self._receive)
+
+    def open(self) -> tuple[str, asyncio.Queue]:
+        call = str(next(self._ids))
+        queue: asyncio.Queue[bytes | None] = asyncio.Queue()
+        self._calls[call] = queue
+        return f"{self.inbox}.{call}", queue
+
+    def close(self, reply: str) -> None:
+        self._calls.pop(reply.rpartition(".")[2], None)
+
+    async def _receive(self, msg: Msg) -> None:
+        token = msg.subject.rpartition(".")[2]
+        if token == BATCH_TOKEN:
+            for call, raw in _batch_decoder.decode(msg.data).frames:
+                queue = self._calls.get(call)
+                if queue is not None:  # else a call that has ended: late frames are dropped
+                    queue.put_nowait(raw)
+        elif not msg.data and msg.headers and msg.headers.get("Status") == "503":
+            # NATS itself answers "no responders" when nobody subscribes to the request subject.
+            queue = self._calls.get(token)
+            if queue is not None:
+                queue.put_nowait(None)
+
+
 class NatsRequestClient:
     def __init__(self, url: str):
         self._url = url
         self._nc: NatsConnection | None = None
+        self._replies: _ReplyInbox | None = None
         self._lock = asyncio.Lock()
         self._open: dict[str, set[asyncio.Queue]] = {}  # prefix -> queues of its open streams
 
@@ -216,10 +327,17 @@ class NatsRequestClient:
             queue.put_nowait(None)
 
     async def connection(self) -> NatsConnection:
+        """The frontend's NATS connection (shared with the event plane)."""
+        return (await self._connected())[0]
+
+    async def _connected(self) -> tuple[NatsConnection, _ReplyInbox]:
         async with self._lock:
-            if self._nc is None:
-                self._nc = await connect(self._url, "frontend")
-            return self._nc
+            if self._nc is None or self._replies is None:
+                nc = await connect(self._url, "frontend")
+                replies = _ReplyInbox(nc)
+                await replies.start()
+                self._nc, self._replies = nc, replies
+            return self._nc, self._replies
 
     async def call(self, prefix: str, endpoint: str, payload: bytes) -> AsyncIterator[bytes]:
         async for batch in self.call_batched(prefix, endpoint, payload):
@@ -228,18 +346,8 @@ class NatsRequestClient:
 
     async def call_batched(self, prefix: str, endpoint: str, payload: bytes) -> AsyncIterator[list[bytes]]:
         """Stream response items, every item already received yielded together."""
-        nc = await self.connection()
-        inbox = nc.new_inbox()
-        queue: asyncio.Queue[bytes | None] = asyncio.Queue()
-
-        async def receive(msg: Msg) -> None:
-            # NATS itself answers "no responders" (status 503, no data) when nobody subscribes.
-            if not msg.data and msg.headers and msg.headers.get("Status") == "503":
-                queue.put_nowait(None)
-            else:
-                queue.put_nowait(msg.data)
-
-        sub = await nc.subscribe(inbox, cb=receive)
+        nc, replies = await self._connected()
+        inbox, queue = replies.open()
         finished = False
         self._open.setdefault(prefix, set()).add(queue)
         try:
@@ -296,17 +404,16 @@ class NatsRequestClient:
                 streams.discard(queue)
                 if not streams:
                     del self._open[prefix]
+            replies.close(inbox)
             if not finished:
                 with contextlib.suppress(Exception):
                     await nc.publish(f"{prefix}.cancel", inbox.encode())
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
 
     async def close(self) -> None:
         if self._nc is not None:
             with contextlib.suppress(Exception):
                 await self._nc.close()
-            self._nc = None
+            self._nc = self._replies = None
 
 
 # ---------------------------------------------------------------------------------------------
