@@ -382,31 +382,28 @@ class StreamClient:
             raise RuntimeError(f"POST {path}: HTTP {response.status_code}: {response.text[:300]}")
         return response.json()
 
-    async def metric(self, name: str) -> float | None:
-        """One unlabelled sample from the server's Prometheus /metrics, or None."""
+    async def _metrics_text(self) -> str | None:
+        """The server's Prometheus /metrics page, or None when it has none."""
         try:
             response = await self._http.get("/metrics")
         except httpx.HTTPError:
             return None
-        if response.status_code != 200:
-            return None
-        return prometheus_value(response.text, name)
+        return response.text if response.status_code == 200 else None
 
-    async def aclose(self) -> None:
-        await self._transport.aclose()
-        await self._http.aclose()
-
+    async def metric(self, name: str) -> float | None:
+        """One unlabelled sample from the server's Prometheus /metrics, or None."""
+        text = await self._metrics_text()
+        return None if text is None else prometheus_value(text, name)
 
     async def gc_collections(self) -> list[float] | None:
         """The server process's garbage collections so far, per generation (0, 1, 2), from
         the Python collector metrics every prometheus_client registry exports; None if absent."""
-        try:
-            response = await self._http.get("/metrics")
-        except httpx.HTTPError:
-            return None
-        if response.status_code != 200:
-            return None
-        return gc_collections(response.text)
+        text = await self._metrics_text()
+        return None if text is None else gc_collections(text)
+
+    async def aclose(self) -> None:
+        await self._transport.aclose()
+        await self._http.aclose()
 
 
 def gc_collections(text: str) -> list[float] | None:
