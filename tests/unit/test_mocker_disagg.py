@@ -183,3 +183,18 @@ async def test_a_prefill_request_on_an_aggregated_worker_is_refused():
     engine = MockerEngine(MockerConfig(speedup_ratio=1000.0), output_token_pool(None), 4096)
     [out] = await _collect(engine, _request("p", PROMPT, 4, DisaggParams(phase="prefill")))
     assert out.finish_reason is FinishReason.ERROR and "not prefill" in out.error
+
+
+async def test_a_prompt_that_fits_only_once_held_kv_is_released_waits_for_it():
+    """Held blocks belong to no running sequence: a prefill worker with nothing running but
+    too little room for the next prompt waits for a release instead of failing its queue."""
+    async with Pair(num_gpu_blocks=10) as pair:
+        [first] = await _collect(pair.prefill, _request("held", PROMPT, 4, DisaggParams(phase="prefill")))
+        hold_id = first.kv_transfer.hold_id  # 7 of 10 blocks held for a decode worker
+        waiting = asyncio.ensure_future(
+            _collect(pair.prefill, _request("next", PROMPT[::-1], 4, DisaggParams(phase="prefill"))))
+        await asyncio.sleep(0.05)
+        assert not waiting.done()
+        pair.prefill.release_kv(hold_id)
+        [second] = await asyncio.wait_for(waiting, 5)
+        assert second.finish_reason is FinishReason.LENGTH and second.kv_transfer is not None

@@ -226,7 +226,8 @@ class MockerEngine(Engine):
             for seq in plan.loads:
                 self._start_pull(seq)
             if not plan.scheduled:
-                if plan.loads or scheduler.loading:  # nothing to compute until a pull lands or a request comes
+                # Nothing to compute until a pull lands, held KV is released or a request comes.
+                if plan.loads or scheduler.loading or self.held:
                     self._wake.clear()
                     await self._wake.wait()
                     deadline = clock()
@@ -303,6 +304,8 @@ class MockerEngine(Engine):
             table, timer = entry
             timer.cancel()
             self.pool.release(table)
+            self._publish_events()
+            self._wake.set()  # a waiting prompt may fit now
 
     def _plan_pull(self, seq: _Stream, kv: KvTransferParams) -> None:
         """Decode phase: pull the prompt's KV if it fits this worker, else compute it here."""
