@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import msgspec
 import pytest
 import sentencepiece
 
@@ -133,6 +134,27 @@ def test_named_chat_templates_use_the_default_one_and_tool_use_with_tools(model_
     messages = [{"role": "user", "content": "hi"}]
     assert render_chat_template(bundle, messages) == "plain"
     assert render_chat_template(bundle, messages, tools=[{"type": "function", "function": {"name": "f"}}]) == "tools: 1"
+
+
+def test_a_deployments_chat_template_replaces_the_tool_use_one_on_the_loop_and_in_the_pool(model_dir):
+    """A `--chat-template` override serves requests with tools too, whether the prompt is
+    rendered on the frontend's loop or (long prompts) in a prompt process."""
+    from dynamo_core.frontend import prompt_pool
+    from dynamo_core.protocols.discovery import ModelCard
+
+    _write(model_dir, "tokenizer_config.json", {"chat_template": [
+        {"name": "tool_use", "template": "model's tools"},
+        {"name": "default", "template": "model's plain"},
+    ]})
+    tools = [{"type": "function", "function": {"name": "f"}}]
+    messages = [{"role": "user", "content": "hi"}]
+    on_loop = load_tokenizer(str(model_dir)).with_chat_template("override")
+    card = ModelCard(served_name="m", tokenizer=str(model_dir), context_length=64, block_size=16,
+                     kv_capacity_blocks=8, chat_template="override")
+    in_pool = prompt_pool._worker_model(str(model_dir), msgspec.msgpack.encode(card)).tokenizer
+    for bundle in (on_loop, in_pool):
+        assert render_chat_template(bundle, messages, tools=tools) == "override"
+    assert load_tokenizer(str(model_dir)).with_chat_template(None).chat_template == "model's plain"
 
 
 def test_special_tokens_map_overrides_the_config_token_names(model_dir):

@@ -20,6 +20,7 @@ special tokens, for the mocker and echo engines on a machine with no model downl
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 from collections.abc import Sequence
@@ -66,6 +67,14 @@ class TokenizerBundle:
     # The other named special tokens (unk_token, pad_token, sep_token, cls_token, mask_token),
     # as `transformers` hands its `special_tokens_map` to chat templates.
     template_tokens: dict[str, Any] = field(default_factory=dict)
+
+    def with_chat_template(self, template: str | None) -> TokenizerBundle:
+        """This bundle with a deployment's chat template override (a model card's), which
+        replaces the model's templates for every request, those with tools included; the bundle
+        itself when there is none."""
+        if not template:
+            return self
+        return dataclasses.replace(self, chat_template=template, tool_chat_template=None)
 
     def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
         """Token ids of `text`. Special-token strings in `text` (e.g. "<|im_end|>") become their

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import dataclasses
 import functools
 import logging
 import time
@@ -225,8 +224,7 @@ class ModelRegistry:
         except Exception as exc:
             log.error("cannot load the tokenizer of model '%s' from %s: %s", card.served_name, card.tokenizer, exc)
             return None
-        if card.chat_template:
-            tokenizer = dataclasses.replace(tokenizer, chat_template=card.chat_template, tool_chat_template=None)
+        tokenizer = tokenizer.with_chat_template(card.chat_template)
         context = RouterContext(
             model=card.served_name,
             block_size=card.block_size,

@@ -88,10 +88,7 @@ def _warm() -> int:
 @functools.lru_cache(maxsize=16)
 def _worker_model(source: str, card: bytes) -> _WorkerModel:
     decoded = _card_decoder.decode(card)
-    tokenizer = load_tokenizer(source)
-    if decoded.chat_template:  # as `ModelRegistry._add_model` does
-        tokenizer = dataclasses.replace(tokenizer, chat_template=decoded.chat_template)
-    return _WorkerModel(decoded, tokenizer)
+    return _WorkerModel(decoded, load_tokenizer(source).with_chat_template(decoded.chat_template))
 
 
 def _refusal(exc: BadRequestError) -> _Refusal:
