@@ -92,3 +92,38 @@ async def test_a_worker_starts_no_transfer_agent_for_an_engine_that_brings_its_o
     finally:
         await own.stop()
         await mocker.stop()
+
+
+async def test_the_frontend_freezes_a_tokenizer_once_however_often_its_model_comes_back(tmp_path, monkeypatch):
+    """Freezing collects on the loop and pins what in-flight requests hold: a model whose last
+    worker left and came back (a restart) reuses its cached tokenizer, so no second freeze."""
+    from dynamo_core.frontend import model_registry
+
+    freezes: list[str] = []
+    monkeypatch.setattr(model_registry, "freeze_heap", freezes.append)
+    config = DiscoveryConfig(file_dir=str(tmp_path), poll_interval_s=0.1)
+    clients = TransportClients(None)
+    discovery = get_registry().get("discovery", "file").create(config)
+    registry = ModelRegistry(discovery, clients, "dynamo", get_registry().get("router", "round-robin").create,
+                             argparse.Namespace())
+    await registry.start()
+
+    async def until(served: bool) -> None:
+        for _ in range(100):
+            if ("echo" in registry.models) == served:
+                return
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"model 'echo' served={not served} still")
+
+    try:
+        for _ in range(2):
+            worker = Worker(WorkerConfig(engine="echo", discovery_config=config, engine_options=argparse.Namespace()))
+            await worker.start()
+            await until(served=True)
+            await worker.stop()
+            await until(served=False)
+        assert len(freezes) == 1, freezes
+    finally:
+        await registry.stop()
+        await clients.close()
+        await discovery.close()

@@ -135,6 +135,7 @@ class ModelRegistry:
         self._model_of_worker: dict[str, str] = {}
         self._watch_task: asyncio.Task | None = None
         self._changed = asyncio.Event()
+        self._frozen_sources: set[str] = set()  # tokenizer sources whose objects are frozen
 
     async def start(self) -> None:
         self._watch_task = asyncio.create_task(self._watch(), name="discovery-watch")
@@ -235,7 +236,12 @@ class ModelRegistry:
                             router_context=context, router_factory=self._router_factory)
         self.models[card.served_name] = model
         log.info("model '%s' is now served (tokenizer %s, context %d)", card.served_name, card.tokenizer, card.context_length)
-        freeze_heap(f"model '{card.served_name}' loaded")  # its tokenizer and templates live as long
+        if source not in self._frozen_sources:
+            # A new tokenizer and its templates live as long as the process. Once per source:
+            # a model that returns after its workers left reuses them (load_tokenizer caches),
+            # and each freeze collects on the loop and pins what in-flight requests hold.
+            self._frozen_sources.add(source)
+            freeze_heap(f"model '{card.served_name}' loaded")
         return model
 
     def _on_delete(self, worker_id: str) -> None:
