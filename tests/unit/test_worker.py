@@ -7,6 +7,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 
+from prometheus_client import REGISTRY
+
 from dynamo_core.frontend.engine_client import EngineClient
 from dynamo_core.frontend.model_registry import ModelRegistry
 from dynamo_core.plugins import get_registry
@@ -60,6 +62,8 @@ async def test_requests_sent_to_a_draining_worker_are_served_by_another(tmp_path
             assert all(o.error is None for o in outputs), outputs
             assert sum(len(o.token_ids) for o in outputs) == 2
         assert await busy_task == 25  # the in-flight request finished during the drain
+        declined = REGISTRY.get_sample_value("dynamo_frontend_reroutes_total", {"model": "echo", "reason": "declined"})
+        assert declined is not None and declined >= 2  # round-robin sent at least every other one there first
         await stopping
     finally:
         await registry.stop()

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 
 import msgspec
 
+from dynamo_core.frontend import metrics
 from dynamo_core.frontend.errors import EngineError, ServiceUnavailableError
 from dynamo_core.frontend.model_registry import WHOLE_REQUEST_ROLES, ServedModel
 from dynamo_core.protocols.engine import EngineOutput, PreprocessedRequest, merge_outputs
@@ -75,11 +76,13 @@ class EngineClient:
                 return
             except _Declined as exc:
                 log.info("worker %s declined request %s (%s); routing again", worker_id, request.request_id, exc)
+                metrics.REROUTES.labels(model.name, "declined").inc()
                 failed.add(worker_id)
             except ConnectionLostError as exc:
                 if received:
                     raise EngineError(f"worker {worker_id} failed mid-stream: {exc}") from exc
                 log.warning("worker %s failed before answering request %s (%s); routing again", worker_id, request.request_id, exc)
+                metrics.REROUTES.labels(model.name, "connection_lost").inc()
                 failed.add(worker_id)
             except RemoteError as exc:
                 raise EngineError(f"worker {worker_id} failed: {exc}") from exc

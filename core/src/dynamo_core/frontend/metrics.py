@@ -25,8 +25,11 @@ DURATION = Histogram(
 INPUT_TOKENS = Counter("dynamo_frontend_input_tokens", "Prompt tokens processed", ["model"])
 CACHED_TOKENS = Counter("dynamo_frontend_cached_tokens", "Prompt tokens the engines found cached", ["model"])
 OUTPUT_TOKENS = Counter("dynamo_frontend_output_tokens", "Completion tokens generated", ["model"])
-RETRIES = Counter(
-    "dynamo_frontend_worker_failures", "Workers that failed a request before answering (it was routed again)", ["model"]
+REROUTES = Counter(
+    "dynamo_frontend_reroutes",
+    "Requests routed to another worker because theirs lost its connection before answering "
+    "(reason=connection_lost) or declined them while draining (reason=declined)",
+    ["model", "reason"],
 )
 WORKERS = Gauge("dynamo_frontend_workers", "Live worker instances per model", ["model"])
 
