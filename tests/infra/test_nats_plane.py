@@ -50,10 +50,21 @@ async def test_concurrent_streams_share_nats_messages(nats_server):
     """A worker sends what it has for one frontend connection as one message: 16 streams that
     advance together cost about one message per step, not one per item."""
 
+    step = asyncio.Condition()  # an engine step: every running stream gets its next item
+
     async def stepping(payload: bytes):
         for i in range(int(payload)):
+            async with step:
+                await step.wait()
             yield str(i).encode()
-            await asyncio.sleep(0.002)  # an engine step
+
+    async def engine() -> None:
+        while True:
+            await asyncio.sleep(0.002)
+            async with step:
+                step.notify_all()
+
+    stepper = asyncio.create_task(engine())
 
     server = NatsRequestServer(nats_server.url, "t.instance.w5")
     server.register("stepping", stepping)
@@ -66,6 +77,7 @@ async def test_concurrent_streams_share_nats_messages(nats_server):
     messages = server._nc.stats["out_msgs"] - published
     frames = 16 * (100 + 2)  # Accepted and End besides the items
     print(f"{frames} frames in {messages} NATS messages")
+    stepper.cancel()
     assert messages < frames / 4
     await client.close()
     await server.stop()

@@ -66,18 +66,19 @@ class Ack(msgspec.Struct, array_like=True):
     received: int
 
 
-class Batch(msgspec.Struct, array_like=True):
-    """Frames for several calls of one caller connection: (call token, encoded ReplyFrame)."""
+ReplyFrame = Accepted | Keepalive | Data | End
 
-    frames: list[tuple[str, bytes]]
+
+class Batch(msgspec.Struct, array_like=True):
+    """Frames for several calls of one caller connection, each with its call's token."""
+
+    frames: list[tuple[str, ReplyFrame]]
 
 
 BATCH_OVERHEAD = 64  # bytes: a Batch's msgpack array headers
-FRAME_OVERHEAD = 16  # bytes: one (call, frame) pair's headers
+FRAME_OVERHEAD = 64  # bytes: one (call, frame) pair beside a Data frame's payload
 BATCH_TOKEN = "batch"  # `{inbox}.batch`; call tokens are decimal numbers, so never this
-ReplyFrame = Accepted | Keepalive | Data | End
 _encoder = msgspec.msgpack.Encoder()
-_reply_decoder = msgspec.msgpack.Decoder(ReplyFrame)
 _batch_decoder = msgspec.msgpack.Decoder(Batch)
 _ack_decoder = msgspec.msgpack.Decoder(Ack)
 _event_decoder = msgspec.msgpack.Decoder(EventPlaneMessage)
@@ -126,17 +127,18 @@ class _ServerStream:
         self.task: asyncio.Task | None = None
 
 
-def _within(frames: list[tuple[str, bytes]], limit: int) -> Iterator[list[tuple[str, bytes]]]:
-    """The frames in order, cut into runs whose bytes stay under `limit` (the server's largest
-    message, less room for the batch's own encoding); a frame over it alone goes alone."""
-    run: list[tuple[str, bytes]] = []
+def _within(frames: list[tuple[str, ReplyFrame]], limit: int) -> Iterator[list[tuple[str, ReplyFrame]]]:
+    """The frames in order, cut into runs whose encoding stays under `limit` bytes (the
+    server's largest message, less room for the batch's own headers); a frame over it goes
+    alone."""
+    run: list[tuple[str, ReplyFrame]] = []
     size = 0
-    for frame in frames:
-        cost = len(frame[0]) + len(frame[1]) + FRAME_OVERHEAD
+    for call, frame in frames:
+        cost = len(call) + FRAME_OVERHEAD + (len(frame.payload) if isinstance(frame, Data) else 0)
         if run and size + cost > limit:
             yield run
             run, size = [], 0
-        run.append(frame)
+        run.append((call, frame))
         size += cost
     if run:
         yield run
@@ -144,43 +146,44 @@ def _within(frames: list[tuple[str, bytes]], limit: int) -> Iterator[list[tuple[
 
 class _ReplyBatcher:
     """Gathers the frames handlers produce and publishes them, per caller connection, as one
-    `Batch` each time its task gets a turn. One task publishes everything, so the frames of a
-    stream leave in the order they were sent. A frame lost to a broken connection is not
-    retried: the caller notices the gap in the numbering (or the silence) and says so."""
+    `Batch` each time its task gets a turn (the request plane's `_FrameWriter` does the same
+    per TCP connection, but publishing to NATS is a coroutine, hence a task). One task
+    publishes everything, so the frames of a stream leave in the order they were sent. A frame
+    lost to a broken connection is not retried: the caller notices the gap in the numbering
+    (or the silence) and says so."""
 
     def __init__(self, nc: NatsConnection):
         self._nc = nc
-        self._pending: dict[str, list[tuple[str, bytes]]] = {}  # caller inbox -> frames
+        self._pending: dict[str, list[tuple[str, ReplyFrame]]] = {}  # caller inbox -> frames
         self._ready = asyncio.Event()
         self._task = asyncio.create_task(self._publish_loop(), name="nats-reply-batcher")
 
     def send(self, reply: str, frame: ReplyFrame) -> None:
         inbox, _, call = reply.rpartition(".")
-        self._pending.setdefault(inbox, []).append((call, _encoder.encode(frame)))
+        self._pending.setdefault(inbox, []).append((call, frame))
         self._ready.set()
 
     async def _publish_loop(self) -> None:
         while True:
             await self._ready.wait()
             self._ready.clear()
-            pending, self._pending = self._pending, {}
-            for inbox, frames in pending.items():
-                for batch in _within(frames, self._nc.max_payload - BATCH_OVERHEAD):
-                    try:
-                        await self._nc.publish(f"{inbox}.{BATCH_TOKEN}", _encoder.encode(Batch(batch)))
-                    except Exception as exc:  # noqa: BLE001 - reconnecting or closed: see the docstring
-                        log.warning("could not publish %d frame(s) to %s: %s", len(batch), inbox, exc)
+            await self._publish_pending()
+
+    async def _publish_pending(self) -> None:
+        pending, self._pending = self._pending, {}
+        for inbox, frames in pending.items():
+            for batch in _within(frames, self._nc.max_payload - BATCH_OVERHEAD):
+                try:
+                    await self._nc.publish(f"{inbox}.{BATCH_TOKEN}", _encoder.encode(Batch(batch)))
+                except Exception as exc:  # noqa: BLE001 - reconnecting or closed: see the docstring
+                    log.warning("could not publish %d frame(s) to %s: %s", len(batch), inbox, exc)
 
     async def close(self) -> None:
-        """Publish what is pending, then stop."""
-        self._ready.set()
-        for _ in range(100):  # a second at most: NATS may be gone
-            await asyncio.sleep(0.01)
-            if not self._pending:
-                break
+        """Stop, publishing what is still pending."""
         self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
+        await self._publish_pending()
 
 
 class NatsRequestServer:
@@ -292,7 +295,7 @@ class _ReplyInbox:
 
     def open(self) -> tuple[str, asyncio.Queue]:
         call = str(next(self._ids))
-        queue: asyncio.Queue[bytes | None] = asyncio.Queue()
+        queue: asyncio.Queue[ReplyFrame | None] = asyncio.Queue()  # None: nobody took the call
         self._calls[call] = queue
         return f"{self.inbox}.{call}", queue
 
@@ -302,10 +305,10 @@ class _ReplyInbox:
     async def _receive(self, msg: Msg) -> None:
         token = msg.subject.rpartition(".")[2]
         if token == BATCH_TOKEN:
-            for call, raw in _batch_decoder.decode(msg.data).frames:
+            for call, frame in _batch_decoder.decode(msg.data).frames:
                 queue = self._calls.get(call)
                 if queue is not None:  # else a call that has ended: late frames are dropped
-                    queue.put_nowait(raw)
+                    queue.put_nowait(frame)
         elif not msg.data and msg.headers and msg.headers.get("Status") == "503":
             # NATS itself answers "no responders" when nobody subscribes to the request subject.
             queue = self._calls.get(token)
@@ -353,32 +356,27 @@ class NatsRequestClient:
         try:
             await nc.publish(f"{prefix}.{endpoint}", payload, reply=inbox)
             try:
-                raw = await asyncio.wait_for(queue.get(), ACCEPT_TIMEOUT_S)
+                first = await asyncio.wait_for(queue.get(), ACCEPT_TIMEOUT_S)
             except asyncio.TimeoutError:
                 finished = True  # nobody took it: nothing to cancel
                 raise ConnectionLostError(f"no worker answered on {prefix} within {ACCEPT_TIMEOUT_S:.0f} s") from None
-            if raw is None:
+            if first is None:
                 finished = True
                 raise ConnectionLostError(f"no worker answered on {prefix}: nobody is subscribed")
-            first = _reply_decoder.decode(raw)
             if not isinstance(first, Accepted):
                 raise ConnectionLostError(f"protocol error: {prefix} answered {type(first).__name__} first")
             received = 0
-            pending: list[bytes | None] = []
             while True:
-                if not pending:
-                    try:
-                        pending.append(await asyncio.wait_for(queue.get(), STALL_TIMEOUT_S))
-                    except asyncio.TimeoutError:
-                        raise ConnectionLostError(f"worker {prefix} went silent for {STALL_TIMEOUT_S:.0f} s") from None
-                    while not queue.empty():
-                        pending.append(queue.get_nowait())
+                try:
+                    pending = [await asyncio.wait_for(queue.get(), STALL_TIMEOUT_S)]
+                except asyncio.TimeoutError:
+                    raise ConnectionLostError(f"worker {prefix} went silent for {STALL_TIMEOUT_S:.0f} s") from None
+                while not queue.empty():
+                    pending.append(queue.get_nowait())
                 batch: list[bytes] = []
-                while pending:
-                    raw = pending.pop(0)
-                    if raw is None:
+                for frame in pending:
+                    if frame is None:
                         raise ConnectionLostError(f"worker {prefix} is gone")
-                    frame = _reply_decoder.decode(raw)
                     if isinstance(frame, Keepalive):
                         if frame.sent > received:
                             raise ConnectionLostError(f"lost {frame.sent - received} frame(s) from {prefix}")
