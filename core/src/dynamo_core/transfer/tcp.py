@@ -154,7 +154,12 @@ class TcpTransferAgent(TransferAgent):
     async def _accept_loop(self, listener: socket.socket) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            conn, _ = await loop.sock_accept(listener)
+            try:
+                conn, _ = await loop.sock_accept(listener)
+            except OSError as exc:  # out of descriptors, a peer that gave up: keep accepting
+                log.warning("transfer agent '%s' could not accept a connection: %s", self._agent_name, exc)
+                await asyncio.sleep(0.1)
+                continue
             conn.setblocking(False)
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             task = asyncio.create_task(self._serve(conn))
@@ -279,6 +284,9 @@ class TcpTransferAgent(TransferAgent):
                 conn.close()
                 last_error = e
                 continue
+            except BaseException:  # cancelled (a caller's timeout): the socket is not returned
+                conn.close()
+                raise
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             return conn
         raise last_error
