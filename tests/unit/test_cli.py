@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 
 from dynamo_core.cli import main as cli
 from dynamo_core.cli import options
@@ -84,8 +85,9 @@ def test_serve_disagg_starts_prefill_and_decode_workers_with_the_transfer_backen
 
 
 def test_disagg_flags_without_disagg_and_roles_the_engine_cannot_take_fail_clearly():
-    result = _run("serve", "--prefill-workers", "2")
-    assert result.returncode == 2 and "--prefill-workers and --decode-workers need --disagg" in result.stderr
+    for flag in (["--prefill-workers", "2"], ["--decode-workers=1"]):
+        result = _run("serve", *flag)
+        assert result.returncode == 2 and "--prefill-workers and --decode-workers need --disagg" in result.stderr
     result = _run("serve", "--disagg", "--transfer", "rdma")
     assert result.returncode == 2 and "transfer 'rdma' is not installed" in result.stderr
     result = _run("worker", "--engine", "echo", "--mode", "prefill", "--discovery", "mem")
@@ -101,3 +103,24 @@ def test_check_moves_bytes_with_the_transfer_backend_it_is_asked_about():
     checks = {c["name"]: c for c in json.loads(result.stdout)["checks"]}
     assert result.returncode == 1 and checks["transfer rdma"]["status"] == "fail"
     assert "transfer 'rdma' is not installed" in checks["transfer rdma"]["detail"]
+
+
+def test_an_aggregated_worker_does_not_need_the_transfer_backend_it_would_not_use(tmp_path):
+    """`DYN_TRANSFER=nixl` exported across a cluster must not stop its aggregated workers on
+    hosts without the plugin; a prefill worker there is refused, naming the package."""
+    result = _run("worker", "--engine", "echo", "--mode", "prefill", "--transfer", "rdma", "--discovery", "mem")
+    assert result.returncode == 2 and "transfer 'rdma' is not installed" in result.stderr
+    log = tmp_path / "worker.log"
+    with log.open("wb") as out:
+        worker = subprocess.Popen(DYNAMO + ["worker", "--engine", "echo", "--transfer", "rdma",
+                                            "--discovery", "file", "--file-discovery-dir", str(tmp_path / "d")],
+                                  stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 30
+        while "worker ready" not in log.read_text():
+            assert worker.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.2)
+    finally:
+        worker.terminate()
+        worker.wait(30)

@@ -109,8 +109,9 @@ def build_serve_parser(engine: str | None, router: str | None) -> argparse.Argum
     group = parser.add_argument_group("disaggregated serving")
     group.add_argument("--disagg", action="store_true",
                        help="run prefill and decode workers (--prefill-workers, --decode-workers) instead of --workers")
-    group.add_argument("--prefill-workers", type=int, default=1, help="with --disagg: prefill workers (default: %(default)s)")
-    group.add_argument("--decode-workers", type=int, default=1, help="with --disagg: decode workers (default: %(default)s)")
+    # None when not given, so that serve can tell them from defaults (1 each with --disagg).
+    group.add_argument("--prefill-workers", type=int, default=None, help="with --disagg: prefill workers (default: 1)")
+    group.add_argument("--decode-workers", type=int, default=None, help="with --disagg: decode workers (default: 1)")
     options.add_transfer_option(group)
     options.add_disagg_frontend_option(group)
     options.add_model_options(parser)
@@ -176,7 +177,8 @@ def cmd_worker(argv: list[str]) -> int:
 
     if ns.model and not os.path.isdir(ns.model):
         parser.error(f"--model {ns.model}: not a directory (an HF-format model directory is expected)")
-    get_registry().get("transfer", ns.transfer)  # fail early, naming the package to install
+    if ns.mode != "agg":  # only prefill and decode workers move KV
+        get_registry().get("transfer", ns.transfer)  # fail early, naming the package to install
     try:
         worker = Worker(worker_config_from(ns, parser))
         run_async(worker.run_until_signalled())
@@ -204,12 +206,14 @@ def cmd_serve(argv: list[str]) -> int:
     if ns.workers < 1:
         parser.error("--workers must be at least 1")
     if ns.disagg:
+        ns.prefill_workers = 1 if ns.prefill_workers is None else ns.prefill_workers
+        ns.decode_workers = 1 if ns.decode_workers is None else ns.decode_workers
         if ns.prefill_workers < 1 or ns.decode_workers < 1:
             parser.error("--disagg needs at least one prefill and one decode worker")
         if ns.discovery == "mem":
             parser.error("--disagg runs each worker as its own process: use --discovery file (the default) or etcd")
         get_registry().get("transfer", ns.transfer)
-    elif "--prefill-workers" in argv or "--decode-workers" in argv:
+    elif ns.prefill_workers is not None or ns.decode_workers is not None:
         parser.error("--prefill-workers and --decode-workers need --disagg")
     if ns.model and not os.path.isdir(ns.model):
         parser.error(f"--model {ns.model}: not a directory (an HF-format model directory is expected)")
