@@ -206,3 +206,19 @@ def test_disagg_kv_bytes_per_block_and_reports_without_parameters():
     assert disagg.kv_bytes_per_block(32, 8, 128, 2, 16) == 2 * 1024 * 1024
     assert disagg.pull_report(None, 100).recomputed
     assert disagg.prefill_result(None, worker_id="w", request_id="r", prompt_tokens=3, block_size=16) is None
+
+
+def test_disagg_keeps_a_users_kv_transfer_config_with_the_nixl_connector_and_refuses_another():
+    from types import SimpleNamespace
+
+    from dynamo_core.worker.worker import WorkerConfigError
+    from dynamo_vllm import disagg
+
+    made = disagg.transfer_config(None, SimpleNamespace)
+    assert (made.kv_connector, made.kv_role) == ("NixlConnector", "kv_both")
+    given = SimpleNamespace(kv_connector=None, kv_role=None, kv_connector_extra_config={"backends": ["UCX"]})
+    kept = disagg.transfer_config(given, SimpleNamespace)
+    assert kept is given and (kept.kv_connector, kept.kv_role) == ("NixlConnector", "kv_both")
+    assert kept.kv_connector_extra_config == {"backends": ["UCX"]}
+    with pytest.raises(WorkerConfigError, match="LMCacheConnectorV1"):
+        disagg.transfer_config(SimpleNamespace(kv_connector="LMCacheConnectorV1", kv_role="kv_both"), SimpleNamespace)

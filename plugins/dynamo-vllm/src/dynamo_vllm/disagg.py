@@ -20,6 +20,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from dynamo_core.protocols.engine import KvPullReport, KvTransferParams, PreprocessedRequest
+from dynamo_core.worker.worker import WorkerConfigError
 
 CONNECTOR = "NixlConnector"
 SIDE_CHANNEL_PORT_ENV = "VLLM_NIXL_SIDE_CHANNEL_PORT"
@@ -42,6 +43,20 @@ def configure_side_channel(host: str) -> tuple[str, int]:
     # TCP (0.3-0.5 GB/s on an H200) unless CUDA IPC gets are allowed (over 1 TB/s there).
     os.environ.setdefault("UCX_CUDA_IPC_ENABLE_GET_ZCOPY", "on")
     return os.environ[SIDE_CHANNEL_HOST_ENV], int(os.environ[SIDE_CHANNEL_PORT_ENV])
+
+
+def transfer_config(given: Any, make: Any) -> Any:
+    """The `KVTransferConfig` of a prefill or decode worker: the user's `--kv-transfer-config`
+    (its NIXL backends, buffer device, extra options kept) with the connector and role this
+    mode needs, or `make(...)` a fresh one. A different connector is refused: dynamo's
+    orchestration speaks the NIXL connector's transfer parameters."""
+    if given is None:
+        return make(kv_connector=CONNECTOR, kv_role="kv_both")
+    if given.kv_connector not in (None, CONNECTOR):
+        raise WorkerConfigError(f"--kv-transfer-config names connector {given.kv_connector!r}; prefill and decode "
+                         f"workers use {CONNECTOR} (leave kv_connector out or set it to that)")
+    given.kv_connector, given.kv_role = CONNECTOR, "kv_both"
+    return given
 
 
 def request_transfer_params(request: PreprocessedRequest) -> dict[str, Any] | None:

@@ -8,7 +8,7 @@
 - KV events: vLLM's ZMQ publisher is pointed at this worker's subscriber; batches are
   translated into dynamo's events, kept in a mirror (for snapshots) and published.
 - Load: a stat logger receives vLLM's scheduler statistics with every engine step; vLLM's own
-  loggers run too (its periodic summary in the log, its Prometheus metrics).
+  loggers run too unless --disable-log-stats (its periodic summary in the worker's log).
 - The worker asks for vLLM's OpenAI-server scheduler defaults (`engine_args.serving_config`).
 - Prefill and decode roles (`--mode`): vLLM's NIXL connector moves the KV (`disagg.py`).
 """
@@ -129,7 +129,7 @@ class VllmEngine(Engine):
             from vllm.config import KVTransferConfig
 
             host, port = disagg.configure_side_channel(self._context.host)
-            args.kv_transfer_config = KVTransferConfig(kv_connector=disagg.CONNECTOR, kv_role="kv_both")
+            args.kv_transfer_config = disagg.transfer_config(args.kv_transfer_config, KVTransferConfig)
             log.info("%s worker: vLLM's %s moves the KV (handshakes on %s:%d)", self._context.role, disagg.CONNECTOR, host, port)
         log.info("starting vLLM for %s with %s", self._model_path, " ".join(self._argv) or "its defaults")
         config = serving_config(args)
@@ -140,8 +140,9 @@ class VllmEngine(Engine):
         # cache allocated); the worker registers nowhere and serves nothing before that.
         self._llm = AsyncLLM.from_vllm_config(
             config, usage_context=UsageContext.OPENAI_API_SERVER, stat_loggers=[_load_logger_factory(self._load)],
-            # Statistics stay on whatever --disable-log-stats says: the load metrics come from them.
-            enable_log_requests=args.enable_log_requests, disable_log_stats=False,
+            # vLLM keeps its statistics on for our stat logger (the load metrics) even under
+            # --disable-log-stats, without its own loggers then.
+            enable_log_requests=args.enable_log_requests, disable_log_stats=args.disable_log_stats,
         )
         config = self._llm.vllm_config  # the engine core's handshake filled in num_gpu_blocks
         block_size = config.cache_config.block_size
@@ -211,15 +212,17 @@ class VllmEngine(Engine):
 
     @staticmethod
     def _kv_bytes_per_block(config: Any) -> int:
-        """Bytes of one KV block on this rank (for the transfer metrics); 0 if unknown."""
+        """Bytes of one KV block over all this worker's ranks (for the transfer metrics: every
+        rank moves its shard); 0 if unknown."""
         try:
             model, parallel = config.model_config, config.parallel_config
             dtype = config.cache_config.cache_dtype
             itemsize = model.dtype.itemsize if dtype in ("auto", None) else (1 if "fp8" in str(dtype) else 2)
-            return disagg.kv_bytes_per_block(
+            per_rank = disagg.kv_bytes_per_block(
                 model.get_num_layers(parallel), model.get_num_kv_heads(parallel), model.get_head_size(),
                 itemsize, config.cache_config.block_size,
             )
+            return per_rank * parallel.tensor_parallel_size * parallel.pipeline_parallel_size
         except Exception:  # noqa: BLE001 - metrics only: a vLLM that moved these is still served
             return 0
 
