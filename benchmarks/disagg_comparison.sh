@@ -14,8 +14,10 @@ output=${OUTPUT_TOKENS:-128}
 kv_bytes=${KV_BYTES_PER_TOKEN:-8192}
 configs=${CONFIGS:-"agg:4 disagg:2:2:tcp disagg:2:2:nixl disagg:1:3:tcp"}
 port=8141
+source benchmarks/serve.sh
 tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
+mkdir -p bench-results
+trap 'stop_serve; rm -rf "$tmp"' EXIT
 for config in $configs; do
   IFS=: read -r mode a b transfer <<< "$config"
   if [ "$mode" = agg ]; then
@@ -25,17 +27,14 @@ for config in $configs; do
           --disagg-min-prompt-tokens 512 --kv-bytes-per-token "$kv_bytes")
     workers=$((a + b)); label="${a}P+${b}D $transfer"
   fi
-  DYN_FILE_DISCOVERY_DIR=$tmp/disc-${config//:/-} uv run dynamo serve "${args[@]}" --http-port $port \
-    > "$tmp/serve.log" 2>&1 &
-  serve=$!
-  for _ in $(seq 1 240); do
-    if [ "$(curl -sf "localhost:$port/health" | grep -o instance_id | wc -l)" -ge "$workers" ]; then break; fi
-    sleep 0.5
-  done
   echo "== $label"
+  if ! DYN_FILE_DISCOVERY_DIR=$tmp/disc-${config//:/-} start_serve $port "$workers" \
+      "bench-results/serve-disagg-${config//:/-}.log" "${args[@]}"; then
+    continue  # e.g. --transfer nixl without the plugin: the other configurations still run
+  fi
   uv run python -m benchmarks.loadgen --url "http://127.0.0.1:$port" --concurrency "$levels" --duration "$duration" \
     --warmup 5 --prompt-tokens "$prompt" --output-tokens "$output" --label "$label" ${JSON_OUT:+--json-out "$JSON_OUT"}
   curl -s "localhost:$port/metrics" | grep -E '^dynamo_frontend_(kv_transfer_(bytes|seconds_(sum|count))|disagg_(requests|fallbacks))_?[a-z]*\{' \
     | grep -v _created || true
-  kill -TERM $serve; wait $serve || true
+  stop_serve
 done

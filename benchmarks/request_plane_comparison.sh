@@ -12,17 +12,14 @@ nats_port=4232
 tmp=$(mktemp -d)
 nats-server -a 127.0.0.1 -p $nats_port -js -sd "$tmp/nats" > "$tmp/nats.log" 2>&1 &
 nats=$!
-trap 'kill $nats 2>/dev/null || true; rm -rf "$tmp"' EXIT
+source benchmarks/serve.sh
+mkdir -p bench-results
+trap 'stop_serve; kill $nats 2>/dev/null || true; rm -rf "$tmp"' EXIT
 for plane in tcp nats; do
-  DYN_FILE_DISCOVERY_DIR=$tmp/disc-$plane uv run dynamo serve --workers 2 --speedup-ratio 1000 --http-port $port \
-    --request-plane $plane --event-plane $plane --nats-url nats://127.0.0.1:$nats_port > "$tmp/serve-$plane.log" 2>&1 &
-  serve=$!
-  for _ in $(seq 1 120); do
-    if curl -sf "localhost:$port/health" | grep -o instance_id | wc -l | grep -q '^2$'; then break; fi
-    sleep 0.5
-  done
+  DYN_FILE_DISCOVERY_DIR=$tmp/disc-$plane start_serve $port 2 "bench-results/serve-plane-$plane.log" \
+    --workers 2 --speedup-ratio 1000 --request-plane $plane --event-plane $plane --nats-url nats://127.0.0.1:$nats_port
   echo "== request plane: $plane"
   uv run python -m benchmarks.loadgen --url "http://127.0.0.1:$port" --concurrency "$levels" --duration "$duration" \
     --warmup 2 --label "$plane"
-  kill -TERM $serve; wait $serve || true
+  stop_serve
 done

@@ -27,27 +27,20 @@ traces_dir=${TRACES_DIR:-../shared/data/traces}
 out=${OUT_JSON:-bench-results/router_comparison.jsonl}
 mkdir -p "$(dirname "$out")"
 port=8131
+source benchmarks/serve.sh
+mkdir -p bench-results
+trap stop_serve EXIT
 for trace in ${TRACES:-conversation_trace synthetic_trace}; do
   for router in ${ROUTERS:-kv round-robin least-loaded}; do
     disc=$(mktemp -d)
-    DYN_FILE_DISCOVERY_DIR=$disc uv run dynamo serve --router "$router" --workers 4 --num-gpu-blocks "$kv_blocks" \
+    DYN_FILE_DISCOVERY_DIR=$disc start_serve $port 4 "bench-results/serve-$trace-$router.log" \
+      --router "$router" --workers 4 --num-gpu-blocks "$kv_blocks" \
       --prefill-tokens-per-s "$prefill_rate" --prefill-doubling-context "$doubling" \
-      --decode-ms-per-1k-kv-tokens "$per_kv" --speedup-ratio "$engine_speedup" \
-      --http-port $port ${ROUTER_ARGS:-} > "bench-results/serve-$trace-$router.log" 2>&1 &
-    serve=$!
-    ready=no
-    for _ in $(seq 1 240); do
-      if curl -sf "localhost:$port/health" | grep -o instance_id | wc -l | grep -q '^4$'; then ready=yes; break; fi
-      sleep 0.5
-    done
-    if [ $ready != yes ]; then
-      echo "serve with --router $router did not come up; see bench-results/serve-$trace-$router.log" >&2
-      kill -TERM $serve 2>/dev/null || true; exit 1
-    fi
+      --decode-ms-per-1k-kv-tokens "$per_kv" --speedup-ratio "$engine_speedup" ${ROUTER_ARGS:-}
     uv run python -m benchmarks.trace_replay --url "http://127.0.0.1:$port" --trace "$traces_dir/$trace.jsonl" \
       --max-requests "$max_requests" --time-scale "$time_scale" --token-scale "$token_scale" \
       --label "$router${LABEL_SUFFIX:-}" --json-out "$out"
-    kill -TERM $serve; wait $serve || true
+    stop_serve
     rm -rf "$disc"
   done
 done

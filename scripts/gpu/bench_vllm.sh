@@ -28,8 +28,20 @@ cpu_times() {  # CPU seconds of every serving process
     awk '{printf "%s cpu_s=%s %s %s %s\n", $1, $2, $3, $4, $5}' | cut -c1-160
 }
 
+server=""  # the running server's process group (setsid), stopped on any exit
+stop_server() {
+  [ -n "$server" ] || return 0
+  kill -TERM -- -"$server" 2>/dev/null || true
+  for _ in $(seq 60); do kill -0 -- -"$server" 2>/dev/null || { server=""; return 0; }; sleep 1; done
+  echo "server group $server still running 60 s after SIGTERM; killing it"
+  kill -9 -- -"$server" 2>/dev/null || true
+  sleep 2  # the GPU memory it held goes back
+  server=""
+}
+trap stop_server EXIT
+
 bench_one() {  # bench_one RUN SIDE
-  local run=$1 side=$2 log="$LOGS/run-$1-$2.log" command server started profiler=""
+  local run=$1 side=$2 log="$LOGS/run-$1-$2.log" command started profiler=""
   case "$side" in
     dynamo) command=(python3 -m dynamo_core.cli.main serve --engine vllm --router kv --workers 1
                      --model "$DYN_TEST_MODEL_DIR" --http-port "$PORT" "${ENGINE_FLAGS[@]}") ;;
@@ -42,8 +54,8 @@ bench_one() {  # bench_one RUN SIDE
   setsid "${command[@]}" >>"$log" 2>&1 &
   server=$!
   until curl -sf "http://127.0.0.1:$PORT/v1/models" | grep -q "\"$NAME\""; do
-    if ! kill -0 $server 2>/dev/null; then echo "server exited"; tail -50 "$log"; return 1; fi
-    if [ $(( $(date +%s) - started )) -ge 480 ]; then echo "server not up in 480 s"; kill -TERM -- -$server; return 1; fi
+    if ! kill -0 "$server" 2>/dev/null; then echo "server exited"; tail -50 "$log"; return 1; fi
+    if [ $(( $(date +%s) - started )) -ge 480 ]; then echo "server not up in 480 s"; return 1; fi
     sleep 2
   done
   echo "run $run: $side up in $(( $(date +%s) - started )) s" | tee -a "$log"
@@ -64,13 +76,7 @@ bench_one() {  # bench_one RUN SIDE
     --json-out "$LOGS/bench.jsonl" 2>&1 | tee -a "$log"
   { echo "--- cpu after"; cpu_times; } >>"$log"
   [ -z "$profiler" ] || wait "$profiler"
-  kill -TERM -- -$server 2>/dev/null || true
-  wait $server 2>/dev/null || true
-  # The next server needs the GPU memory this one held.
-  for _ in $(seq 60); do pgrep -f "EngineCore|vllm.entrypoints|dynamo_core.cli.main" >/dev/null || return 0; sleep 1; done
-  echo "run $run: $side still running 60 s after SIGTERM; killing it" | tee -a "$log"
-  pkill -9 -f "EngineCore|vllm.entrypoints|dynamo_core.cli.main" || true
-  sleep 2
+  stop_server  # the next server needs the GPU memory this one held
 }
 
 run=0
