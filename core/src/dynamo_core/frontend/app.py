@@ -208,6 +208,7 @@ def create_app(config: FrontendConfig, discovery: DiscoveryBackend | None = None
     async def on_shutdown() -> None:
         await registry.stop()
         await prompt_pool.stop()
+        await engine.close()
         await client.close()
         if owns_discovery:
             await discovery.close()

@@ -170,9 +170,17 @@ class DisaggregatingClient:
         task.add_done_callback(self._releases.discard)
 
     async def _call_release(self, record, hold_id: str) -> None:
-        with contextlib.suppress(Exception):  # it lets the KV go by itself after its hold timeout
+        try:
             async for _ in self._transports.call(record, KV_RELEASE_ENDPOINT, hold_id.encode()):
                 pass
+        except Exception as exc:  # noqa: BLE001 - it lets the KV go by itself after its hold timeout
+            log.info("could not release KV %s on prefill worker %s (%s); it frees it after its hold timeout",
+                     hold_id, record.instance_id, exc)
+
+    async def close(self) -> None:
+        """Finish the releases under way (before the transports close under them)."""
+        if self._releases:
+            await asyncio.wait(list(self._releases), timeout=2)
 
 
 def _record_pull(model: str, report: KvPullReport) -> None:
