@@ -18,6 +18,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from dynamo_core.frontend.stop_strings import partial_match_length
+
 THINK_START = "<think>"
 THINK_END = "</think>"
 
@@ -26,14 +28,6 @@ THINK_END = "</think>"
 class ReasoningDelta:
     reasoning: str = ""
     content: str = ""
-
-
-def _partial_suffix(text: str, tag: str) -> int:
-    """Length of the longest end of `text` that is a proper beginning of `tag`."""
-    for size in range(min(len(tag) - 1, len(text)), 0, -1):
-        if tag.startswith(text[-size:]):
-            return size
-    return 0
 
 
 class ReasoningParser:
@@ -69,7 +63,7 @@ class ReasoningParser:
         if self._state == "reasoning":
             end = text.find(THINK_END)
             if end < 0:
-                keep = _partial_suffix(text, THINK_END)
+                keep = partial_match_length(text, (THINK_END,))
                 out.reasoning = text[: len(text) - keep]
                 self._held = text[len(text) - keep:]
                 return out

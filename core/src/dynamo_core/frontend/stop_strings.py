@@ -8,6 +8,21 @@ the next delta shows whether it is; `flush()` releases it when the stream ends w
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+
+def partial_match_length(text: str, markers: Sequence[str], longest: int | None = None) -> int:
+    """Length of the longest end of `text` that is a proper beginning of one of `markers`: the
+    text that the next piece could still complete into one, so it is held back. `longest`: the
+    longest marker's length, when the caller keeps it."""
+    if longest is None:
+        longest = max((len(m) for m in markers), default=0)
+    for size in range(min(longest - 1, len(text)), 0, -1):
+        tail = text[-size:]
+        if any(m.startswith(tail) for m in markers):
+            return size
+    return 0
+
 
 class StopStringMatcher:
     """Finds the first stop string to complete in a stream of text pieces.
@@ -50,18 +65,9 @@ class StopStringMatcher:
             self._held = ""
             self.matched = best[2]
             return buffer[: best[1]], True
-        keep = self._partial_match_length(buffer)
+        keep = partial_match_length(buffer, self._stop, self._longest)
         self._held = buffer[len(buffer) - keep :]
         return buffer[: len(buffer) - keep], False
-
-    def _partial_match_length(self, buffer: str) -> int:
-        """Length of the longest end of `buffer` that is a proper beginning of a stop string:
-        the text that the next piece could still complete into a match."""
-        for size in range(min(self._longest - 1, len(buffer)), 0, -1):
-            tail = buffer[-size:]
-            if any(s.startswith(tail) for s in self._stop):
-                return size
-        return 0
 
     def flush(self) -> str:
         """At the end of the stream: the held-back text (it turned out not to be a stop string)."""

@@ -36,6 +36,8 @@ from typing import Any, ClassVar
 
 import msgspec
 
+from dynamo_core.frontend.stop_strings import partial_match_length
+
 
 class ToolCall(msgspec.Struct, kw_only=True):
     """One parsed call; `arguments` is the JSON text of the arguments object, as OpenAI sends it."""
@@ -174,14 +176,6 @@ class ToolParser(abc.ABC):
         return StreamDelta(content, deltas)
 
 
-def _partial_suffix(text: str, marker: str) -> int:
-    """Length of the longest end of `text` that is a proper beginning of `marker`."""
-    for size in range(min(len(marker) - 1, len(text)), 0, -1):
-        if marker.startswith(text[-size:]):
-            return size
-    return 0
-
-
 class _TaggedParser(ToolParser):
     """Calls start at an opening marker, with content around them; they end at a closing marker,
     or, without one (or when it never comes), at the end of the output."""
@@ -215,7 +209,7 @@ class _TaggedParser(ToolParser):
             if not self._inside:
                 start = self._buf.find(self.open)
                 if start == -1:  # hold back what may be the beginning of a marker
-                    keep = len(self._buf) - _partial_suffix(self._buf, self.open)
+                    keep = len(self._buf) - partial_match_length(self._buf, (self.open,))
                     items.append(self._buf[:keep])
                     self._buf = self._buf[keep:]
                     return items
