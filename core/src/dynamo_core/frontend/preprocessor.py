@@ -27,6 +27,7 @@ from dynamo_core.protocols.engine import (
     StopConditions,
 )
 from dynamo_core.protocols.openai import ChatCompletionRequest, CompletionRequest, _SamplingFields
+from dynamo_core.tokenizer import TokenizerBundle
 
 # Without a prompt pool, prompts longer than this (characters) are templated and tokenized in
 # a thread, which helps little (`tokenizers` holds the GIL while it encodes). With a pool
@@ -115,9 +116,10 @@ def _stop_conditions(model: ServedModel, req: _SamplingFields, max_tokens: int) 
     )
 
 
-def _render_and_encode(model: ServedModel, req: ChatCompletionRequest) -> tuple[list[int], list[int] | None]:
-    bundle = model.tokenizer
-    messages = [msgspec.to_builtins(m) for m in req.messages]
+def _render_and_encode_messages(bundle: TokenizerBundle, req, messages: list[dict]) -> list[int]:
+    """The chat template over `messages` (the request's, as plain data), with the request's
+    tools, documents and template options, tokenized; a template error is the client's 400.
+    Chat requests and `/tokenize` with messages go through here alike."""
     try:
         prompt = render_chat_template(
             bundle,
@@ -131,7 +133,13 @@ def _render_and_encode(model: ServedModel, req: ChatCompletionRequest) -> tuple[
     except ChatTemplateError as exc:
         raise BadRequestError(str(exc), param="messages") from exc
     # The template already placed BOS where the model wants it.
-    token_ids = bundle.encode(prompt, add_special_tokens=False)
+    return bundle.encode(prompt, add_special_tokens=False)
+
+
+def _render_and_encode(model: ServedModel, req: ChatCompletionRequest) -> tuple[list[int], list[int] | None]:
+    bundle = model.tokenizer
+    messages = [msgspec.to_builtins(m) for m in req.messages]
+    token_ids = _render_and_encode_messages(bundle, req, messages)
     last_ids = None
     if model.card.wants_last_message_tokens:
         content = messages[-1].get("content") or ""
@@ -150,19 +158,7 @@ def tokenize_for_endpoint(model: ServedModel, req) -> list[int]:
         return bundle.encode(req.prompt, add_special_tokens=req.add_special_tokens)
     if not req.messages:
         raise BadRequestError("'messages' must contain at least one message", param="messages")
-    try:
-        rendered = render_chat_template(
-            bundle,
-            [msgspec.to_builtins(m) for m in req.messages],
-            tools=req.tools,
-            documents=req.documents,
-            add_generation_prompt=req.add_generation_prompt and not req.continue_final_message,
-            continue_final_message=req.continue_final_message,
-            template_kwargs=req.chat_template_kwargs,
-        )
-    except ChatTemplateError as exc:
-        raise BadRequestError(str(exc), param="messages") from exc
-    return bundle.encode(rendered, add_special_tokens=False)
+    return _render_and_encode_messages(bundle, req, [msgspec.to_builtins(m) for m in req.messages])
 
 
 def _chat_prompt_chars(req: ChatCompletionRequest) -> int:
