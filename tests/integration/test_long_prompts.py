@@ -165,6 +165,20 @@ def test_prompts_over_the_pools_threshold_go_to_it(frontends):
     assert _cpu_ticks(pool_pids) > ticks_before  # encoded in the pool, not on the loop
 
 
+def test_a_batch_of_text_prompts_counts_its_texts_for_the_threshold(frontends):
+    """A list of prompts is measured by its texts (it used to count as nothing, and so was
+    always encoded on the loop, however long)."""
+    pool_pids = _pool_pids(_frontend_pid(frontends["pooled_serve"]), POOL_WORKERS)
+    wait_until(lambda: "prompt pool ready" in frontends["pooled_serve"].output(), 30)
+    ticks_before = _cpu_ticks(pool_pids)
+    for seed in range(20):
+        texts = [_long_text(200 + seed, 3_000), _long_text(300 + seed, 3_000)]
+        body = {"model": "m", "prompt": texts, "max_tokens": 3}
+        status, with_pool = _post(frontends["pooled"], "/v1/completions", body)
+        assert status == 200 and with_pool["usage"] == _post(frontends["plain"], "/v1/completions", body)[1]["usage"]
+    assert _cpu_ticks(pool_pids) > ticks_before
+
+
 def test_a_template_error_inside_the_pool_is_the_same_400(frontends):
     # The test tokenizer's Mistral template refuses two user turns in a row (raise_exception).
     body = {"model": "m", "messages": [{"role": "user", "content": _long_text(3)}, {"role": "user", "content": "again"}]}

@@ -175,7 +175,7 @@ async def chat_completions(state: ServingState, body: bytes) -> Response:
     model = find_model(state, req.model)
     request_id = f"chatcmpl-{uuid.uuid4().hex}"
     plan = tool_plan(req, model.card)
-    choices = await prepare_chat(model, req, request_id, tool_guided=plan.guided)
+    choices = await prepare_chat(model, req, request_id, tool_guided=plan.guided, body_chars=len(body))
     usage, tracker, first, deltas = await _start(state, model, choices, _stop_list(req.stop), "chat")
     created = int(time.time())
     token_texts = model.token_texts if req.logprobs else None

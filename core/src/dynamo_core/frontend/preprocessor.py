@@ -162,13 +162,29 @@ def tokenize_for_endpoint(model: ServedModel, req) -> list[int]:
 
 
 def _chat_prompt_chars(req: ChatCompletionRequest) -> int:
-    return sum(len(m.content) if isinstance(m.content, str) else 256 for m in req.messages)
+    """What the template will render, roughly: message texts (for a caller without the body)."""
+    chars = 0
+    for m in req.messages:
+        if isinstance(m.content, str):
+            chars += len(m.content)
+        elif m.content:
+            chars += sum(len(part.get("text") or "") if isinstance(part, dict) else 256 for part in m.content)
+    return chars
+
+
+def _completion_prompt_chars(prompt) -> int:
+    if isinstance(prompt, str):
+        return len(prompt)
+    return sum(len(item) for item in prompt if isinstance(item, str))  # token-id prompts need no encoding
 
 
 async def prepare_chat(
-    model: ServedModel, req: ChatCompletionRequest, request_id: str, tool_guided: GuidedDecoding | None = None
+    model: ServedModel, req: ChatCompletionRequest, request_id: str, tool_guided: GuidedDecoding | None = None,
+    body_chars: int | None = None,
 ) -> list[PreparedChoice]:
-    """`tool_guided`: the constraint that `tool_choice` puts on the output (see structured.py)."""
+    """`tool_guided`: the constraint that `tool_choice` puts on the output (see structured.py).
+    `body_chars`: the request body's size, the measure of the template's work (tools and
+    documents render too) that decides where it is done; else the messages' text is counted."""
     if not req.messages:
         raise BadRequestError("'messages' must contain at least one message", param="messages")
     guided = guided_decoding(req, model.card)
@@ -177,7 +193,7 @@ async def prepare_chat(
     guided = guided or tool_guided
     _stop_strings(req.stop)  # validate before the expensive part
     token_ids, last_ids = await _where_it_pays(
-        model, _chat_prompt_chars(req),
+        model, body_chars if body_chars is not None else _chat_prompt_chars(req),
         lambda pool: pool.render_and_encode(model, req), lambda: _render_and_encode(model, req),
     )
     requested = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
@@ -239,9 +255,8 @@ def _completion_prompts(model: ServedModel, prompt) -> list[tuple[list[int], str
 async def prepare_completion(model: ServedModel, req: CompletionRequest, request_id: str) -> list[PreparedChoice]:
     _stop_strings(req.stop)
     guided = guided_decoding(req, model.card)
-    prompt_chars = len(req.prompt) if isinstance(req.prompt, str) else 0
     prompts = await _where_it_pays(
-        model, prompt_chars,
+        model, _completion_prompt_chars(req.prompt),
         lambda pool: pool.completion_prompts(model, req.prompt), lambda: _completion_prompts(model, req.prompt),
     )
     choices: list[PreparedChoice] = []
