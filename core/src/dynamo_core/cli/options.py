@@ -77,7 +77,8 @@ def add_http_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--preprocess-min-chars", type=non_negative_int,
         default=env_default("DYN_PREPROCESS_MIN_CHARS", default_preprocess_min_chars()),
-        help="prompts longer than this many characters go to the preprocessing processes "
+        help="prompts longer than this many characters (a chat request: its body, tools and documents "
+             "included) go to the preprocessing processes "
              "(env DYN_PREPROCESS_MIN_CHARS; default: %(default)s: 1024 with 8 or more CPUs, else 8192)",
     )
 
