@@ -6,7 +6,8 @@
 #   scripts/gpu/fetch_wheels.sh            # -> .whl/parts/01 .. NN, .whl/SHA256SUMS
 #   scripts/gpu/fetch_wheels.sh nixl       # -> .whl-nixl/parts/01 (+ SHA256SUMS): NIXL alone,
 #       for tests/gpu/test_nixl_vram.py and benchmarks/transfer_bench_gpu.py in one call
-#       (list .whl-nixl/ in .git/info/exclude or .gitignore)
+#       (list .whl-nixl/ in .git/info/exclude or .gitignore; carry .whl-nixl/parts/01 and
+#       .whl-nixl/parts/SHA256SUMS, then `WHL=.whl-nixl scripts/gpu/stage_wheels.sh --install`)
 #
 # The GPU machine's image already has Python 3.12, torch 2.11.0+cu130, transformers 5.17,
 # numpy, tokenizers, jinja2, xxhash, pluggy, prometheus-client, uvloop, httpx, h11, click, rich,

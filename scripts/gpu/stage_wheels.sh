@@ -11,10 +11,11 @@ set -euo pipefail
 STORE=/root/whl
 SITE=/root/site
 mkdir -p "$STORE"
-for part in .whl/parts/[0-9]*/; do
+WHL=${WHL:-.whl}  # WHL=.whl-nixl for the set `fetch_wheels.sh nixl` makes
+for part in "$WHL"/parts/[0-9]*/; do
   [ -d "$part" ] && cp "$part"* "$STORE/" && echo "staged part $(basename "$part")"
 done
-cp .whl/parts/SHA256SUMS "$STORE/"
+cp "$WHL"/parts/SHA256SUMS "$STORE/"
 echo "$(ls "$STORE" | grep -vc SHA256SUMS) files under $STORE ($(du -sh "$STORE" | cut -f1))"
 [ "${1:-}" = "--install" ] || exit 0
 

@@ -87,8 +87,8 @@ def dynamo_discovery_backends() -> list["dynamo_core.runtime.discovery.Discovery
 def dynamo_transfer_backends() -> list["dynamo_core.transfer.TransferSpec"]:  # noqa: F821
     """Return the KV-transfer backends this package provides (`tcp` in core, `nixl` in dynamo-nixl).
 
-    For disaggregated serving, which will move KV blocks from a prefill worker to a decode
-    worker with them (the serving side is not built yet; `benchmarks/transfer_bench.py` uses them).
+    Disaggregated serving moves KV blocks from a prefill worker to a decode worker with them
+    (`--transfer`; the mocker's prefill/decode roles, `benchmarks/transfer_bench.py`).
     Each ``TransferSpec`` has a name and a factory ``create(config: TransferConfig) ->
     TransferAgent``. An agent registers local buffers, describes them as ``RemoteRegion``s
     (msgspec, sent to peers in request-plane messages) and reads peers' regions into its own;
