@@ -135,7 +135,12 @@ class Worker:
                 log.info("KV transfer agent %s (%s) started", self.transfer.agent_name, config.transfer)
             else:
                 context.transfer = self.transfer = None  # the engine moves KV its own way
-        info = await self.engine.start()
+        try:
+            info = await self.engine.start()
+        except BaseException:
+            if self.transfer is not None:  # its listener and tasks would outlive the failed start
+                await self.transfer.close()
+            raise
         self._server.register(GENERATE_ENDPOINT, self._generate)
         self._server.register(EVENTS_ENDPOINT, self.events.serve_subscription)
         self._server.register(KV_RELEASE_ENDPOINT, self._release_kv)

@@ -66,8 +66,8 @@ def _engine_input(tokens_prompt: Any) -> Any:
     try:
         from vllm.inputs import tokens_input
     except ImportError:
-        return lambda prompt_token_ids: tokens_prompt(prompt_token_ids=prompt_token_ids)
-    return lambda prompt_token_ids: tokens_input(prompt_token_ids)
+        return tokens_prompt
+    return tokens_input  # both take prompt_token_ids=
 
 
 class VllmEngine(Engine):
