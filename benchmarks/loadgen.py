@@ -31,6 +31,8 @@ from typing import Any
 
 from benchmarks.common import (
     add_run_options,
+    gc_collections,
+    prometheus_value,
     report,
     RequestRecord,
     StreamClient,
@@ -180,8 +182,9 @@ def measured_records(records: list[tuple[str, RequestRecord]], level: Level) -> 
 
 async def run_level(client: StreamClient, args: argparse.Namespace, concurrency: int, prompts: PromptFactory) -> dict[str, Any]:
     records: list[tuple[str, RequestRecord]] = []
-    frontend_cpu_before = await client.metric("process_cpu_seconds_total")
-    frontend_gc_before = await client.gc_collections()
+    scrape = await client.metrics()  # one scrape before and one after the level
+    frontend_cpu_before = prometheus_value(scrape, "process_cpu_seconds_total")
+    frontend_gc_before = gc_collections(scrape)
     own_cpu_before = process_cpu_seconds()
     started = time.perf_counter()
     warm_until = started + args.warmup
@@ -197,8 +200,9 @@ async def run_level(client: StreamClient, args: argparse.Namespace, concurrency:
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     wall = time.perf_counter() - started
     own_cpu = process_cpu_seconds() - own_cpu_before
-    frontend_cpu_after = await client.metric("process_cpu_seconds_total")
-    frontend_gc_after = await client.gc_collections()
+    scrape = await client.metrics()
+    frontend_cpu_after = prometheus_value(scrape, "process_cpu_seconds_total")
+    frontend_gc_after = gc_collections(scrape)
 
     counted, window = measured_records(records, level)
     row = summarize(counted, window)
