@@ -167,11 +167,11 @@ class NixlTransferAgent(TransferAgent):
 
     def deregister(self, region_id: int) -> None:
         region = self._local(region_id)
-        del self._regions[region_id]
         try:
             self._agent().deregister_memory(region.descs, backends=[_BACKEND])
-        except Exception as e:
+        except Exception as e:  # still registered with NIXL: keep it ours (close deregisters it again)
             raise TransferError(f"NIXL could not deregister region {region_id}: {e}") from e
+        del self._regions[region_id]
 
     async def read_many(self, remote: RemoteRegion, local_region: int, pieces: Sequence[tuple[int, int, int]]) -> None:
         if remote.backend != self.name:
