@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from dynamo_core.engines.base import Engine, EngineContext, EngineSpec
-from dynamo_core.plugins import hookimpl
+from dynamo_core import hookimpl
 from dynamo_core.routers.base import Router, RouterContext, RouterSpec
 from dynamo_core.runtime.discovery import DiscoverySpec
 from dynamo_core.transfer.base import TransferAgent, TransferConfig, TransferSpec

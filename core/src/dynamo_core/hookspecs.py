@@ -17,6 +17,8 @@ import argparse
 import pluggy
 
 hookspec = pluggy.HookspecMarker("dynamo")
+# Plugin authors decorate their implementations with this (also importable as `dynamo_core.hookimpl`).
+hookimpl = pluggy.HookimplMarker("dynamo")
 
 # ---------------------------------------------------------------------------------------------
 # Engines

@@ -10,8 +10,7 @@ from typing import Any
 import pluggy
 
 from dynamo_core import hookspecs
-
-hookimpl = pluggy.HookimplMarker("dynamo")
+from dynamo_core.hookspecs import hookimpl  # noqa: F401  (kept for plugins written before dynamo_core.hookimpl)
 
 # Well-known plugin names and the distribution that provides them, so that a missing plugin
 # produces an error telling the user what to install.

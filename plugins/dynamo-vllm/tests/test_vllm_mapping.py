@@ -211,7 +211,7 @@ def test_disagg_kv_bytes_per_block_and_reports_without_parameters():
 def test_disagg_keeps_a_users_kv_transfer_config_with_the_nixl_connector_and_refuses_another():
     from types import SimpleNamespace
 
-    from dynamo_core.worker.worker import WorkerConfigError
+    from dynamo_core.errors import WorkerConfigError
     from dynamo_vllm import disagg
 
     made = disagg.transfer_config(None, SimpleNamespace)

@@ -173,7 +173,8 @@ def cmd_worker(argv: list[str]) -> int:
     parser = build_worker_parser(pre.engine)
     ns = parser.parse_args(argv)
     setup_logging("worker")
-    from dynamo_core.worker.worker import Worker, WorkerConfigError
+    from dynamo_core.errors import WorkerConfigError
+    from dynamo_core.worker.worker import Worker
 
     if ns.model and not os.path.isdir(ns.model):
         parser.error(f"--model {ns.model}: not a directory (an HF-format model directory is expected)")

@@ -18,6 +18,7 @@ from pathlib import Path
 import msgspec
 
 from dynamo_core.engines.base import Engine, EngineContext
+from dynamo_core.errors import WorkerConfigError
 from dynamo_core.plugins import get_registry
 from dynamo_core.protocols.discovery import InstanceRecord, ModelCard
 from dynamo_core.protocols.engine import EngineOutput, FinishReason, PreprocessedRequest
@@ -36,10 +37,6 @@ ROLES = ("agg", "prefill", "decode")
 BACKEND_COMPONENT = "backend"
 LOAD_REPORT_INTERVAL_S = 0.05
 LOAD_HEARTBEAT_S = 1.0
-
-class WorkerConfigError(ValueError):
-    """A worker setting that cannot work (the CLI prints it without a traceback)."""
-
 
 _request_decoder = msgspec.msgpack.Decoder(PreprocessedRequest)
 _output_encoder = msgspec.msgpack.Encoder()

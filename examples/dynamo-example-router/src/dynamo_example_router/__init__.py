@@ -3,7 +3,7 @@
 It sends each request to the worker with the fewest prompt tokens still waiting for their
 first output token, counting only what this frontend sent. It shows the three things every
 plugin has: a `dynamo` entry point (see pyproject.toml), hook implementations marked with
-`dynamo_core.plugins.hookimpl`, and an implementation of a core contract (here `Router`).
+`dynamo_core.hookimpl`, and an implementation of a core contract (here `Router`).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from dynamo_core.plugins import hookimpl
+from dynamo_core import hookimpl
 from dynamo_core.protocols.engine import PreprocessedRequest
 from dynamo_core.routers.base import Router, RouterContext, RouterSpec, WorkerState
 

@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from dynamo_core.protocols.engine import KvPullReport, KvTransferParams, PreprocessedRequest
-from dynamo_core.worker.worker import WorkerConfigError
+from dynamo_core.errors import WorkerConfigError
 
 CONNECTOR = "NixlConnector"
 SIDE_CHANNEL_PORT_ENV = "VLLM_NIXL_SIDE_CHANNEL_PORT"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from dynamo_core.engines.base import Engine, EngineContext, EngineSpec
-from dynamo_core.plugins import hookimpl
+from dynamo_core import hookimpl
 
 
 def _create(context: EngineContext) -> Engine:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dynamo_core.plugins import hookimpl
+from dynamo_core import hookimpl
 from dynamo_core.transfer import TransferAgent, TransferConfig, TransferSpec
 
 

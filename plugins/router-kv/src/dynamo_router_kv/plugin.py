@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from dynamo_core.plugins import hookimpl
+from dynamo_core import hookimpl
 from dynamo_core.routers.base import Router, RouterContext, RouterSpec
 
 from dynamo_router_kv.config import DEFAULT_OVERLAP_WEIGHT, DEFAULT_TEMPERATURE, DEFAULT_TTL_S
