@@ -1,0 +1,128 @@
+"""Disaggregated prefill/decode with TensorRT-LLM's `DisaggregatedParams`, in dynamo's terms.
+
+TensorRT-LLM moves the KV itself, with the cache transceiver of both workers
+(`cache_transceiver_config`, backend NIXL by default here; `options.py`):
+
+1. A prefill worker's request runs with `DisaggregatedParams(request_type="context_only")`
+   (the PyTorch backend forces `max_tokens` 1). Its `outputs[0].disaggregated_params` come back
+   filled from the C++ `ContextPhaseParams`: `first_gen_tokens`, `ctx_request_id`,
+   `opaque_state` (bytes: where the transceiver holds the KV), `draft_tokens`, and in later
+   releases `disagg_request_id`, `ctx_dp_rank`, `ctx_info_endpoint`. They travel as a
+   `ContextState` in `KvTransferParams.engine_params`, `opaque_state` as bytes in the msgpack
+   frames of the request plane.
+2. The frontend sends the first token to the client and the decode worker the prompt plus that
+   token (`max_tokens` one less). TensorRT-LLM's generation-only request wants the *prompt*
+   with `DisaggregatedParams(request_type="generation_only", ...)` carrying the first token, and
+   its output starts with that token: so the decode side strips the token from the prompt,
+   asks for one token more and skips the first output token (`DecodePlan`).
+3. The transceiver frees the prefill side's KV once sent (or after its
+   `kv_transfer_timeout_ms`), so `release_kv` has nothing to do.
+
+Pure functions over plain data: unit-tested without TensorRT-LLM.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+
+from dynamo_core.protocols.engine import KvPullReport, KvTransferParams, PreprocessedRequest
+
+CONTEXT_ONLY = "context_only"
+GENERATION_ONLY = "generation_only"
+
+
+class ContextState(msgspec.Struct, omit_defaults=True, kw_only=True):
+    """What a context-only request answered (`DisaggregatedParams` fields), carried to decode."""
+
+    first_gen_tokens: list[int]
+    ctx_request_id: int | None = None
+    opaque_state: bytes | None = None
+    draft_tokens: list[int] | None = None
+    disagg_request_id: int | None = None
+    ctx_dp_rank: int | None = None
+    ctx_info_endpoint: Any = None  # a str in the releases read; kept as given
+
+
+_FIELDS = tuple(f for f in ContextState.__struct_fields__)
+
+
+def context_state(params: Any) -> ContextState | None:
+    """The state in a prefill's `outputs[0].disaggregated_params`; None when it has none."""
+    if params is None or not getattr(params, "first_gen_tokens", None):
+        return None
+    values = {name: getattr(params, name, None) for name in _FIELDS}
+    values["first_gen_tokens"] = [int(t) for t in values["first_gen_tokens"]]
+    if values["draft_tokens"] is not None:
+        values["draft_tokens"] = [int(t) for t in values["draft_tokens"]]
+    if values["opaque_state"] is not None:
+        values["opaque_state"] = bytes(values["opaque_state"])
+    return ContextState(**values)
+
+
+def generation_params_kwargs(state: ContextState) -> dict[str, Any]:
+    """`DisaggregatedParams(**kwargs)` for the generation-only request. Only the fields set are
+    passed, so that a release without the later fields still accepts them."""
+    kwargs: dict[str, Any] = {"request_type": GENERATION_ONLY}
+    for name in _FIELDS:
+        value = getattr(state, name)
+        if value is not None:
+            kwargs[name] = value
+    return kwargs
+
+
+def prefill_result(
+    params: Any, *, worker_id: str, request_id: str, prompt_tokens: int, block_size: int
+) -> KvTransferParams | None:
+    """dynamo's transfer parameters from what a context-only request answered."""
+    state = context_state(params)
+    if state is None:
+        return None
+    return KvTransferParams(
+        worker_id=worker_id,
+        hold_id=request_id,
+        num_tokens=prompt_tokens,
+        block_size=block_size,
+        engine_params=msgspec.to_builtins(state, builtin_types=(bytes,)),
+        decode_samples_first_token=False,
+    )
+
+
+@dataclass(frozen=True)
+class DecodePlan:
+    """How a decode request runs in TensorRT-LLM: `prompt` with `state` (None: no usable state,
+    so the prompt is computed here), skipping the first `skip_tokens` output tokens."""
+
+    prompt: list[int]
+    skip_tokens: int
+    state: ContextState | None
+    reason: str | None = None  # why the prompt is computed here, when it is
+
+
+def decode_plan(request: PreprocessedRequest) -> DecodePlan:
+    disagg = request.disagg
+    kv = disagg.kv if disagg is not None else None
+    if kv is None or not kv.engine_params:
+        return DecodePlan(list(request.token_ids), 0, None, "no TensorRT-LLM context state from the prefill worker")
+    try:
+        state = msgspec.convert(kv.engine_params, ContextState)
+    except msgspec.ValidationError as exc:
+        return DecodePlan(list(request.token_ids), 0, None, f"unusable TensorRT-LLM context state: {exc}")
+    prompt, shown = request.token_ids[: kv.num_tokens], request.token_ids[kv.num_tokens:]
+    if list(shown) != state.first_gen_tokens:
+        # The frontend appended something else than the prefill's tokens: TensorRT-LLM would
+        # continue from its own first token, not from the text the client has.
+        return DecodePlan(list(request.token_ids), 0, None,
+                          "the request does not continue the prefill worker's first token")
+    return DecodePlan(list(prompt), len(shown), state)
+
+
+def pull_report(plan: DecodePlan, block_size: int) -> KvPullReport:
+    """What a decode request pulled, as far as the adapter knows: the transceiver reads the
+    prompt's blocks and does not say how many bytes or how long (both stay unknown)."""
+    if plan.state is None:
+        return KvPullReport(recomputed=plan.reason)
+    return KvPullReport(blocks=math.ceil(len(plan.prompt) / block_size) if block_size else 0, seconds=None)

@@ -1,0 +1,229 @@
+"""The TensorRT-LLM engine: `tensorrt_llm.LLM` (PyTorch backend) in the worker, behind dynamo's `Engine`.
+
+- Start: `LLM(**kwargs)` with the worker's LLM arguments (`options.llm_arguments`). The model
+  card gets TensorRT-LLM's block size (`llm.args.kv_cache_config.tokens_per_block`), its GPU
+  KV capacity (the `created` KV events, else the first iteration stats) and `max_seq_len`.
+- Requests: token ids and `SamplingParams` with an explicit `end_id` (`sampling.py`) go to
+  `generate_async(..., streaming=True)`; the result is iterated as it updates and its
+  cumulative outputs become deltas (`outputs.py`). A stream that is closed or cancelled before
+  the request finished (the client went away) calls the result's `abort()`.
+- KV events: `get_kv_cache_events_async` is drained by a task on the worker's loop; the events
+  are translated (`kv_events.py`), kept in a mirror (for snapshots) and published.
+- Load: `get_stats_async` is drained likewise into `load.IterationLoad`.
+- Prefill and decode roles: `DisaggregatedParams` context-only / generation-only, the KV moved
+  by TensorRT-LLM's cache transceiver (`disagg.py`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+from collections.abc import AsyncIterator
+from typing import Any
+
+from dynamo_core.engines.base import Engine, EngineContext
+from dynamo_core.engines.kv_mirror import KvCacheMirror
+from dynamo_core.protocols.engine import EngineInfo, EngineOutput, FinishReason, PreprocessedRequest
+from dynamo_core.protocols.kv_events import KvStored, LoadMetrics
+from dynamo_trtllm import disagg
+from dynamo_trtllm.availability import TrtllmUnavailableError, require_trtllm
+from dynamo_trtllm.kv_events import KvEventTranslator
+from dynamo_trtllm.load import IterationLoad
+from dynamo_trtllm.options import LlmArguments, llm_arguments
+from dynamo_trtllm.outputs import OutputStream
+from dynamo_trtllm.sampling import sampling_kwargs
+
+log = logging.getLogger(__name__)
+
+# How long one drain of TensorRT-LLM's event and stats queues waits for the next item before
+# it ends (`IterationResult` stops at its timeout); the poller then sleeps `POLL_IDLE_S`.
+POLL_TIMEOUT_S = 0.05
+POLL_IDLE_S = 0.05
+# At start-up, how long to wait for the `created` KV events that give the KV capacity.
+CREATED_EVENTS_TIMEOUT_S = 2.0
+DEFAULT_TOKENS_PER_BLOCK = 32  # KvCacheConfig.tokens_per_block's default in the releases read
+
+
+def _context_length(model_path: str) -> int:
+    """The model's own context length (config.json), when TensorRT-LLM does not say."""
+    try:
+        with open(os.path.join(model_path, "config.json"), encoding="utf-8") as f:
+            config = json.load(f)
+    except (OSError, ValueError):
+        return 0
+    return int(config.get("max_position_embeddings") or 0)
+
+
+class TrtllmEngine(Engine):
+    supports_disaggregation = True  # through TensorRT-LLM's cache transceiver
+    uses_transfer_agent = False  # the transceiver moves the KV, not dynamo's `--transfer` agent
+
+    def __init__(self, context: EngineContext, args: LlmArguments):
+        if context.model_path is None:
+            raise ValueError("--engine trtllm needs --model: an HF-format model directory")
+        self._context = context
+        self._args = args
+        self._llm: Any = None
+        # TensorRT-LLM's request classes, bound once it is imported (stand-ins in tests).
+        self._sampling_params: Any = None
+        self._disaggregated_params: Any = None
+        self._block_size = args.block_size or DEFAULT_TOKENS_PER_BLOCK
+        self._load = IterationLoad()
+        self._mirror = KvCacheMirror()
+        self._translator: KvEventTranslator | None = None
+        self._tasks: list[asyncio.Task] = []
+
+    @classmethod
+    def from_context(cls, context: EngineContext) -> "TrtllmEngine":
+        require_trtllm()
+        if context.model_path is None:
+            raise ValueError("--engine trtllm needs --model: an HF-format model directory")
+        return cls(context, llm_arguments(context.options, context.model_path, context.role))
+
+    async def start(self) -> EngineInfo:
+        try:
+            from tensorrt_llm import LLM, SamplingParams
+            from tensorrt_llm.disaggregated_params import DisaggregatedParams
+        except ImportError as exc:
+            raise TrtllmUnavailableError(f"could not import TensorRT-LLM ({exc})") from exc
+        kwargs = self._llm_kwargs(self._args.kwargs)
+        log.info("starting TensorRT-LLM for %s with %s", self._context.model_path,
+                 {k: v for k, v in kwargs.items() if k != "model"})
+        # Blocks this loop until the model is loaded and the KV cache allocated; the worker
+        # registers nowhere and serves nothing before that. It stays on the loop's thread:
+        # TensorRT-LLM binds its results' async queues to the loop running when they are made.
+        llm = LLM(**kwargs)
+        self.bind(llm, SamplingParams, DisaggregatedParams)
+        args = getattr(llm, "args", None)
+        kv_config = getattr(args, "kv_cache_config", None)
+        self._block_size = int(getattr(kv_config, "tokens_per_block", None) or self._block_size)
+        context_length = int(getattr(args, "max_seq_len", None) or 0) or _context_length(self._context.model_path)
+        if self._args.kv_events:
+            self._translator = KvEventTranslator(self._block_size)
+            await self._drain_kv_events(CREATED_EVENTS_TIMEOUT_S)
+            self._load.total_kv_blocks = self._translator.kv_capacity_blocks
+        else:
+            log.warning("KV block reuse or the event buffer is off: no KV events, routers see no cached prefixes")
+        self._tasks = [asyncio.create_task(self._poll(self._drain_stats), name="trtllm-stats")]
+        if self._translator is not None:
+            self._tasks.append(asyncio.create_task(self._poll(self._drain_kv_events), name="trtllm-kv-events"))
+        return EngineInfo(block_size=self._block_size, kv_capacity_blocks=self._load.total_kv_blocks,
+                          context_length=context_length)
+
+    @staticmethod
+    def _llm_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
+        """Nested sections as TensorRT-LLM's config classes, as trtllm-serve builds them (the
+        releases read also accept plain mappings; older ones did not for every section)."""
+        try:
+            from tensorrt_llm.llmapi.llm_args import update_llm_args_with_extra_dict
+        except ImportError:
+            return dict(kwargs)
+        return update_llm_args_with_extra_dict({}, dict(kwargs))
+
+    def bind(self, llm: Any, sampling_params: Any, disaggregated_params: Any) -> None:
+        """Use this LLM and these request classes (TensorRT-LLM's; stand-ins in tests)."""
+        self._llm, self._sampling_params, self._disaggregated_params = llm, sampling_params, disaggregated_params
+
+    def _request_args(self, request: PreprocessedRequest) -> tuple[list[int], dict[str, Any], Any, int, disagg.DecodePlan | None]:
+        """prompt, SamplingParams kwargs, DisaggregatedParams (or None), output tokens to skip, decode plan."""
+        phase = request.disagg.phase if request.disagg is not None else None
+        if phase == "prefill":
+            return list(request.token_ids), sampling_kwargs(request), \
+                self._disaggregated_params(request_type=disagg.CONTEXT_ONLY), 0, None
+        if phase == "decode":
+            plan = disagg.decode_plan(request)
+            if plan.state is not None:
+                params = self._disaggregated_params(**disagg.generation_params_kwargs(plan.state))
+                return plan.prompt, sampling_kwargs(request, extra_tokens=plan.skip_tokens), params, plan.skip_tokens, plan
+            log.warning("request %s computes its prompt on this decode worker: %s", request.request_id, plan.reason)
+            return list(request.token_ids), sampling_kwargs(request), None, 0, plan
+        return list(request.token_ids), sampling_kwargs(request), None, 0, None
+
+    async def generate(self, request: PreprocessedRequest) -> AsyncIterator[EngineOutput]:
+        assert self._llm is not None, "start() first"
+        phase = request.disagg.phase if request.disagg is not None else None
+        try:
+            prompt, kwargs, disaggregated, skip, plan = self._request_args(request)
+            params = self._sampling_params(**kwargs)
+            # A prefill answers once, when its context is done (as trtllm-serve's context
+            # servers run); everything else streams.
+            result = self._llm.generate_async(
+                {"prompt_token_ids": prompt}, sampling_params=params, streaming=phase != "prefill",
+                disaggregated_params=disaggregated,
+            )
+        except (ValueError, TypeError, RuntimeError) as exc:  # refused before it started
+            yield EngineOutput(finish_reason=FinishReason.ERROR, error=f"TensorRT-LLM: {exc}")
+            return
+        stream = OutputStream(top_logprobs=request.output.logprobs, block_size=self._block_size, skip_tokens=skip)
+        self._load.in_flight += 1
+        try:
+            if phase == "prefill":
+                await result
+                output = stream.delta(result) or EngineOutput()
+                completion = result.outputs[0]
+                output.kv_transfer = disagg.prefill_result(
+                    getattr(completion, "disaggregated_params", None), worker_id=self._context.worker_id,
+                    request_id=request.request_id, prompt_tokens=len(prompt), block_size=self._block_size,
+                )
+                yield output
+                return
+            first = True
+            async for update in result:
+                output = stream.delta(update)
+                if output is None:
+                    continue
+                if first and plan is not None:
+                    output.kv_pull = disagg.pull_report(plan, self._block_size)
+                first = False
+                yield output
+        except Exception as exc:  # a failed request or engine
+            log.warning("request %s failed in TensorRT-LLM: %s", request.request_id, exc)
+            yield EngineOutput(finish_reason=FinishReason.ERROR, error=f"TensorRT-LLM: {exc}")
+        finally:
+            self._load.in_flight -= 1
+            if not result.finished:
+                # The consumer went away (or the stream failed): free the request's slot and KV.
+                with contextlib.suppress(Exception):
+                    result.abort()
+
+    async def _poll(self, drain) -> None:
+        while True:
+            try:
+                await drain(POLL_TIMEOUT_S)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # one bad read must not stop the reports
+                log.exception("reading TensorRT-LLM's %s failed", drain.__name__)
+            await asyncio.sleep(POLL_IDLE_S)
+
+    async def _drain_kv_events(self, timeout: float) -> None:
+        assert self._translator is not None
+        async for event in self._llm.get_kv_cache_events_async(timeout=timeout):
+            events = self._translator.translate([event])
+            if events:
+                self._mirror.apply(events)
+                self._context.kv_events.publish(events)
+
+    async def _drain_stats(self, timeout: float) -> None:
+        async for stats in self._llm.get_stats_async(timeout=timeout):
+            self._load.record(stats if isinstance(stats, dict) else json.loads(stats))
+
+    def load_metrics(self, worker_id: str) -> LoadMetrics:
+        return self._load.metrics(worker_id)
+
+    def kv_snapshot(self) -> list[KvStored]:
+        return self._mirror.snapshot()
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+        if self._llm is not None:
+            llm, self._llm = self._llm, None
+            llm.shutdown()
