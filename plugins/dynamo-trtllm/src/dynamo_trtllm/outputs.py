@@ -106,8 +106,8 @@ class OutputStream:
         new = list(tokens[start:])
         self.emitted = max(self.emitted, len(tokens))
         finished = bool(result.finished)
-        if not new and not finished and not self._first:
-            return None
+        if not new and not finished:
+            return None  # the first delta's counts wait for its first token
         output = EngineOutput(token_ids=new)
         if finished:
             output.finish_reason = finish_reason(completion.finish_reason)

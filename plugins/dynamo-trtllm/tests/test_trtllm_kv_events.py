@@ -1,0 +1,107 @@
+"""TensorRT-LLM's KV cache events as dynamo's.
+
+The inputs are dicts exactly as `tensorrt_llm/_utils.py:KVCacheEventSerializer.to_json_str`
+writes them for `LLM.get_kv_cache_events_async`: `{"event_id", "data", "window_size"}` (plus
+`attention_dp_rank` under attention DP), `data` typed created / stored (with `stored_block`s of
+`unique_token`s) / removed / updated (with `event_diff`s).
+"""
+
+from __future__ import annotations
+
+from dynamo_core.protocols.kv_events import KvBlock, KvRemoved, KvStored
+from dynamo_trtllm.kv_events import KvEventTranslator
+
+FULL, SLIDING = 4096, 512
+
+
+def token(t: int, extra: int = 0) -> dict:
+    return {"type": "unique_token", "token_id": t, "token_extra_id": extra}
+
+
+def block(h: int, tokens: list[int], cache_level: int = 0, extra: int = 0) -> dict:
+    return {"type": "stored_block", "block_hash": h, "tokens": [token(t, extra) for t in tokens],
+            "cache_level": cache_level, "priority": 35}
+
+
+def event(event_id: int, data: dict, window: int = FULL, dp_rank: int | None = None) -> dict:
+    out = {"event_id": event_id, "data": data, "window_size": window}
+    if dp_rank is not None:
+        out["attention_dp_rank"] = dp_rank
+    return out
+
+
+def created(window: int, gpu_blocks: int) -> dict:
+    return event(0, {"type": "created", "num_blocks_per_cache_level": [gpu_blocks, 0]}, window)
+
+
+def stored(parent: int | None, *blocks: dict, window: int = FULL) -> dict:
+    return event(1, {"type": "stored", "parent_hash": parent, "blocks": list(blocks)}, window)
+
+
+def removed(*hashes: int, window: int = FULL) -> dict:
+    return event(2, {"type": "removed", "block_hashes": list(hashes)}, window)
+
+
+def test_stored_and_removed_blocks_carry_their_tokens_and_parent():
+    t = KvEventTranslator(block_size=4)
+    assert t.translate([
+        created(FULL, 1000),
+        stored(None, block(11, [1, 2, 3, 4]), block(12, [5, 6, 7, 8])),
+        stored(12, block(13, [9, 10, 11, 12])),
+        removed(11, 12),
+    ]) == [
+        KvStored(parent_hash=None, blocks=[KvBlock(11, [1, 2, 3, 4]), KvBlock(12, [5, 6, 7, 8])]),
+        KvStored(parent_hash=12, blocks=[KvBlock(13, [9, 10, 11, 12])]),
+        KvRemoved(block_hashes=[11, 12]),
+    ]
+    assert t.kv_capacity_blocks == 1000
+
+
+def test_hashes_stay_unsigned_64_bit():
+    big = (1 << 64) - 5
+    t = KvEventTranslator(block_size=2)
+    [out] = t.translate([stored(None, block(big, [1, 2]))])
+    assert out.blocks[0].block_hash == big
+
+
+def test_a_partial_block_is_dropped_with_what_is_stored_under_it_and_its_removal():
+    t = KvEventTranslator(block_size=4)
+    out = t.translate([
+        created(FULL, 100),
+        # A prompt of 10 tokens: two full blocks and the partly filled last one (block reuse
+        # stores it too).
+        stored(None, block(21, [1, 2, 3, 4]), block(22, [5, 6, 7, 8]), block(23, [9, 10])),
+        stored(23, block(24, [11, 12, 13, 14])),  # under the partial block: unreachable for us
+        removed(23, 24, 22),
+    ])
+    assert out == [
+        KvStored(parent_hash=None, blocks=[KvBlock(21, [1, 2, 3, 4]), KvBlock(22, [5, 6, 7, 8])]),
+        KvRemoved(block_hashes=[22]),
+    ]
+    assert t.translate([removed(23)]) == [KvRemoved(block_hashes=[23])]  # forgotten once removed
+
+
+def test_only_the_largest_attention_window_is_reported():
+    t = KvEventTranslator(block_size=2)
+    out = t.translate([
+        created(SLIDING, 3000), created(FULL, 700),
+        stored(None, block(31, [1, 2]), window=SLIDING),
+        stored(None, block(41, [1, 2]), window=FULL),
+        removed(31, window=SLIDING),
+    ])
+    assert out == [KvStored(parent_hash=None, blocks=[KvBlock(41, [1, 2])])]
+    assert (t.window_size, t.kv_capacity_blocks) == (FULL, 700)
+
+
+def test_host_memory_blocks_multimodal_blocks_and_updates_are_left_out():
+    t = KvEventTranslator(block_size=2)
+    out = t.translate([
+        stored(None, block(51, [1, 2], cache_level=1)),
+        stored(None, block(61, [3, 4], extra=77)),  # image content: its tokens carry an extra id
+        event(3, {"type": "updated", "block_hash": 71,
+                  "cache_level": {"type": "event_diff", "new_value": 1, "old_value": 0},
+                  "priority": {"type": "event_diff", "new_value": 35, "old_value": 35}}),
+        stored(None, block(81, [5, 6]), window=FULL) | {"attention_dp_rank": 0},
+        event(4, {"type": "something_new"}),
+    ])
+    assert out == [KvStored(parent_hash=None, blocks=[KvBlock(81, [5, 6])])]
