@@ -365,3 +365,40 @@ def test_cached_tokens_fall_back_to_perf_metrics_reused_blocks():
     result = SimpleNamespace(outputs=[CompletionOutput(0, request_perf_metrics=metrics)])  # no cached_tokens
     assert cached_tokens(result, 32) == 96
     assert cached_tokens(SimpleNamespace(outputs=[CompletionOutput(0)]), 32) == 0
+
+
+class StartedLLM(StandInLLM):
+    """With what `LLM` exposes once built: `args` (the validated `TorchLlmArgs`: its
+    `kv_cache_config.tokens_per_block`, `max_seq_len`) and, in later releases,
+    `get_kv_cache_capacity()` (`{"maxNumBlocks", "tokensPerBlock", "maxNumTokens"}`)."""
+
+    def __init__(self, capacity: dict | None, **kwargs):
+        super().__init__(steps=[[1]], **kwargs)
+        from types import SimpleNamespace
+
+        self.args = SimpleNamespace(kv_cache_config=SimpleNamespace(tokens_per_block=32), max_seq_len=2048)
+        if capacity is not None:
+            self.get_kv_cache_capacity = lambda: capacity
+        self.shut = False
+
+    def shutdown(self) -> None:
+        self.shut = True
+
+
+async def test_started_engine_reports_trtllms_block_size_capacity_and_context_length():
+    llm = StartedLLM({"maxNumBlocks": 900, "tokensPerBlock": 64, "maxNumTokens": 57600})
+    engine = engine_with(llm)
+    info = await engine.started(llm, lambda **kw: kw, DisaggregatedParams)
+    assert (info.block_size, info.kv_capacity_blocks, info.context_length) == (64, 900, 2048)
+    assert len(engine._tasks) == 2  # the stats and KV event readers
+    await engine.stop()
+    assert llm.shut and engine._tasks == []
+
+
+async def test_without_get_kv_cache_capacity_the_created_events_give_it():
+    created = {"event_id": 0, "window_size": 2048, "data": {"type": "created", "num_blocks_per_cache_level": [700, 0]}}
+    llm = StartedLLM(None, kv_events=[created])
+    engine = engine_with(llm)
+    info = await engine.started(llm, lambda **kw: kw, DisaggregatedParams)
+    assert (info.block_size, info.kv_capacity_blocks) == (32, 700)
+    await engine.stop()

@@ -2,7 +2,7 @@
 
 - Start: `LLM(**kwargs)` with the worker's LLM arguments (`options.llm_arguments`). The model
   card gets TensorRT-LLM's block size (`llm.args.kv_cache_config.tokens_per_block`), its GPU
-  KV capacity (the `created` KV events, else the first iteration stats) and `max_seq_len`.
+  KV capacity (`get_kv_cache_capacity()`, else the `created` KV events) and `max_seq_len`.
 - Requests: token ids and `SamplingParams` with an explicit `end_id` (`sampling.py`) go to
   `generate_async(..., streaming=True)`; the result is iterated as it updates and its
   cumulative outputs become deltas (`outputs.py`). A stream that is closed or cancelled before
@@ -95,23 +95,47 @@ class TrtllmEngine(Engine):
         # Blocks this loop until the model is loaded and the KV cache allocated; the worker
         # registers nowhere and serves nothing before that. It stays on the loop's thread:
         # TensorRT-LLM binds its results' async queues to the loop running when they are made.
-        llm = LLM(**kwargs)
-        self.bind(llm, SamplingParams, DisaggregatedParams)
+        return await self.started(LLM(**kwargs), SamplingParams, DisaggregatedParams)
+
+    async def started(self, llm: Any, sampling_params: Any, disaggregated_params: Any) -> EngineInfo:
+        """Serve with this started LLM and these request classes (TensorRT-LLM's; stand-ins in
+        tests): read what the model card needs and start the event and stats readers."""
+        self.bind(llm, sampling_params, disaggregated_params)
         args = getattr(llm, "args", None)
         kv_config = getattr(args, "kv_cache_config", None)
         self._block_size = int(getattr(kv_config, "tokens_per_block", None) or self._block_size)
         context_length = int(getattr(args, "max_seq_len", None) or 0) or _context_length(self._context.model_path)
+        capacity = self._kv_capacity(llm)
         if self._args.kv_events:
             self._translator = KvEventTranslator(self._block_size)
             await self._drain_kv_events(CREATED_EVENTS_TIMEOUT_S)
-            self._load.total_kv_blocks = self._translator.kv_capacity_blocks
+            capacity = capacity or self._translator.kv_capacity_blocks
         else:
             log.warning("KV block reuse or the event buffer is off: no KV events, routers see no cached prefixes")
+        self._load.total_kv_blocks = capacity  # iteration stats' maxNumBlocks update it
+        if not capacity:
+            log.warning("TensorRT-LLM did not say its KV capacity yet: the model card reports 0 blocks")
         self._tasks = [asyncio.create_task(self._poll(self._drain_stats), name="trtllm-stats")]
         if self._translator is not None:
             self._tasks.append(asyncio.create_task(self._poll(self._drain_kv_events), name="trtllm-kv-events"))
         return EngineInfo(block_size=self._block_size, kv_capacity_blocks=self._load.total_kv_blocks,
                           context_length=context_length)
+
+    def _kv_capacity(self, llm: Any) -> int:
+        """GPU KV blocks from `LLM.get_kv_cache_capacity()` (later releases; {"maxNumBlocks",
+        "tokensPerBlock", "maxNumTokens"}); 0 where the release lacks it (the `created` KV
+        events say it then)."""
+        capacity = getattr(llm, "get_kv_cache_capacity", None)
+        if capacity is None:
+            return 0
+        try:
+            info = capacity()
+        except Exception as exc:  # noqa: BLE001 - the events or stats still tell
+            log.debug("get_kv_cache_capacity failed: %s", exc)
+            return 0
+        if info.get("tokensPerBlock"):
+            self._block_size = int(info["tokensPerBlock"])
+        return int(info.get("maxNumBlocks") or 0)
 
     @staticmethod
     def _llm_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -154,7 +178,7 @@ class TrtllmEngine(Engine):
                 {"prompt_token_ids": prompt}, sampling_params=params, streaming=phase != "prefill",
                 disaggregated_params=disaggregated,
             )
-        except (ValueError, TypeError, RuntimeError) as exc:  # refused before it started
+        except Exception as exc:  # refused before it started (ValueError, RequestError, ...)
             yield EngineOutput(finish_reason=FinishReason.ERROR, error=f"TensorRT-LLM: {exc}")
             return
         stream = OutputStream(top_logprobs=request.output.logprobs, block_size=self._block_size, skip_tokens=skip)
