@@ -100,3 +100,16 @@ def test_a_bad_extra_engine_args_file_fails_when_the_command_is_parsed(tmp_path,
 def test_out_of_range_values_are_refused(argv):
     with pytest.raises(SystemExit):
         parser().parse_args(argv)
+
+
+def test_the_transceiver_backend_is_spelt_as_the_release_accepts():
+    from typing import Literal, Optional
+
+    from dynamo_trtllm.engine import _literals
+    from dynamo_trtllm.options import spelled_as_allowed
+
+    # CacheTransceiverConfig.backend: lower case in earlier releases, upper case (with MOONCAKE) since.
+    older = _literals(Optional[Literal["default", "ucx", "nixl", "mpi"]])
+    newer = _literals(Optional[Literal["DEFAULT", "UCX", "NIXL", "MOONCAKE", "MPI"]])
+    assert spelled_as_allowed("NIXL", older) == "nixl" and spelled_as_allowed("UCX", newer) == "UCX"
+    assert spelled_as_allowed("other", newer) == "other"  # left for TensorRT-LLM to refuse

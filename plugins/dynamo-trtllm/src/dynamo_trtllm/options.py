@@ -124,6 +124,12 @@ def add_trtllm_options(group: argparse._ArgumentGroup) -> None:
                              "--extra_llm_api_options takes it; it wins over the flags above")
 
 
+def spelled_as_allowed(value: str, allowed: list[str]) -> str:
+    """`value` in the spelling a release accepts: TensorRT-LLM's `CacheTransceiverConfig.backend`
+    literals were lower case ("nixl") in earlier releases and are upper case ("NIXL") since."""
+    return {a.lower(): a for a in allowed}.get(value.lower(), value)
+
+
 @dataclass(frozen=True)
 class LlmArguments:
     """What a worker hands `tensorrt_llm.LLM(**kwargs)`, and what it implies for dynamo."""
