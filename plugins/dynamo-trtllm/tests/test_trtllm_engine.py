@@ -10,14 +10,16 @@ Stand-ins, each mirroring a class of TensorRT-LLM's source (as of the releases t
   `finished`, `prompt_token_ids`, `cached_tokens`, `abort()`, awaitable (`aresult`).
 - `DisaggregatedParams`: `tensorrt_llm/disaggregated_params.py` (a kw-only dataclass; its
   `__post_init__` refuses unknown request types).
-- `StandInLLM`: `LLM.generate_async`, `get_kv_cache_events_async` and `get_stats_async`
-  (`llmapi/llm.py`), whose iterables end at their timeout like `IterationResult`.
+- `IterationResult` (`executor/result.py`) and `StandInLLM`: `LLM.generate_async`,
+  `get_kv_cache_events_async` and `get_stats_async` (`llmapi/llm.py`, `executor/executor.py`:
+  the same `IterationResult` each call, JSON strings decoded as it yields them).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -127,11 +129,41 @@ class StandInResult:
         return self.aresult().__await__()
 
 
+class IterationResult:
+    """`executor/result.py:IterationResult`: one per queue, handed out again by every
+    `get_*_async(timeout)` call; a read that times out marks it done, and it stays done until
+    `mark_undone()` (which the executor calls when a request is submitted)."""
+
+    def __init__(self, items: list[dict] | None):
+        self.queue: asyncio.Queue = asyncio.Queue()
+        for item in items or ():
+            self.queue.put_nowait(json.dumps(item))
+        self._done, self._timeout = False, 2.0
+
+    def set_timeout(self, timeout: float) -> None:
+        self._timeout = timeout
+
+    def mark_undone(self) -> None:
+        self._done = False
+
+    def __aiter__(self):
+        return self
+
+    async def __anext__(self):
+        if self._done:
+            raise StopAsyncIteration
+        try:
+            return json.loads(await asyncio.wait_for(self.queue.get(), self._timeout))
+        except asyncio.TimeoutError:
+            self._done = True
+            raise StopAsyncIteration
+
+
 class StandInLLM:
     def __init__(self, steps: list[list[int]], reason: str = "length", cached: int = 0, refuse: str | None = None,
                  kv_events: list[dict] | None = None, stats: list[dict] | None = None):
         self.steps, self.reason, self.cached, self.refuse = steps, reason, cached, refuse
-        self.kv_events, self.stats = list(kv_events or []), list(stats or [])
+        self.kv_events, self.stats = IterationResult(kv_events), IterationResult(stats)
         self.calls: list[dict] = []
         self.results: list[StandInResult] = []
 
@@ -146,16 +178,13 @@ class StandInLLM:
         self.results.append(result)
         return result
 
-    async def _drain(self, queue: list, timeout: float):
-        while queue:
-            yield queue.pop(0)
-        await asyncio.sleep(0)
-
     def get_kv_cache_events_async(self, timeout: float = 2):
-        return self._drain(self.kv_events, timeout)
+        self.kv_events.set_timeout(timeout)
+        return self.kv_events
 
     def get_stats_async(self, timeout: float = 2):
-        return self._drain(self.stats, timeout)
+        self.stats.set_timeout(timeout)
+        return self.stats
 
     def shutdown(self) -> None:
         pass
@@ -385,6 +414,11 @@ class StartedLLM(StandInLLM):
         self.shut = True
 
 
+@pytest.fixture(autouse=True)
+def short_startup_wait(monkeypatch):
+    monkeypatch.setattr("dynamo_trtllm.engine.CREATED_EVENTS_TIMEOUT_S", 0.05)
+
+
 async def test_started_engine_reports_trtllms_block_size_capacity_and_context_length():
     llm = StartedLLM({"maxNumBlocks": 900, "tokensPerBlock": 64, "maxNumTokens": 57600})
     engine = engine_with(llm)
@@ -402,3 +436,20 @@ async def test_without_get_kv_cache_capacity_the_created_events_give_it():
     info = await engine.started(llm, lambda **kw: kw, DisaggregatedParams)
     assert (info.block_size, info.kv_capacity_blocks) == (32, 700)
     await engine.stop()
+
+
+async def test_events_that_come_after_a_drain_timed_out_are_read_by_the_next_one():
+    def stored(h):
+        return {"event_id": h, "window_size": 64, "data": {"type": "stored", "parent_hash": None, "blocks": [
+            {"type": "stored_block", "block_hash": h, "cache_level": 0, "priority": 35,
+             "tokens": [{"type": "unique_token", "token_id": t, "token_extra_id": 0} for t in range(4)]}]}}
+
+    llm = StandInLLM(steps=[[1]], kv_events=[stored(1)])
+    engine = engine_with(llm)
+    from dynamo_trtllm.kv_events import KvEventTranslator
+
+    engine._translator = KvEventTranslator(4)
+    await engine._drain_kv_events(0.01)  # reads the first, then times out: the iterable is done
+    llm.kv_events.queue.put_nowait(json.dumps(stored(2)))  # a block stored with no new request
+    await engine._drain_kv_events(0.01)
+    assert [e.blocks[0].block_hash for e in engine._context.kv_events.published] == [1, 2]

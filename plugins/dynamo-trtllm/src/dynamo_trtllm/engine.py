@@ -41,11 +41,12 @@ from dynamo_trtllm.sampling import sampling_kwargs
 log = logging.getLogger(__name__)
 
 # How long one drain of TensorRT-LLM's event and stats queues waits for the next item before
-# it ends (`IterationResult` stops at its timeout); the poller then sleeps `POLL_IDLE_S`.
-POLL_TIMEOUT_S = 0.05
-POLL_IDLE_S = 0.05
-# At start-up, how long to wait for the `created` KV events that give the KV capacity.
-CREATED_EVENTS_TIMEOUT_S = 2.0
+# it ends (`IterationResult` stops at its timeout); the next drain starts at once. After a
+# failed read the poller waits `POLL_RETRY_S`.
+POLL_TIMEOUT_S = 0.5
+POLL_RETRY_S = 1.0
+# At start-up, how long to wait for the `created` KV events that give the KV capacity
+CREATED_EVENTS_TIMEOUT_S = 0.5  # they are queued while LLM() builds the cache, before it returns
 DEFAULT_TOKENS_PER_BLOCK = 32  # KvCacheConfig.tokens_per_block's default in the releases read
 
 
@@ -242,18 +243,30 @@ class TrtllmEngine(Engine):
                 raise
             except Exception:  # one bad read must not stop the reports
                 log.exception("reading TensorRT-LLM's %s failed", drain.__name__)
-            await asyncio.sleep(POLL_IDLE_S)
+                await asyncio.sleep(POLL_RETRY_S)
+            await asyncio.sleep(0)  # a drain that found its iterable empty must not spin the loop
+
+    @staticmethod
+    def _rearmed(items: Any) -> Any:
+        """The executor hands out one `IterationResult` per queue, which stays exhausted once a
+        read timed out until the executor re-arms it on the next request submitted
+        (`mark_undone`). Re-armed here, so that events and stats of requests still running, and
+        removals after the last one, are read when they happen rather than at the next request."""
+        mark_undone = getattr(items, "mark_undone", None)
+        if mark_undone is not None:
+            mark_undone()
+        return items
 
     async def _drain_kv_events(self, timeout: float) -> None:
         assert self._translator is not None
-        async for event in self._llm.get_kv_cache_events_async(timeout=timeout):
+        async for event in self._rearmed(self._llm.get_kv_cache_events_async(timeout=timeout)):
             events = self._translator.translate([event])
             if events:
                 self._mirror.apply(events)
                 self._context.kv_events.publish(events)
 
     async def _drain_stats(self, timeout: float) -> None:
-        async for stats in self._llm.get_stats_async(timeout=timeout):
+        async for stats in self._rearmed(self._llm.get_stats_async(timeout=timeout)):
             self._load.record(stats if isinstance(stats, dict) else json.loads(stats))
 
     def load_metrics(self, worker_id: str) -> LoadMetrics:
