@@ -102,14 +102,24 @@ def test_out_of_range_values_are_refused(argv):
         parser().parse_args(argv)
 
 
-def test_the_transceiver_backend_is_spelt_as_the_release_accepts():
+def test_the_transceiver_is_configured_as_the_installed_release_accepts():
     from typing import Literal, Optional
 
-    from dynamo_trtllm.engine import _literals
-    from dynamo_trtllm.options import spelled_as_allowed
+    from dynamo_trtllm.options import adapted_to_release
 
-    # CacheTransceiverConfig.backend: lower case in earlier releases, upper case (with MOONCAKE) since.
-    older = _literals(Optional[Literal["default", "ucx", "nixl", "mpi"]])
-    newer = _literals(Optional[Literal["DEFAULT", "UCX", "NIXL", "MOONCAKE", "MPI"]])
-    assert spelled_as_allowed("NIXL", older) == "nixl" and spelled_as_allowed("UCX", newer) == "UCX"
-    assert spelled_as_allowed("other", newer) == "other"  # left for TensorRT-LLM to refuse
+    # CacheTransceiverConfig fields (llm_args.py): earlier releases spell the backends in lower
+    # case and have no transfer timeout; later ones upper case, with MOONCAKE and the timeout.
+    older = {"backend": Optional[Literal["default", "ucx", "nixl", "mpi"]], "max_tokens_in_buffer": Optional[int]}
+    newer = {"backend": Optional[Literal["DEFAULT", "UCX", "NIXL", "MOONCAKE", "MPI"]],
+             "max_tokens_in_buffer": Optional[int], "kv_transfer_timeout_ms": Optional[int]}
+    kwargs = llm_arguments(worker_options([]), "/m", "prefill").kwargs
+    assert adapted_to_release(kwargs, older)["cache_transceiver_config"] == {"backend": "nixl"}
+    assert adapted_to_release(kwargs, newer)["cache_transceiver_config"] == {"backend": "NIXL",
+                                                                            "kv_transfer_timeout_ms": 60000}
+    assert kwargs["cache_transceiver_config"] == {"backend": "NIXL"}  # the worker's own copy is kept
+    given = llm_arguments(worker_options(["--cache-transceiver-backend", "UCX"]), "/m", "decode").kwargs
+    given["cache_transceiver_config"]["kv_transfer_timeout_ms"] = 5000
+    assert adapted_to_release(given, newer)["cache_transceiver_config"] == {"backend": "UCX",
+                                                                           "kv_transfer_timeout_ms": 5000}
+    agg = llm_arguments(worker_options([]), "/m", "agg").kwargs
+    assert adapted_to_release(agg, newer) == agg

@@ -18,11 +18,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import copy
 import json
 import logging
 import os
-import typing
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -34,7 +32,7 @@ from dynamo_trtllm import disagg
 from dynamo_trtllm.availability import TrtllmUnavailableError, require_trtllm
 from dynamo_trtllm.kv_events import KvEventTranslator
 from dynamo_trtllm.load import IterationLoad
-from dynamo_trtllm.options import LlmArguments, llm_arguments, spelled_as_allowed
+from dynamo_trtllm.options import LlmArguments, adapted_to_release, llm_arguments
 from dynamo_trtllm.outputs import OutputStream
 from dynamo_trtllm.sampling import sampling_kwargs
 
@@ -48,13 +46,6 @@ POLL_RETRY_S = 1.0
 # At start-up, how long to wait for the `created` KV events that give the KV capacity
 CREATED_EVENTS_TIMEOUT_S = 0.5  # they are queued while LLM() builds the cache, before it returns
 DEFAULT_TOKENS_PER_BLOCK = 32  # KvCacheConfig.tokens_per_block's default in the releases read
-
-
-def _literals(annotation: Any) -> list[Any]:
-    """The values of the `Literal`s inside a type annotation (`Optional[Literal[...]]`)."""
-    if typing.get_origin(annotation) is typing.Literal:
-        return list(typing.get_args(annotation))
-    return [v for arg in typing.get_args(annotation) for v in _literals(arg)]
 
 
 def _context_length(model_path: str) -> int:
@@ -151,18 +142,14 @@ class TrtllmEngine(Engine):
     def _llm_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
         """Nested sections as TensorRT-LLM's config classes, as trtllm-serve builds them (the
         releases read also accept plain mappings; older ones did not for every section), and
-        the transceiver backend spelt as this release wants it."""
-        kwargs = copy.deepcopy(kwargs)
-        transceiver = kwargs.get("cache_transceiver_config")
-        if isinstance(transceiver, dict) and isinstance(transceiver.get("backend"), str):
-            try:
-                from tensorrt_llm.llmapi.llm_args import CacheTransceiverConfig
+        the transceiver configured as this release takes it (`options.adapted_to_release`)."""
+        try:
+            from tensorrt_llm.llmapi.llm_args import CacheTransceiverConfig
 
-                field = CacheTransceiverConfig.model_fields["backend"]
-                allowed = [a for a in _literals(field.annotation) if isinstance(a, str)]
-                transceiver["backend"] = spelled_as_allowed(transceiver["backend"], allowed)
-            except (ImportError, AttributeError, KeyError):
-                pass
+            fields = {name: f.annotation for name, f in CacheTransceiverConfig.model_fields.items()}
+        except (ImportError, AttributeError):
+            fields = None
+        kwargs = adapted_to_release(kwargs, fields)
         try:
             from tensorrt_llm.llmapi.llm_args import update_llm_args_with_extra_dict
         except ImportError:

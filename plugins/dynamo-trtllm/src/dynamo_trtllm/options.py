@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import copy
 import os
+import typing
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +33,7 @@ DEST = "trtllm_"
 DEFAULT_EVENT_BUFFER = 1024
 TRANSCEIVER_BACKENDS = ("DEFAULT", "UCX", "NIXL", "MPI")
 DEFAULT_TRANSCEIVER_BACKEND = "NIXL"
+KV_TRANSFER_TIMEOUT_MS = 60_000
 # LLM arguments a user may not set: dynamo fills them (see the module header).
 OWNED_ARGS = frozenset({"model", "tokenizer", "skip_tokenizer_init", "backend"})
 
@@ -128,6 +130,31 @@ def spelled_as_allowed(value: str, allowed: list[str]) -> str:
     """`value` in the spelling a release accepts: TensorRT-LLM's `CacheTransceiverConfig.backend`
     literals were lower case ("nixl") in earlier releases and are upper case ("NIXL") since."""
     return {a.lower(): a for a in allowed}.get(value.lower(), value)
+
+
+def literals(annotation: Any) -> list[Any]:
+    """The values of the `Literal`s inside a type annotation (`Optional[Literal[...]]`)."""
+    if typing.get_origin(annotation) is typing.Literal:
+        return list(typing.get_args(annotation))
+    return [v for arg in typing.get_args(annotation) for v in literals(arg)]
+
+
+def adapted_to_release(kwargs: dict[str, Any], transceiver_fields: dict[str, Any] | None) -> dict[str, Any]:
+    """The LLM arguments as the installed release takes them, given its `CacheTransceiverConfig`
+    fields (name -> annotation; None: unknown): the backend spelt as its literal, and a
+    `kv_transfer_timeout_ms` where it has one, so that KV a prefill holds for a decode that
+    never comes (the client left, the first token ended the request) is freed, as dynamo's
+    `--kv-hold-timeout` does for the mocker."""
+    kwargs = copy.deepcopy(kwargs)
+    transceiver = kwargs.get("cache_transceiver_config")
+    if not isinstance(transceiver, dict) or transceiver_fields is None:
+        return kwargs
+    if isinstance(transceiver.get("backend"), str) and "backend" in transceiver_fields:
+        allowed = [a for a in literals(transceiver_fields["backend"]) if isinstance(a, str)]
+        transceiver["backend"] = spelled_as_allowed(transceiver["backend"], allowed)
+    if "kv_transfer_timeout_ms" in transceiver_fields:
+        transceiver.setdefault("kv_transfer_timeout_ms", KV_TRANSFER_TIMEOUT_MS)
+    return kwargs
 
 
 @dataclass(frozen=True)
