@@ -57,9 +57,12 @@ def test_end_id_is_explicit_and_the_other_stop_ids_follow():
     assert params.min_tokens is None and params.logprobs is None and params.temperature is None
 
 
-def test_ignore_eos_gives_no_end_id_and_no_eos_stop_ids():
+def test_ignore_eos_gives_no_end_id_and_keeps_the_requests_own_stop_ids():
+    # TensorRT-LLM's ignore_eos would also drop stop token ids: end_id -1 says "ignore EOS" alone.
     params = SamplingParams(**sampling_kwargs(request(stop=StopConditions(max_tokens=4, stop_token_ids=[7], ignore_eos=True))))
-    assert params.end_id == NO_END_ID and params.ignore_eos is True and params.stop_token_ids == [7]
+    assert params.end_id == NO_END_ID and params.ignore_eos is False and params.stop_token_ids == [7]
+    params = SamplingParams(**sampling_kwargs(request(stop=StopConditions(max_tokens=4, ignore_eos=True))))
+    assert params.end_id == NO_END_ID and params.ignore_eos is True and params.stop_token_ids is None
 
 
 def test_a_model_without_eos_has_no_end_id():

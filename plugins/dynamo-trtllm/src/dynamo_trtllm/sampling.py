@@ -7,6 +7,11 @@ refuses a request without `end_id`: it is always given here, from the request's 
 other EOS ids and the stop token ids go in `stop_token_ids`. Stop strings never reach the
 engine (the gateway applies them to detokenized text), and nothing is detokenized there.
 
+Under `ignore_eos` TensorRT-LLM sets `end_id` -1 and drops every stop word, stop token ids
+included (`executor/base_worker.py`, where it builds the C++ request). A request that ignores
+EOS but gives stop token ids is therefore sent as `end_id=-1` with those ids and
+`ignore_eos=False`, which is what it asks for.
+
 `include_stop_str_in_output=True` keeps a matched stop token in `token_ids`: without it
 TensorRT-LLM cuts the stop tokens off the cumulative output when the request finishes
 (`GenerationResultBase._handle_sequence`), and the gateway, like vLLM, expects the token.
@@ -67,7 +72,7 @@ def sampling_kwargs(request: PreprocessedRequest, *, extra_tokens: int = 0) -> d
         "max_tokens": stop.max_tokens + extra_tokens,
         "end_id": eos,
         "pad_id": eos,
-        "ignore_eos": stop.ignore_eos,
+        "ignore_eos": stop.ignore_eos and not stop.stop_token_ids,
         "detokenize": False,
         "include_stop_str_in_output": True,
     }
