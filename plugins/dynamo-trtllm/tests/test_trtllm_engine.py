@@ -453,3 +453,20 @@ async def test_events_that_come_after_a_drain_timed_out_are_read_by_the_next_one
     llm.kv_events.queue.put_nowait(json.dumps(stored(2)))  # a block stored with no new request
     await engine._drain_kv_events(0.01)
     assert [e.blocks[0].block_hash for e in engine._context.kv_events.published] == [1, 2]
+
+
+async def test_a_reader_whose_iterable_ends_at_once_does_not_spin_the_loop(monkeypatch):
+    # The executor returns an empty async iterable when a queue is off (executor.py).
+    monkeypatch.setattr("dynamo_trtllm.engine.POLL_TIMEOUT_S", 0.05)
+    calls = []
+
+    async def drain(timeout):
+        calls.append(timeout)
+        return 0
+
+    engine = engine_with(StandInLLM(steps=[[1]]))
+    task = asyncio.create_task(engine._poll(drain))
+    await asyncio.sleep(0.3)
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    assert 2 <= len(calls) <= 8

@@ -223,15 +223,21 @@ class TrtllmEngine(Engine):
                     result.abort()
 
     async def _poll(self, drain) -> None:
+        loop = asyncio.get_running_loop()
         while True:
+            started = loop.time()
             try:
-                await drain(POLL_TIMEOUT_S)
+                read = await drain(POLL_TIMEOUT_S)
             except asyncio.CancelledError:
                 raise
             except Exception:  # one bad read must not stop the reports
                 log.exception("reading TensorRT-LLM's %s failed", drain.__name__)
                 await asyncio.sleep(POLL_RETRY_S)
-            await asyncio.sleep(0)  # a drain that found its iterable empty must not spin the loop
+                continue
+            if not read and loop.time() - started < POLL_TIMEOUT_S / 2:
+                # An iterable that ends at once (the executor gives an empty one when the queue
+                # is off) would otherwise spin this loop.
+                await asyncio.sleep(POLL_TIMEOUT_S)
 
     @staticmethod
     def _rearmed(items: Any) -> Any:
@@ -244,17 +250,25 @@ class TrtllmEngine(Engine):
             mark_undone()
         return items
 
-    async def _drain_kv_events(self, timeout: float) -> None:
+    async def _drain_kv_events(self, timeout: float) -> int:
+        """Translate, mirror and publish the KV events TensorRT-LLM has; how many it had."""
         assert self._translator is not None
+        read = 0
         async for event in self._rearmed(self._llm.get_kv_cache_events_async(timeout=timeout)):
+            read += 1
             events = self._translator.translate([event])
             if events:
                 self._mirror.apply(events)
                 self._context.kv_events.publish(events)
+        return read
 
-    async def _drain_stats(self, timeout: float) -> None:
+    async def _drain_stats(self, timeout: float) -> int:
+        """Record the iteration stats TensorRT-LLM has; how many it had."""
+        read = 0
         async for stats in self._rearmed(self._llm.get_stats_async(timeout=timeout)):
+            read += 1
             self._load.record(stats if isinstance(stats, dict) else json.loads(stats))
+        return read
 
     def load_metrics(self, worker_id: str) -> LoadMetrics:
         return self._load.metrics(worker_id)
