@@ -3,7 +3,8 @@
 The inputs are dicts exactly as `tensorrt_llm/_utils.py:KVCacheEventSerializer.to_json_str`
 writes them for `LLM.get_kv_cache_events_async`: `{"event_id", "data", "window_size"}` (plus
 `attention_dp_rank` under attention DP), `data` typed created / stored (with `stored_block`s of
-`unique_token`s) / removed / updated (with `event_diff`s).
+`unique_token`s; later releases add `mm_keys` and `cache_salt` to each) / removed / updated
+(with `event_diff`s).
 """
 
 from __future__ import annotations
@@ -18,9 +19,11 @@ def token(t: int, extra: int = 0) -> dict:
     return {"type": "unique_token", "token_id": t, "token_extra_id": extra}
 
 
-def block(h: int, tokens: list[int], cache_level: int = 0, extra: int = 0) -> dict:
+def block(h: int, tokens: list[int], cache_level: int = 0, extra: int = 0, **later) -> dict:
+    """A stored block as the releases read write it; `later`: the fields later ones add
+    (`mm_keys`, `cache_salt`)."""
     return {"type": "stored_block", "block_hash": h, "tokens": [token(t, extra) for t in tokens],
-            "cache_level": cache_level, "priority": 35}
+            "cache_level": cache_level, "priority": 35, **later}
 
 
 def event(event_id: int, data: dict, window: int = FULL, dp_rank: int | None = None) -> dict:
@@ -105,3 +108,14 @@ def test_host_memory_blocks_multimodal_blocks_and_updates_are_left_out():
         event(4, {"type": "something_new"}),
     ])
     assert out == [KvStored(parent_hash=None, blocks=[KvBlock(81, [5, 6])])]
+
+
+def test_later_releases_fields_keep_text_blocks_and_drop_multimodal_and_salted_ones():
+    t = KvEventTranslator(block_size=2)
+    mm_key = {"type": "mm_key", "hash": "ab" * 32, "start_offset": 0}
+    out = t.translate([
+        stored(None, block(91, [1, 2], mm_keys=[], cache_salt=None)),
+        stored(None, block(92, [3, 4], mm_keys=[mm_key], cache_salt=None)),
+        stored(None, block(93, [5, 6], mm_keys=[], cache_salt="tenant-a")),
+    ])
+    assert out == [KvStored(parent_hash=None, blocks=[KvBlock(91, [1, 2])])]

@@ -7,7 +7,8 @@
 - `created`: `num_blocks_per_cache_level` (GPU blocks first, then host blocks), once per
   attention window size when the cache is made;
 - `stored`: `parent_hash` (None for a root) and `blocks`, each with `block_hash`, `tokens`
-  (`{"token_id", "token_extra_id"}` each), `cache_level` and `priority`;
+  (`{"token_id", "token_extra_id"}` each), `cache_level` and `priority`, and in later releases
+  `mm_keys` (empty for text) and `cache_salt` (None unless the request was salted);
 - `removed`: `block_hashes`;
 - `updated`: a block's `cache_level` / `priority` changed (`{"new_value", "old_value"}`).
 
@@ -21,8 +22,9 @@ so. Left out, because dynamo's token-only block hashes cannot describe them:
 - **Other attention windows.** A model with sliding-window layers keeps one pool per window
   size, each with its own events. Only the largest window (full attention, the one that holds
   a whole prefix) is reported; the `created` events say which sizes exist.
-- Blocks of other cache levels (host memory, when offloading) and blocks whose tokens carry
-  extra ids (multimodal content). `updated` events (offloads, priority changes) are ignored.
+- Blocks of other cache levels (host memory, when offloading), blocks of multimodal content
+  (token extra ids, `mm_keys`) and salted blocks (`cache_salt`). `updated` events (offloads,
+  priority changes) are ignored.
 """
 
 from __future__ import annotations
@@ -105,6 +107,8 @@ class KvEventTranslator:
                 len(tokens) != self.block_size
                 or block.get("cache_level", GPU_CACHE_LEVEL) != GPU_CACHE_LEVEL
                 or any(t.get("token_extra_id") for t in tokens)
+                or block.get("mm_keys")
+                or block.get("cache_salt") is not None
             ):
                 cut = True  # this block and the ones chained under it
             if cut:
