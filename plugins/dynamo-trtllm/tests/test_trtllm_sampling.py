@@ -7,7 +7,7 @@ defaults; building it from the kwargs fails on any name TensorRT-LLM's class wou
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import pytest
 
@@ -91,3 +91,8 @@ def test_a_decode_workers_extra_token_counts_toward_max_and_min_tokens():
 def test_what_the_adapter_cannot_express_is_refused(changes, text):
     with pytest.raises(UnsupportedRequestError, match=text):
         sampling_kwargs(request(**changes))
+
+
+def test_every_sampling_option_has_a_sampling_params_field_of_its_name():
+    names = {f.name for f in fields(SamplingParams)}
+    assert set(SamplingOptions.__struct_fields__) <= names

@@ -21,20 +21,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from dynamo_core.protocols.engine import PreprocessedRequest
+from dynamo_core.protocols.engine import PreprocessedRequest, SamplingOptions
 
-# SamplingOptions field -> SamplingParams field (the same names today; kept explicit so that a
-# rename on either side shows up here and in the tests).
-_SAMPLING_FIELDS = {
-    "temperature": "temperature",
-    "top_p": "top_p",
-    "top_k": "top_k",
-    "min_p": "min_p",
-    "seed": "seed",
-    "presence_penalty": "presence_penalty",
-    "frequency_penalty": "frequency_penalty",
-    "repetition_penalty": "repetition_penalty",
-}
+# Our sampling options carry TensorRT-LLM's names (the tests check each against its fields);
+# `n` is handled apart.
+_SAMPLING_FIELDS = tuple(name for name in SamplingOptions.__struct_fields__ if name != "n")
 
 # TensorRT-LLM's own marker for "no end token" (what it uses under ignore_eos).
 NO_END_ID = -1
@@ -81,10 +72,10 @@ def sampling_kwargs(request: PreprocessedRequest, *, extra_tokens: int = 0) -> d
     stop_ids = [t for t in dict.fromkeys(stop_ids) if t != eos]
     if stop_ids:
         kwargs["stop_token_ids"] = stop_ids
-    for ours, theirs in _SAMPLING_FIELDS.items():
-        value = getattr(sampling, ours)
+    for name in _SAMPLING_FIELDS:
+        value = getattr(sampling, name)
         if value is not None:
-            kwargs[theirs] = value
+            kwargs[name] = value
     if request.output.logprobs is not None:
         # TensorRT-LLM counts the sampled token among the `logprobs` it returns per position.
         kwargs["logprobs"] = max(1, request.output.logprobs)
