@@ -9,6 +9,8 @@ writes them for `LLM.get_kv_cache_events_async`: `{"event_id", "data", "window_s
 
 from __future__ import annotations
 
+import pytest
+
 from dynamo_core.protocols.kv_events import KvBlock, KvRemoved, KvStored
 from dynamo_trtllm.kv_events import KvEventTranslator
 
@@ -119,3 +121,25 @@ def test_later_releases_fields_keep_text_blocks_and_drop_multimodal_and_salted_o
         stored(None, block(93, [5, 6], mm_keys=[], cache_salt="tenant-a")),
     ])
     assert out == [KvStored(parent_hash=None, blocks=[KvBlock(91, [1, 2])])]
+
+
+def test_the_kv_router_indexes_trtllm_workers_from_these_events():
+    """router-kv recomputes its hashes from the tokens: a prompt whose full blocks TensorRT-LLM
+    stored matches them on that worker, its partial last block never does."""
+    import pytest
+
+    indexer_module = pytest.importorskip("dynamo_router_kv.indexer")
+    hashing = pytest.importorskip("dynamo_router_kv.hashing")
+    prompt = list(range(100, 110))  # two full blocks of 4 and a partial one of 2
+    t = KvEventTranslator(block_size=4)
+    events = t.translate([
+        created(FULL, 64),
+        stored(None, block(1, prompt[0:4]), block(2, prompt[4:8]), block(3, prompt[8:10])),
+    ])
+    indexer = indexer_module.KvIndexer()
+    for e in events:
+        indexer.apply_stored("trtllm-a", e.parent_hash, e.blocks)
+    assert indexer.find_matches(hashing.prompt_block_hashes(prompt + [7, 7], 4)) == {"trtllm-a": 2}
+    for e in t.translate([removed(3, 2)]):
+        indexer.apply_removed("trtllm-a", e.block_hashes)
+    assert indexer.find_matches(hashing.prompt_block_hashes(prompt, 4)) == {"trtllm-a": 1}
