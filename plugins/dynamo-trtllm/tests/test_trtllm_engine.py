@@ -30,6 +30,7 @@ from dynamo_core.engines.base import EngineContext, KvEventSink
 from dynamo_core.protocols.engine import (
     DisaggParams,
     FinishReason,
+    KvPullReport,
     OutputOptions,
     PreprocessedRequest,
     StopConditions,
@@ -353,7 +354,7 @@ async def test_prefill_and_decode_carry_the_context_state_as_bytes_through_dynam
     assert call["inputs"] == {"prompt_token_ids": [1, 2, 3, 4, 5]} and call["params"]["max_tokens"] == 4
     assert [o.token_ids for o in outputs] == [[43], [44, 45]]
     report = outputs[0].kv_pull
-    assert (report.blocks, report.recomputed) == (2, None) and outputs[1].kv_pull is None
+    assert (report.blocks, report.bytes, report.recomputed) == (2, 0, None) and outputs[1].kv_pull is None
 
 
 async def test_a_decode_request_without_context_state_computes_its_prompt_and_says_why():
@@ -470,3 +471,14 @@ async def test_a_reader_whose_iterable_ends_at_once_does_not_spin_the_loop(monke
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
     assert 2 <= len(calls) <= 8
+
+
+def test_kv_bytes_per_block_follow_the_models_shape_and_kv_dtype():
+    llama = {"num_hidden_layers": 8, "num_attention_heads": 16, "num_key_value_heads": 4, "hidden_size": 1024,
+             "torch_dtype": "bfloat16"}
+    assert disagg.kv_bytes_per_block(llama, 32) == 2 * 8 * 4 * 64 * 2 * 32
+    assert disagg.kv_bytes_per_block(llama, 32, "fp8") == 2 * 8 * 4 * 64 * 1 * 32
+    assert disagg.kv_bytes_per_block({**llama, "head_dim": 128}, 32) == 2 * 8 * 4 * 128 * 2 * 32
+    assert disagg.kv_bytes_per_block({}, 32) == 0
+    plan = disagg.DecodePlan([1] * 70, 1, disagg.ContextState(first_gen_tokens=[5]))
+    assert disagg.pull_report(plan, 32, 1000) == KvPullReport(blocks=3, bytes=3000, seconds=None)

@@ -126,8 +126,6 @@ def test_later_releases_fields_keep_text_blocks_and_drop_multimodal_and_salted_o
 def test_the_kv_router_indexes_trtllm_workers_from_these_events():
     """router-kv recomputes its hashes from the tokens: a prompt whose full blocks TensorRT-LLM
     stored matches them on that worker, its partial last block never does."""
-    import pytest
-
     indexer_module = pytest.importorskip("dynamo_router_kv.indexer")
     hashing = pytest.importorskip("dynamo_router_kv.hashing")
     prompt = list(range(100, 110))  # two full blocks of 4 and a partial one of 2

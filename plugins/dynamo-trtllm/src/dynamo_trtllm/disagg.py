@@ -120,9 +120,28 @@ def decode_plan(request: PreprocessedRequest) -> DecodePlan:
     return DecodePlan(list(prompt), len(shown), state)
 
 
-def pull_report(plan: DecodePlan, block_size: int) -> KvPullReport:
+def pull_report(plan: DecodePlan, block_size: int, bytes_per_block: int = 0) -> KvPullReport:
     """What a decode request pulled, as far as the adapter knows: the transceiver reads the
-    prompt's blocks and does not say how many bytes or how long (both stay unknown)."""
+    prompt's blocks (their bytes as the model's shape implies) and does not say how long."""
     if plan.state is None:
         return KvPullReport(recomputed=plan.reason)
-    return KvPullReport(blocks=math.ceil(len(plan.prompt) / block_size) if block_size else 0, seconds=None)
+    blocks = math.ceil(len(plan.prompt) / block_size) if block_size else 0
+    return KvPullReport(blocks=blocks, bytes=blocks * bytes_per_block, seconds=None)
+
+
+_DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "fp8": 1, "float8_e4m3fn": 1, "nvfp4": 1}
+
+
+def kv_bytes_per_block(config: dict[str, Any], block_size: int, kv_dtype: str = "auto") -> int:
+    """K and V of one block across all layers, from the model's HF `config.json` and the KV
+    cache dtype (`kv_cache_config.dtype`; "auto": the model's); 0 when the config does not say."""
+    try:
+        layers = int(config["num_hidden_layers"])
+        heads = int(config["num_attention_heads"])
+        kv_heads = int(config.get("num_key_value_heads") or heads)
+        head_dim = int(config.get("head_dim") or int(config["hidden_size"]) // heads)
+    except (KeyError, TypeError, ValueError, ZeroDivisionError):
+        return 0
+    dtype = str(config.get("torch_dtype") or config.get("dtype") or "") if kv_dtype == "auto" else kv_dtype
+    itemsize = _DTYPE_BYTES.get(dtype.removeprefix("torch."), 0)
+    return 2 * layers * kv_heads * head_dim * itemsize * block_size

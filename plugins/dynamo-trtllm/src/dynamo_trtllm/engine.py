@@ -48,14 +48,14 @@ CREATED_EVENTS_TIMEOUT_S = 0.5  # they are queued while LLM() builds the cache, 
 DEFAULT_TOKENS_PER_BLOCK = 32  # KvCacheConfig.tokens_per_block's default in the releases read
 
 
-def _context_length(model_path: str) -> int:
-    """The model's own context length (config.json), when TensorRT-LLM does not say."""
+def _model_config(model_path: str) -> dict[str, Any]:
+    """The model's HF config.json (its context length and KV shape), or {}."""
     try:
         with open(os.path.join(model_path, "config.json"), encoding="utf-8") as f:
             config = json.load(f)
     except (OSError, ValueError):
-        return 0
-    return int(config.get("max_position_embeddings") or 0)
+        return {}
+    return config if isinstance(config, dict) else {}
 
 
 class TrtllmEngine(Engine):
@@ -72,6 +72,7 @@ class TrtllmEngine(Engine):
         self._sampling_params: Any = None
         self._disaggregated_params: Any = None
         self._block_size = args.block_size or DEFAULT_TOKENS_PER_BLOCK
+        self._bytes_per_block = 0
         self._load = IterationLoad()
         self._mirror = KvCacheMirror()
         self._translator: KvEventTranslator | None = None
@@ -105,8 +106,12 @@ class TrtllmEngine(Engine):
         args = getattr(llm, "args", None)
         kv_config = getattr(args, "kv_cache_config", None)
         self._block_size = int(getattr(kv_config, "tokens_per_block", None) or self._block_size)
-        context_length = int(getattr(args, "max_seq_len", None) or 0) or _context_length(self._context.model_path)
+        model_config = _model_config(self._context.model_path)
+        context_length = int(getattr(args, "max_seq_len", None) or 0) or int(model_config.get("max_position_embeddings") or 0)
         capacity = self._kv_capacity(llm)
+        # For the transfer metrics; every tensor-parallel rank moves its shard, so the whole.
+        self._bytes_per_block = disagg.kv_bytes_per_block(
+            model_config, self._block_size, str(getattr(kv_config, "dtype", None) or "auto"))
         if self._args.kv_events:
             self._translator = KvEventTranslator(self._block_size)
             await self._drain_kv_events(CREATED_EVENTS_TIMEOUT_S)
@@ -209,7 +214,7 @@ class TrtllmEngine(Engine):
                 if output is None:
                     continue
                 if first and plan is not None:
-                    output.kv_pull = disagg.pull_report(plan, self._block_size)
+                    output.kv_pull = disagg.pull_report(plan, self._block_size, self._bytes_per_block)
                 first = False
                 yield output
         except Exception as exc:  # a failed request or engine
