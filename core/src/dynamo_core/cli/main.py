@@ -11,7 +11,7 @@ import sys
 
 from dynamo_core import __version__
 from dynamo_core.cli import options
-from dynamo_core.plugins import PluginNotInstalledError, get_registry
+from dynamo_core.plugins import PluginHookError, PluginNotInstalledError, get_registry
 
 log = logging.getLogger("dynamo_core.cli")
 
@@ -298,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return command[0](argv[1:])
-    except PluginNotInstalledError as exc:
+    except (PluginNotInstalledError, PluginHookError) as exc:
         print(f"dynamo: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

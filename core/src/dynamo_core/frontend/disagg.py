@@ -36,7 +36,7 @@ from dynamo_core.protocols.engine import (
     merge_outputs,
 )
 from dynamo_core.runtime.transports import TransportClients
-from dynamo_core.worker.worker import KV_RELEASE_ENDPOINT
+from dynamo_core.protocols.names import KV_RELEASE_ENDPOINT
 
 log = logging.getLogger(__name__)
 

@@ -26,7 +26,8 @@ from dynamo_core.runtime.discovery import DiscoveryBackend, WatchEventKind
 from dynamo_core.runtime.gc_heap import freeze_heap
 from dynamo_core.runtime.request_plane import RequestPlaneError
 from dynamo_core.runtime.transports import TransportClients
-from dynamo_core.runtime.model_files import MODEL_FILES_ENDPOINT, fetch_model_files, local_copy_matches
+from dynamo_core.protocols.names import MODEL_FILES_ENDPOINT, WHOLE_REQUEST_ROLES
+from dynamo_core.runtime.model_files import fetch_model_files, local_copy_matches
 from dynamo_core.tokenizer import BUILTIN_TOKENIZER, TokenizerBundle, load_tokenizer
 
 if TYPE_CHECKING:
@@ -36,12 +37,6 @@ log = logging.getLogger(__name__)
 
 _record_decoder = msgspec.msgpack.Decoder(InstanceRecord)
 RESUBSCRIBE_DELAY_S = 0.5
-
-
-# Which workers take which requests: whole (aggregated) requests go to agg and decode workers,
-# the prefill phase of a disaggregated request to prefill workers, its decode phase to decode
-# workers (they can pull KV; agg workers cannot).
-WHOLE_REQUEST_ROLES = ("agg", "decode")
 
 
 @dataclass
