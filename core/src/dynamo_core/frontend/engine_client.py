@@ -15,7 +15,7 @@ import msgspec
 
 from dynamo_core.frontend import metrics
 from dynamo_core.frontend.errors import EngineError, ServiceUnavailableError
-from dynamo_core.frontend.model_registry import ServedModel
+from dynamo_core.frontend.served_model import ServedModel
 from dynamo_core.protocols.engine import EngineOutput, PreprocessedRequest, merge_outputs
 from dynamo_core.routers.base import NoWorkerAvailableError
 from dynamo_core.runtime.request_plane import ConnectionLostError, RemoteError
