@@ -13,11 +13,17 @@ sent itself and has not seen finish:
   longer outputs. Requests are summed without discounting shared prefixes: the time of a
   decode step grows with every sequence's context, shared or not.
 
+- running requests: each request from routing until it ends (the batch its decode slows).
+
 Combination with reports: a report counts everything the worker had admitted when it was
 sent, including other frontends' requests. The decode estimate is that report plus what this
 router added or released since (its tracked blocks now minus at the report), and never less
 than this router's own tracked blocks: a report can lag a burst, and the engine counts a
-shared prefix once while the tracking counts it per request.
+shared prefix once while the tracking counts it per request. Running requests combine the
+same way.
+
+Each tracked request also keeps when it was routed and how much prefill work was ahead of it
+and in it, so that its first token is a timing sample for `speed`.
 """
 
 from __future__ import annotations
@@ -28,11 +34,15 @@ from dynamo_core.protocols.kv_events import LoadMetrics
 
 
 @dataclass(slots=True)
-class _RoutedRequest:
+class RoutedRequest:
     worker_id: str
     prefill_tokens: int
     decode_blocks: int
+    routed_at: float = 0.0  # the router's clock
+    work_tokens: int = 0  # prefill tokens queued on the worker when routed, plus its own
     prefilling: bool = True
+    first_token_at: float = 0.0
+    batch_at_first_token: int = 0  # running requests on the worker then
 
 
 @dataclass(slots=True)
@@ -41,8 +51,10 @@ class WorkerLoad:
 
     prefill_tokens: int = 0  # tracked: sent, first token not seen yet
     decode_blocks: int = 0  # tracked: sent, not finished
+    requests: int = 0  # tracked: sent, not finished
     reported: LoadMetrics | None = None
     decode_blocks_at_report: int = 0  # `decode_blocks` when `reported` arrived
+    requests_at_report: int = 0  # `requests` when `reported` arrived
 
     @property
     def active_decode_blocks(self) -> int:
@@ -51,13 +63,21 @@ class WorkerLoad:
         since_report = self.decode_blocks - self.decode_blocks_at_report
         return max(self.decode_blocks, self.reported.active_kv_blocks + since_report)
 
+    @property
+    def running_requests(self) -> int:
+        if self.reported is None:
+            return self.requests
+        since_report = self.requests - self.requests_at_report
+        reported = self.reported.running_requests + self.reported.waiting_requests
+        return max(self.requests, reported + since_report)
+
 
 class LoadTracker:
     """Per-worker load from routed requests and worker reports."""
 
     def __init__(self) -> None:
         self._workers: dict[str, WorkerLoad] = {}
-        self._requests: dict[str, _RoutedRequest] = {}
+        self._requests: dict[str, RoutedRequest] = {}
 
     def add_worker(self, worker_id: str) -> None:
         self._workers.setdefault(worker_id, WorkerLoad())
@@ -74,39 +94,49 @@ class LoadTracker:
     def worker_count(self) -> int:
         return len(self._workers)
 
-    def routed(self, request_id: str, worker_id: str, prefill_tokens: int, decode_blocks: int) -> None:
-        """``request_id`` was sent to ``worker_id``; count it until it finishes.
+    def routed(self, request_id: str, worker_id: str, prefill_tokens: int, decode_blocks: int,
+               now: float = 0.0) -> None:
+        """``request_id`` was sent to ``worker_id`` at ``now``; count it until it finishes.
 
         A request id routed again (a retry after a failure the frontend has not reported yet)
         replaces its earlier entry, so nothing is counted twice.
         """
         self.finished(request_id)
-        self._requests[request_id] = _RoutedRequest(worker_id, prefill_tokens, decode_blocks)
         load = self._workers.setdefault(worker_id, WorkerLoad())
+        work = load.prefill_tokens + prefill_tokens
+        self._requests[request_id] = RoutedRequest(worker_id, prefill_tokens, decode_blocks, now, work)
         load.prefill_tokens += prefill_tokens
         load.decode_blocks += decode_blocks
+        load.requests += 1
 
-    def first_token(self, request_id: str) -> None:
-        """The request's prefill is done: its prompt tokens no longer wait to be computed."""
+    def first_token(self, request_id: str, now: float = 0.0) -> RoutedRequest | None:
+        """The request's prefill is done: its prompt tokens no longer wait to be computed.
+        Returns the request the first time (a timing sample), None after or if unknown."""
         request = self._requests.get(request_id)
         if request is None or not request.prefilling:
-            return
+            return None
         request.prefilling = False
+        request.first_token_at = now
         load = self._workers.get(request.worker_id)
         if load is not None:
             load.prefill_tokens -= request.prefill_tokens
+            request.batch_at_first_token = load.running_requests
+        return request
 
-    def finished(self, request_id: str) -> None:
-        """The request ended (finished, failed or cancelled): release what it counted."""
+    def finished(self, request_id: str) -> RoutedRequest | None:
+        """The request ended (finished, failed or cancelled): release what it counted.
+        Returns the request, or None if it was not tracked."""
         request = self._requests.pop(request_id, None)
         if request is None:
-            return
+            return None
         load = self._workers.get(request.worker_id)
         if load is None:
-            return
+            return request
         if request.prefilling:
             load.prefill_tokens -= request.prefill_tokens
         load.decode_blocks -= request.decode_blocks
+        load.requests -= 1
+        return request
 
     def reported(self, metrics: LoadMetrics) -> None:
         """The worker's own report; ignored for workers not tracked (a late one after removal)."""
@@ -115,6 +145,7 @@ class LoadTracker:
             return
         load.reported = metrics
         load.decode_blocks_at_report = load.decode_blocks
+        load.requests_at_report = load.requests
 
     @property
     def requests_in_flight(self) -> int:
