@@ -165,6 +165,7 @@ def frontend_config_from(ns: argparse.Namespace, parser: argparse.ArgumentParser
         discovery=ns.discovery,
         discovery_config=_discovery_config(ns),
         nats_url=ns.nats_url or None,
+        event_plane=ns.event_plane,
     )
 
 

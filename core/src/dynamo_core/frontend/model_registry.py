@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import dataclasses
 import functools
 import logging
 import time
@@ -21,6 +22,7 @@ import msgspec
 
 from dynamo_core.protocols.discovery import InstanceRecord, ModelCard
 from dynamo_core.protocols.kv_events import KvEventBatch, KvSnapshot, LoadMetrics
+from dynamo_core.protocols.routing import PeerRequest
 from dynamo_core.routers.base import Router, RouterContext, WorkerState
 from dynamo_core.runtime.discovery import DiscoveryBackend, WatchEventKind
 from dynamo_core.runtime.gc_heap import freeze_heap
@@ -110,7 +112,7 @@ class ServedModel:
             return self.router
         if self.prefill_router is None:
             assert self.router_context is not None and self.router_factory is not None
-            self.prefill_router = self.router_factory(self.router_context)
+            self.prefill_router = self.router_factory(dataclasses.replace(self.router_context, pool="prefill"))
         return self.prefill_router
 
 
@@ -125,7 +127,9 @@ class ModelRegistry:
         namespace: str,
         router_factory: RouterFactory,
         router_options,
+        share: Callable[[PeerRequest], None] = lambda request: None,
     ):
+        self._share = share
         self._discovery = discovery
         self._client = client
         self._prefix = f"{namespace}/backend/generate/"
@@ -158,6 +162,18 @@ class ModelRegistry:
 
     def worker_count(self) -> int:
         return len(self._model_of_worker)
+
+    def on_peer_request(self, request: PeerRequest) -> None:
+        """Another frontend's request: to the router of its model and pool, if we serve it."""
+        model = self.models.get(request.model)
+        if model is not None:
+            model.router_of(request.pool).on_peer_request(request)
+
+    def on_peer_gone(self, frontend_id: str) -> None:
+        for model in self.models.values():
+            for router in (model.router, model.prefill_router):
+                if router is not None:
+                    router.on_peer_gone(frontend_id)
 
     async def _watch(self) -> None:
         while True:
@@ -231,6 +247,7 @@ class ModelRegistry:
             block_size=card.block_size,
             options=self._router_options,
             request_resync=lambda worker_id: self._resync(worker_id),
+            share=self._share,
         )
         model = ServedModel(card.served_name, card, tokenizer, self._router_factory(context), tokenizer_source=source,
                             router_context=context, router_factory=self._router_factory)

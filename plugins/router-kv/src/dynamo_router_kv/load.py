@@ -22,6 +22,10 @@ than this router's own tracked blocks: a report can lag a burst, and the engine 
 shared prefix once while the tracking counts it per request. Running requests combine the
 same way.
 
+Other frontends' routers (routing peers) share their requests' changes; they are counted the
+same way, keyed by peer and request id, and dropped together when their peer goes silent, or
+one by one when older than ``PEER_REQUEST_MAX_AGE_S`` (a lost ``finished`` message).
+
 Each tracked request also keeps when it was routed and how much prefill work was ahead of it
 and in it, so that its first token is a timing sample for `speed`.
 """
@@ -31,6 +35,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from dynamo_core.protocols.kv_events import LoadMetrics
+
+PEER_REQUEST_MAX_AGE_S = 600.0
 
 
 @dataclass(slots=True)
@@ -78,6 +84,7 @@ class LoadTracker:
     def __init__(self) -> None:
         self._workers: dict[str, WorkerLoad] = {}
         self._requests: dict[str, RoutedRequest] = {}
+        self._peer_requests: dict[str, set[str]] = {}  # peer frontend id -> its tracking keys
 
     def add_worker(self, worker_id: str) -> None:
         self._workers.setdefault(worker_id, WorkerLoad())
@@ -137,6 +144,39 @@ class LoadTracker:
         load.decode_blocks -= request.decode_blocks
         load.requests -= 1
         return request
+
+    @staticmethod
+    def peer_key(frontend_id: str, request_id: str) -> str:
+        return f"peer:{frontend_id}/{request_id}"
+
+    def peer_routed(self, frontend_id: str, request_id: str, worker_id: str, prefill_tokens: int,
+                    decode_blocks: int, now: float) -> None:
+        key = self.peer_key(frontend_id, request_id)
+        self.routed(key, worker_id, prefill_tokens, decode_blocks, now)
+        self._peer_requests.setdefault(frontend_id, set()).add(key)
+
+    def peer_finished(self, frontend_id: str, request_id: str) -> None:
+        key = self.peer_key(frontend_id, request_id)
+        self.finished(key)
+        keys = self._peer_requests.get(frontend_id)
+        if keys is not None:
+            keys.discard(key)
+
+    def peer_gone(self, frontend_id: str) -> None:
+        """Release everything the peer had in flight."""
+        for key in self._peer_requests.pop(frontend_id, set()):
+            self.finished(key)
+
+    def expire_peer_requests(self, now: float) -> None:
+        """Release peers' requests routed more than ``PEER_REQUEST_MAX_AGE_S`` ago."""
+        for keys in self._peer_requests.values():
+            for key in [k for k in keys if now - self._requests[k].routed_at > PEER_REQUEST_MAX_AGE_S]:
+                keys.discard(key)
+                self.finished(key)
+
+    @property
+    def peer_requests_in_flight(self) -> int:
+        return sum(len(keys) for keys in self._peer_requests.values())
 
     def reported(self, metrics: LoadMetrics) -> None:
         """The worker's own report; ignored for workers not tracked (a late one after removal)."""

@@ -19,6 +19,7 @@ import msgspec
 
 from dynamo_core.protocols.engine import PreprocessedRequest
 from dynamo_core.protocols.kv_events import KvEventBatch, KvSnapshot, LoadMetrics
+from dynamo_core.protocols.routing import PeerRequest, PeerRequestState
 from dynamo_core.routers.base import NoWorkerAvailableError, Router, RouterContext, WorkerState
 
 from dynamo_router_kv import metrics
@@ -58,6 +59,9 @@ class KvRouter(Router):
         self.loads = LoadTracker()
         self.speeds = WorkerSpeeds()
         self._clock = clock
+        self._pool = context.pool
+        self._share = context.share
+        self._next_peer_sweep = 0.0
         self._rng = rng if rng is not None else random.Random()
         # debug_scores draws from its own generator so that looking does not change routing.
         self._debug_rng = random.Random(self._rng.random())
@@ -102,6 +106,7 @@ class KvRouter(Router):
         else:
             prefill_tokens = max(prompt_tokens - chosen.overlap_blocks * self.block_size, 1)
         self.loads.routed(request.request_id, chosen.worker_id, prefill_tokens, prompt_blocks + 1, self._clock())
+        self._share_change(request.request_id, chosen.worker_id, "routed", prefill_tokens, prompt_blocks + 1)
         if self._assumed is not None:
             self._assumed.routed(chosen.worker_id, hashes)
             self._indexed_blocks.set(self.indexer.distinct_blocks)
@@ -144,16 +149,45 @@ class KvRouter(Router):
         now = self._clock()
         request = self.loads.first_token(request_id, now)
         if request is not None:
+            self._share_change(request_id, request.worker_id, "first_token")
             self.speeds.observed_first_token(request.worker_id, request.work_tokens, now - request.routed_at)
 
     def on_request_finished(self, request_id: str, worker_id: str, output_tokens: int) -> None:
         now = self._clock()
         request = self.loads.finished(request_id)
+        if request is not None:
+            self._share_change(request_id, request.worker_id, "finished")
         if request is None or request.prefilling or output_tokens < 2:
             return
         # The batch it decoded in: the mean of what ran there at its first token and now.
         batch = (request.batch_at_first_token + self.loads.load(request.worker_id).running_requests + 1) / 2
         self.speeds.observed_decode(batch, (now - request.first_token_at) / (output_tokens - 1))
+
+    # --- routing peers (other frontends) ----------------------------------------------------
+
+    def _share_change(self, request_id: str, worker_id: str, state: PeerRequestState,
+                      prefill_tokens: int = 0, decode_blocks: int = 0) -> None:
+        self._share(PeerRequest(frontend_id="", model=self.model, pool=self._pool, request_id=request_id,
+                                worker_id=worker_id, state=state, prefill_tokens=prefill_tokens,
+                                decode_blocks=decode_blocks))
+
+    def on_peer_request(self, request: PeerRequest) -> None:
+        """A peer's request counts as load like ours (its timings are the peer's to sample)."""
+        now = self._clock()
+        if request.state == "routed":
+            if request.worker_id in self._workers:
+                self.loads.peer_routed(request.frontend_id, request.request_id, request.worker_id,
+                                       request.prefill_tokens, request.decode_blocks, now)
+        elif request.state == "first_token":
+            self.loads.first_token(self.loads.peer_key(request.frontend_id, request.request_id), now)
+        else:
+            self.loads.peer_finished(request.frontend_id, request.request_id)
+        if now >= self._next_peer_sweep:
+            self._next_peer_sweep = now + 10.0
+            self.loads.expire_peer_requests(now)
+
+    def on_peer_gone(self, frontend_id: str) -> None:
+        self.loads.peer_gone(frontend_id)
 
     # --- workers, events and load -----------------------------------------------------------
 
