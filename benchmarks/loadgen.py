@@ -223,7 +223,9 @@ def measured_records(records: list[tuple[str, RequestRecord]], level: Level) -> 
     return measured, max(r.end or r.start for r in measured) - min(r.start for r in measured)
 
 
-async def run_level(client: StreamClient, args: argparse.Namespace, concurrency: int, prompts: PromptFactory) -> dict[str, Any]:
+async def run_level(clients: list[StreamClient], args: argparse.Namespace, concurrency: int,
+                    prompts: PromptFactory) -> dict[str, Any]:
+    client = clients[0]  # whose /metrics the CPU columns read
     records: list[tuple[str, RequestRecord]] = []
     scrape = await client.metrics()  # one scrape before and one after the level
     frontend_cpu_before = prometheus_value(scrape, "process_cpu_seconds_total")
@@ -233,15 +235,16 @@ async def run_level(client: StreamClient, args: argparse.Namespace, concurrency:
     warm_until = started + args.warmup
     level = Level(warm_until, warm_until + args.duration if args.requests is None else None, args.requests)
 
-    async def worker() -> None:
+    async def worker(stream_client: StreamClient) -> None:
         chat = Conversation(args, prompts) if args.turns > 1 else None
         while (phase := level.next_phase()) is not None:
-            record = await client.stream(CHAT_PATH, chat_body(args, chat.next() if chat else prompts.next()))
+            record = await stream_client.stream(CHAT_PATH, chat_body(args, chat.next() if chat else prompts.next()))
             records.append((phase, record))
             if record.status is None:
                 await asyncio.sleep(NO_RESPONSE_PAUSE_S)
 
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    # With several --url frontends, streams are dealt to them in turn.
+    await asyncio.gather(*(worker(clients[i % len(clients)]) for i in range(concurrency)))
     wall = time.perf_counter() - started
     own_cpu = process_cpu_seconds() - own_cpu_before
     scrape = await client.metrics()
@@ -296,7 +299,9 @@ COLUMNS = [
 
 
 async def main_async(args: argparse.Namespace) -> list[dict[str, Any]]:
-    client = StreamClient(args.url, max(args.concurrency), args.client, args.timeout)
+    urls = [u for u in args.url.split(",") if u]
+    clients = [StreamClient(u, -(-max(args.concurrency) // len(urls)), args.client, args.timeout) for u in urls]
+    client = clients[0]
     try:
         calibration = await calibrate(client, args)
         print(calibration.describe(), flush=True)
@@ -304,14 +309,15 @@ async def main_async(args: argparse.Namespace) -> list[dict[str, Any]]:
         for concurrency in args.concurrency:
             prompts = PromptFactory(calibration.words, calibration.prefix_words, max(args.prefix_groups, 1),
                                     seed=concurrency, tokens_per_word=calibration.tokens_per_word)
-            row = await run_level(client, args, concurrency, prompts)
+            row = await run_level(clients, args, concurrency, prompts)
             row.update(settings(args, calibration))
             rows.append(row)
             print(f"concurrency {concurrency}: {row['requests']} requests, {row['req_per_s']:.1f} req/s, "
                   f"TTFT p50 {row['ttft_p50_ms']:.1f} ms, {row['errors']} errors", flush=True)
         return rows
     finally:
-        await client.aclose()
+        for each in clients:
+            await each.aclose()
 
 
 def settings(args: argparse.Namespace, calibration: Calibration) -> dict[str, Any]:
@@ -347,7 +353,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m benchmarks.loadgen", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--url", default="http://127.0.0.1:8000", help="the frontend's base URL")
+    p.add_argument("--url", default="http://127.0.0.1:8000",
+                   help="the frontend's base URL; comma-separated: several frontends, streams dealt in turn "
+                        "(the CPU columns are the first one's)")
     p.add_argument("--model", default="mocker")
     p.add_argument("--concurrency", type=concurrency_list, default=[8, 32, 128], help="comma-separated levels")
     p.add_argument("--duration", type=float, default=20.0, help="measured seconds a level")
