@@ -170,7 +170,8 @@ class LoadTracker:
     def expire_peer_requests(self, now: float) -> None:
         """Release peers' requests routed more than ``PEER_REQUEST_MAX_AGE_S`` ago."""
         for keys in self._peer_requests.values():
-            for key in [k for k in keys if now - self._requests[k].routed_at > PEER_REQUEST_MAX_AGE_S]:
+            stale = [k for k in keys if (r := self._requests.get(k)) is None or now - r.routed_at > PEER_REQUEST_MAX_AGE_S]
+            for key in stale:
                 keys.discard(key)
                 self.finished(key)
 
