@@ -18,7 +18,8 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import msgspec
 
@@ -43,7 +44,7 @@ class PeerPlane:
     whose heartbeats stopped. ``connect`` returns a connected NATS client (the frontend's).
     """
 
-    def __init__(self, namespace: str, connect: Callable, on_request: Callable[[PeerRequest], None],
+    def __init__(self, namespace: str, connect: Callable[[], Awaitable[Any]], on_request: Callable[[PeerRequest], None],
                  on_gone: Callable[[str], None], clock: Callable[[], float] = time.monotonic) -> None:
         self.frontend_id = uuid.uuid4().hex[:12]
         self._subject = peers_subject(namespace)
@@ -51,7 +52,7 @@ class PeerPlane:
         self._on_request = on_request
         self._on_gone = on_gone
         self._clock = clock
-        self._nc = None
+        self._nc: Any = None  # a nats.aio.client.Client; nats is imported only when used
         self._pending: list[PeerMessage] = []
         self._flush_scheduled = False
         self._last_seen: dict[str, float] = {}
@@ -115,7 +116,7 @@ class PeerPlane:
             log.info("routing peers: frontend %s went silent; its in-flight requests are dropped", peer)
             self._on_gone(peer)
 
-    async def _receive(self, msg) -> None:
+    async def _receive(self, msg: Any) -> None:  # a nats.aio.msg.Msg
         try:
             messages = _decoder.decode(msg.data)
         except msgspec.DecodeError as exc:
