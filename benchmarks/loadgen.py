@@ -10,7 +10,10 @@ usage in the last chunk). Prompts are made of words, calibrated once against the
 tokenizer and chat template (`usage.prompt_tokens` of `max_tokens=1` requests) so that they
 come out at about `--prompt-tokens`; the achieved mean is reported. With
 `--shared-prefix-tokens N --prefix-groups G` each prompt starts with one of G fixed N-token
-prefixes.
+prefixes. With `--turns T` each stream holds a chat of T turns: every request resends the
+conversation so far (earlier user messages and a stand-in assistant reply of
+`--output-tokens` words each) plus a new user message of `--turn-tokens`, so each turn's
+prompt extends the previous one's; then the stream starts a new chat.
 
 Reported per level: requests/s, output tokens/s, TTFT, ITL and end-to-end percentiles, errors,
 the frontend's CPU-seconds per 1000 requests (from `process_cpu_seconds_total` on its
@@ -76,7 +79,8 @@ def request_marker(sequence: int) -> list[str]:
 class PromptFactory:
     """Prompts of a fixed word count: [shared prefix] + request marker + random words."""
 
-    def __init__(self, words: int, prefix_words: int, prefix_groups: int, seed: int):
+    def __init__(self, words: int, prefix_words: int, prefix_groups: int, seed: int, tokens_per_word: float = 1.0):
+        self.tokens_per_word = tokens_per_word
         self.words = max(words, MARKER_WORDS + prefix_words + 1)
         self.prefix_words = prefix_words
         self.prefixes = [random_words(prefix_words, random.Random(f"prefix-{g}")) for g in range(prefix_groups)]
@@ -118,9 +122,17 @@ async def calibrate(client: StreamClient, args: argparse.Namespace) -> Calibrati
     template = max(round(tokens_small - per_word * small), 0)
     words = max(round((args.prompt_tokens - template) / per_word), 1)
     prefix_words = round(args.shared_prefix_tokens / per_word) if args.shared_prefix_tokens else 0
-    probe = PromptFactory(words, prefix_words, max(args.prefix_groups, 1), seed=0)
-    measured = await prompt_tokens_of(client, args.model, probe.next())
-    words = max(words + round((args.prompt_tokens - measured) / per_word), 1)
+    for _ in range(2 if prefix_words else 0):
+        # The prefixes are fixed word lists whose tokens per word differ from the random
+        # words': size them on their own, so the unique rest keeps its share.
+        prefix = " ".join(PromptFactory(prefix_words, prefix_words, 1, seed=0).prefixes[0])
+        prefix_tokens = await prompt_tokens_of(client, args.model, prefix) - template
+        prefix_words = max(round(prefix_words * args.shared_prefix_tokens / max(prefix_tokens, 1)), 1)
+    words = max(words, prefix_words + MARKER_WORDS + 1)
+    for _ in range(3 if prefix_words else 1):
+        probe = PromptFactory(words, prefix_words, max(args.prefix_groups, 1), seed=0)
+        measured = await prompt_tokens_of(client, args.model, probe.next())
+        words = max(words + round((args.prompt_tokens - measured) / per_word), prefix_words + MARKER_WORDS + 1)
     return Calibration(per_word, template, words, prefix_words)
 
 
@@ -151,16 +163,47 @@ class Level:
         return "measured"
 
 
-def chat_body(args: argparse.Namespace, prompt: str) -> dict[str, Any]:
+def chat_body(args: argparse.Namespace, prompt: str | list[dict[str, str]]) -> dict[str, Any]:
+    messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
     return {
         "model": args.model,
-        "messages": [{"role": "user", "content": prompt}],
+        "messages": messages,
         "max_tokens": args.output_tokens,
         "ignore_eos": True,
         "stream": True,
         # continuous_usage_stats (vLLM) puts token counts on every chunk; others ignore it.
         "stream_options": {"include_usage": True, "continuous_usage_stats": True},
     }
+
+
+class Conversation:
+    """One stream's multi-turn chat: each turn's messages extend the previous turn's.
+
+    The assistant turns are stand-ins (`--output-tokens` words drawn like the prompts), not
+    what the server answered: the history every later turn sends is then known in advance and
+    equal across routers, and the reuse measured is that of the conversation's prompts (an
+    engine that also caches its generated tokens would find none of its own output again).
+    """
+
+    def __init__(self, args: argparse.Namespace, prompts: PromptFactory) -> None:
+        self._args, self._prompts = args, prompts
+        self._rng = random.Random(f"chat-{id(self)}")
+        self._messages: list[dict[str, str]] = []
+        self._turn = 0
+        self._turn_words = max(round(args.turn_tokens / prompts.tokens_per_word), 1)
+
+    def next(self) -> list[dict[str, str]]:
+        if self._turn == self._args.turns:
+            self._messages, self._turn = [], 0
+        if self._turn == 0:
+            user = self._prompts.next()
+        else:
+            reply = " ".join(random_words(self._args.output_tokens, self._rng))
+            self._messages.append({"role": "assistant", "content": reply})
+            user = " ".join(random_words(self._turn_words, self._rng))
+        self._messages.append({"role": "user", "content": user})
+        self._turn += 1
+        return list(self._messages)
 
 
 def measured_records(records: list[tuple[str, RequestRecord]], level: Level) -> tuple[list[RequestRecord], float]:
@@ -180,7 +223,9 @@ def measured_records(records: list[tuple[str, RequestRecord]], level: Level) -> 
     return measured, max(r.end or r.start for r in measured) - min(r.start for r in measured)
 
 
-async def run_level(client: StreamClient, args: argparse.Namespace, concurrency: int, prompts: PromptFactory) -> dict[str, Any]:
+async def run_level(clients: list[StreamClient], args: argparse.Namespace, concurrency: int,
+                    prompts: PromptFactory) -> dict[str, Any]:
+    client = clients[0]  # whose /metrics the CPU columns read
     records: list[tuple[str, RequestRecord]] = []
     scrape = await client.metrics()  # one scrape before and one after the level
     frontend_cpu_before = prometheus_value(scrape, "process_cpu_seconds_total")
@@ -190,14 +235,16 @@ async def run_level(client: StreamClient, args: argparse.Namespace, concurrency:
     warm_until = started + args.warmup
     level = Level(warm_until, warm_until + args.duration if args.requests is None else None, args.requests)
 
-    async def worker() -> None:
+    async def worker(stream_client: StreamClient) -> None:
+        chat = Conversation(args, prompts) if args.turns > 1 else None
         while (phase := level.next_phase()) is not None:
-            record = await client.stream(CHAT_PATH, chat_body(args, prompts.next()))
+            record = await stream_client.stream(CHAT_PATH, chat_body(args, chat.next() if chat else prompts.next()))
             records.append((phase, record))
             if record.status is None:
                 await asyncio.sleep(NO_RESPONSE_PAUSE_S)
 
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    # With several --url frontends, streams are dealt to them in turn.
+    await asyncio.gather(*(worker(clients[i % len(clients)]) for i in range(concurrency)))
     wall = time.perf_counter() - started
     own_cpu = process_cpu_seconds() - own_cpu_before
     scrape = await client.metrics()
@@ -252,21 +299,25 @@ COLUMNS = [
 
 
 async def main_async(args: argparse.Namespace) -> list[dict[str, Any]]:
-    client = StreamClient(args.url, max(args.concurrency), args.client, args.timeout)
+    urls = [u for u in args.url.split(",") if u]
+    clients = [StreamClient(u, -(-max(args.concurrency) // len(urls)), args.client, args.timeout) for u in urls]
+    client = clients[0]
     try:
         calibration = await calibrate(client, args)
         print(calibration.describe(), flush=True)
         rows = []
         for concurrency in args.concurrency:
-            prompts = PromptFactory(calibration.words, calibration.prefix_words, max(args.prefix_groups, 1), seed=concurrency)
-            row = await run_level(client, args, concurrency, prompts)
+            prompts = PromptFactory(calibration.words, calibration.prefix_words, max(args.prefix_groups, 1),
+                                    seed=concurrency, tokens_per_word=calibration.tokens_per_word)
+            row = await run_level(clients, args, concurrency, prompts)
             row.update(settings(args, calibration))
             rows.append(row)
             print(f"concurrency {concurrency}: {row['requests']} requests, {row['req_per_s']:.1f} req/s, "
                   f"TTFT p50 {row['ttft_p50_ms']:.1f} ms, {row['errors']} errors", flush=True)
         return rows
     finally:
-        await client.aclose()
+        for each in clients:
+            await each.aclose()
 
 
 def settings(args: argparse.Namespace, calibration: Calibration) -> dict[str, Any]:
@@ -282,6 +333,8 @@ def settings(args: argparse.Namespace, calibration: Calibration) -> dict[str, An
         "shared_prefix_tokens": args.shared_prefix_tokens,
         "prefix_groups": args.prefix_groups if args.shared_prefix_tokens else 0,
         "prompt_words": calibration.words,
+        "turns": args.turns,
+        "turn_tokens": args.turn_tokens if args.turns > 1 else None,
         "duration_s": args.duration if args.requests is None else None,
         "measured_requests": args.requests,
         "warmup_s": args.warmup,
@@ -300,7 +353,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m benchmarks.loadgen", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--url", default="http://127.0.0.1:8000", help="the frontend's base URL")
+    p.add_argument("--url", default="http://127.0.0.1:8000",
+                   help="the frontend's base URL; comma-separated: several frontends, streams dealt in turn "
+                        "(the CPU columns are the first one's)")
     p.add_argument("--model", default="mocker")
     p.add_argument("--concurrency", type=concurrency_list, default=[8, 32, 128], help="comma-separated levels")
     p.add_argument("--duration", type=float, default=20.0, help="measured seconds a level")
@@ -310,6 +365,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--output-tokens", type=int, default=64)
     p.add_argument("--shared-prefix-tokens", type=int, default=0, help="leading prompt tokens taken from a prefix group")
     p.add_argument("--prefix-groups", type=int, default=4, help="distinct shared prefixes")
+    p.add_argument("--turns", type=int, default=1, help="turns of each stream's chat (1: single requests)")
+    p.add_argument("--turn-tokens", type=int, default=64, help="tokens of each later turn's user message")
     add_run_options(
         p, timeout_s=600.0, label_help="a name kept in the JSON rows",
         json_help="append one JSON line a level to this file",
@@ -319,6 +376,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--shared-prefix-tokens must be below --prompt-tokens")
     if args.requests is not None and args.requests < 1:
         p.error("--requests must be positive")
+    if args.turns < 1 or args.turn_tokens < 1:
+        p.error("--turns and --turn-tokens must be positive")
     return args
 
 

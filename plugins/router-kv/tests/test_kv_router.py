@@ -62,8 +62,8 @@ def test_load_spreads_evenly_when_prefixes_are_unique():
     assert picks == Counter({w: 10 for w in "abcd"})
 
 
-def test_burst_of_identical_requests_spreads_once_load_accrues():
-    router = _router()
+def test_block_cost_spreads_a_burst_of_identical_requests_once_load_accrues():
+    router = _router(overlap_weight=1.0)
     _store(router, "a", 1, PROMPT)
     picks = [router.select_worker(_req(i, PROMPT), WORKERS) for i in range(8)]
     assert picks[0] == "a"  # the cache hit first
@@ -74,8 +74,8 @@ def test_burst_of_identical_requests_spreads_once_load_accrues():
     assert router.select_worker(_req(99, PROMPT), WORKERS) == "a"  # load released: back to the cache
 
 
-def test_worker_reported_load_counts_against_it():
-    router = _router()
+def test_block_cost_counts_worker_reported_load_against_it():
+    router = _router(overlap_weight=1.0)
     _store(router, "a", 1, PROMPT)
     router.on_load(LoadMetrics(worker_id="a", running_requests=50, waiting_requests=0,
                                active_kv_blocks=500, total_kv_blocks=1000))
@@ -90,7 +90,7 @@ def test_zero_overlap_weight_routes_by_load_alone():
 
 
 def test_debug_scores_show_overlap_cost_and_chosen_worker_without_routing():
-    router = _router()
+    router = _router(overlap_weight=1.0)
     _store(router, "b", 1, PROMPT[:32])
     scores = router.debug_scores(_req(0, PROMPT), WORKERS)
     assert scores["b"]["overlap_blocks"] == 8 and scores["a"]["overlap_blocks"] == 0
@@ -147,7 +147,7 @@ def test_plugin_offers_the_kv_router_and_its_options():
     plugin.dynamo_router_options(router="kv", group=parser.add_argument_group("kv"))
     defaults = parser.parse_args([])
     assert (defaults.kv_overlap_weight, defaults.router_temperature, defaults.no_kv_events, defaults.router_ttl) == (
-        1.0, 0.0, False, 120.0)
+        None, 0.0, False, 120.0)
     options = parser.parse_args(["--kv-overlap-weight", "2", "--router-temperature", "0.5",
                                  "--no-kv-events", "--router-ttl", "30"])
     router = spec.create(RouterContext(model="plugin-test", block_size=16, options=options))

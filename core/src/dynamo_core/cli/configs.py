@@ -62,4 +62,5 @@ def frontend_config_from(ns: argparse.Namespace, parser: argparse.ArgumentParser
         discovery=ns.discovery,
         discovery_config=discovery_config_from(ns),
         nats_url=ns.nats_url or None,
+        event_plane=ns.event_plane,
     )

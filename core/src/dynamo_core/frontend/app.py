@@ -44,6 +44,7 @@ from dynamo_core.protocols.openai import (
 )
 from dynamo_core.runtime.discovery import DiscoveryBackend, DiscoveryConfig
 from dynamo_core.runtime.gc_heap import freeze_heap
+from dynamo_core.runtime.peer_plane import PeerPlane
 from dynamo_core.runtime.transports import TransportClients
 
 log = logging.getLogger(__name__)
@@ -99,6 +100,14 @@ class FrontendConfig:
     discovery: str = "file"
     discovery_config: DiscoveryConfig = field(default_factory=DiscoveryConfig)
     nats_url: str | None = None
+    # "nats": share routers' in-flight requests with the other frontends (runtime/peer_plane.py).
+    event_plane: str = "tcp"
+
+
+async def _peer_connection(url: str | None):
+    from dynamo_core.runtime.nats_plane import connect, nats_url
+
+    return await connect(nats_url(url), "dynamo-frontend-peers")
 
 
 def _json_response(payload, status_code: int = 200) -> Response:
@@ -237,7 +246,12 @@ def create_app(config: FrontendConfig, discovery: DiscoveryBackend | None = None
     owns_discovery = discovery is None
     discovery = discovery or plugins.get("discovery", config.discovery).create(config.discovery_config)
     client = TransportClients(config.nats_url)
-    registry = ModelRegistry(discovery, client, config.namespace, router_spec.create, config.router_options)
+    peers: PeerPlane | None = None
+    if config.event_plane == "nats":
+        peers = PeerPlane(config.namespace, lambda: _peer_connection(config.nats_url),
+                          lambda request: registry.on_peer_request(request), lambda peer: registry.on_peer_gone(peer))
+    registry = ModelRegistry(discovery, client, config.namespace, router_spec.create, config.router_options,
+                             share=peers.publish if peers is not None else (lambda request: None))
     engine = DisaggregatingClient(EngineClient(client), client, config.disagg_min_prompt_tokens)
     pool = PromptPool(config.preprocess_workers, config.preprocess_min_chars) if config.preprocess_workers > 0 else None
     state = ServingState(registry=registry, engine=engine, prompt_pool=pool)
@@ -245,11 +259,15 @@ def create_app(config: FrontendConfig, discovery: DiscoveryBackend | None = None
     async def on_startup() -> None:
         if pool is not None:
             pool.start()
+        if peers is not None:
+            await peers.start()
         await registry.start()
         freeze_heap("frontend started")
 
     async def on_shutdown() -> None:
         await registry.stop()
+        if peers is not None:
+            await peers.stop()
         if pool is not None:
             await pool.close()
         await engine.close()

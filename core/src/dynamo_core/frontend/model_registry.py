@@ -18,6 +18,7 @@ from dynamo_core.frontend.served_model import ServedModel, WorkerHandle
 from dynamo_core.protocols.discovery import InstanceRecord
 from dynamo_core.protocols.kv_events import KvEventBatch, KvSnapshot, LoadMetrics
 from dynamo_core.protocols.names import MODEL_FILES_ENDPOINT
+from dynamo_core.protocols.routing import PeerRequest
 from dynamo_core.routers.base import Router, RouterContext, WorkerState
 from dynamo_core.runtime.discovery import DiscoveryBackend, WatchEventKind
 from dynamo_core.runtime.gc_heap import freeze_heap
@@ -40,7 +41,9 @@ class ModelRegistry:
         namespace: str,
         router_factory: Callable[[RouterContext], Router],
         router_options,
+        share: Callable[[PeerRequest], None] = lambda request: None,
     ):
+        self._share = share
         self._discovery = discovery
         self._client = client
         self._prefix = f"{namespace}/backend/generate/"
@@ -73,6 +76,18 @@ class ModelRegistry:
 
     def worker_count(self) -> int:
         return len(self._model_of_worker)
+
+    def on_peer_request(self, request: PeerRequest) -> None:
+        """Another frontend's request: to the router of its model and pool, if we serve it."""
+        model = self.models.get(request.model)
+        if model is not None:
+            model.router_of(request.pool).on_peer_request(request)
+
+    def on_peer_gone(self, frontend_id: str) -> None:
+        for model in self.models.values():
+            for router in (model.router, model.prefill_router):
+                if router is not None:
+                    router.on_peer_gone(frontend_id)
 
     async def _watch(self) -> None:
         while True:
@@ -146,6 +161,7 @@ class ModelRegistry:
             block_size=card.block_size,
             options=self._router_options,
             request_resync=lambda worker_id: self._resync(worker_id),
+            share=self._share,
         )
         model = ServedModel(card.served_name, card, tokenizer, self._router_factory(context), tokenizer_source=source,
                             router_context=context, router_factory=self._router_factory)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
 import functools
 import time
 from collections.abc import Callable
@@ -88,5 +89,5 @@ class ServedModel:
             return self.router
         if self.prefill_router is None:
             assert self.router_context is not None and self.router_factory is not None
-            self.prefill_router = self.router_factory(self.router_context)
+            self.prefill_router = self.router_factory(dataclasses.replace(self.router_context, pool="prefill"))
         return self.prefill_router

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 from dynamo_core.protocols.engine import PreprocessedRequest
 from dynamo_core.protocols.kv_events import KvEventBatch, KvSnapshot, LoadMetrics
+from dynamo_core.protocols.routing import PeerRequest
 
 
 class NoWorkerAvailableError(RuntimeError):
@@ -35,6 +36,11 @@ class RouterContext:
     # Ask the frontend to fetch a fresh `KvSnapshot` from a worker (after an event-id gap);
     # it arrives later through `Router.on_kv_snapshot`.
     request_resync: Callable[[str], None] = lambda worker_id: None
+    # "prefill" for the router of a prefill pool, else "agg" (whole requests and decode phases).
+    pool: str = "agg"
+    # Tell the other frontends (routing peers) about a request of ours; they receive it through
+    # `Router.on_peer_request`. A no-op without peers (no NATS event plane).
+    share: Callable[[PeerRequest], None] = lambda request: None
 
 
 class Router(abc.ABC):
@@ -70,6 +76,12 @@ class Router(abc.ABC):
 
     def on_load(self, metrics: LoadMetrics) -> None:
         pass
+
+    def on_peer_request(self, request: PeerRequest) -> None:
+        """Another frontend's router shared one of its requests (see `RouterContext.share`)."""
+
+    def on_peer_gone(self, frontend_id: str) -> None:
+        """Frontend ``frontend_id`` stopped sending heartbeats: drop what it had in flight."""
 
     def wants_kv_events(self) -> bool:
         """Whether the frontend should subscribe to workers' KV events for this router."""

@@ -5,20 +5,21 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 
-DEFAULT_OVERLAP_WEIGHT = 1.0
+# None: the estimated-time-to-first-token cost; a number selects the weighted block cost.
+DEFAULT_OVERLAP_WEIGHT: float | None = None
 DEFAULT_TEMPERATURE = 0.0
 DEFAULT_TTL_S = 120.0
 
 
 @dataclass(frozen=True)
 class KvRouterConfig:
-    overlap_weight: float = DEFAULT_OVERLAP_WEIGHT  # --kv-overlap-weight
+    overlap_weight: float | None = DEFAULT_OVERLAP_WEIGHT  # --kv-overlap-weight
     temperature: float = DEFAULT_TEMPERATURE  # --router-temperature
     use_kv_events: bool = True  # not --no-kv-events
     ttl_s: float = DEFAULT_TTL_S  # --router-ttl (approximate mode only)
 
     def __post_init__(self) -> None:
-        if self.overlap_weight < 0:
+        if self.overlap_weight is not None and self.overlap_weight < 0:
             raise ValueError(f"--kv-overlap-weight must be >= 0, got {self.overlap_weight}")
         if self.temperature < 0:
             raise ValueError(f"--router-temperature must be >= 0, got {self.temperature}")

@@ -13,11 +13,21 @@ sent itself and has not seen finish:
   longer outputs. Requests are summed without discounting shared prefixes: the time of a
   decode step grows with every sequence's context, shared or not.
 
+- running requests: each request from routing until it ends (the batch its decode slows).
+
 Combination with reports: a report counts everything the worker had admitted when it was
 sent, including other frontends' requests. The decode estimate is that report plus what this
 router added or released since (its tracked blocks now minus at the report), and never less
 than this router's own tracked blocks: a report can lag a burst, and the engine counts a
-shared prefix once while the tracking counts it per request.
+shared prefix once while the tracking counts it per request. Running requests combine the
+same way.
+
+Other frontends' routers (routing peers) share their requests' changes; they are counted the
+same way, keyed by peer and request id, and dropped together when their peer goes silent, or
+one by one when older than ``PEER_REQUEST_MAX_AGE_S`` (a lost ``finished`` message).
+
+Each tracked request also keeps when it was routed and how much prefill work was ahead of it
+and in it, so that its first token is a timing sample for `speed`.
 """
 
 from __future__ import annotations
@@ -26,13 +36,19 @@ from dataclasses import dataclass
 
 from dynamo_core.protocols.kv_events import LoadMetrics
 
+PEER_REQUEST_MAX_AGE_S = 600.0
+
 
 @dataclass(slots=True)
-class _RoutedRequest:
+class RoutedRequest:
     worker_id: str
     prefill_tokens: int
     decode_blocks: int
+    routed_at: float = 0.0  # the router's clock
+    work_tokens: int = 0  # prefill tokens queued on the worker when routed, plus its own
     prefilling: bool = True
+    first_token_at: float = 0.0
+    batch_at_first_token: int = 0  # running requests on the worker then
 
 
 @dataclass(slots=True)
@@ -41,8 +57,10 @@ class WorkerLoad:
 
     prefill_tokens: int = 0  # tracked: sent, first token not seen yet
     decode_blocks: int = 0  # tracked: sent, not finished
+    requests: int = 0  # tracked: sent, not finished
     reported: LoadMetrics | None = None
     decode_blocks_at_report: int = 0  # `decode_blocks` when `reported` arrived
+    requests_at_report: int = 0  # `requests` when `reported` arrived
 
     @property
     def active_decode_blocks(self) -> int:
@@ -51,13 +69,22 @@ class WorkerLoad:
         since_report = self.decode_blocks - self.decode_blocks_at_report
         return max(self.decode_blocks, self.reported.active_kv_blocks + since_report)
 
+    @property
+    def running_requests(self) -> int:
+        if self.reported is None:
+            return self.requests
+        since_report = self.requests - self.requests_at_report
+        reported = self.reported.running_requests + self.reported.waiting_requests
+        return max(self.requests, reported + since_report)
+
 
 class LoadTracker:
     """Per-worker load from routed requests and worker reports."""
 
     def __init__(self) -> None:
         self._workers: dict[str, WorkerLoad] = {}
-        self._requests: dict[str, _RoutedRequest] = {}
+        self._requests: dict[str, RoutedRequest] = {}
+        self._peer_requests: dict[str, set[str]] = {}  # peer frontend id -> its tracking keys
 
     def add_worker(self, worker_id: str) -> None:
         self._workers.setdefault(worker_id, WorkerLoad())
@@ -74,39 +101,83 @@ class LoadTracker:
     def worker_count(self) -> int:
         return len(self._workers)
 
-    def routed(self, request_id: str, worker_id: str, prefill_tokens: int, decode_blocks: int) -> None:
-        """``request_id`` was sent to ``worker_id``; count it until it finishes.
+    def routed(self, request_id: str, worker_id: str, prefill_tokens: int, decode_blocks: int,
+               now: float = 0.0) -> None:
+        """``request_id`` was sent to ``worker_id`` at ``now``; count it until it finishes.
 
         A request id routed again (a retry after a failure the frontend has not reported yet)
         replaces its earlier entry, so nothing is counted twice.
         """
         self.finished(request_id)
-        self._requests[request_id] = _RoutedRequest(worker_id, prefill_tokens, decode_blocks)
         load = self._workers.setdefault(worker_id, WorkerLoad())
+        work = load.prefill_tokens + prefill_tokens
+        self._requests[request_id] = RoutedRequest(worker_id, prefill_tokens, decode_blocks, now, work)
         load.prefill_tokens += prefill_tokens
         load.decode_blocks += decode_blocks
+        load.requests += 1
 
-    def first_token(self, request_id: str) -> None:
-        """The request's prefill is done: its prompt tokens no longer wait to be computed."""
+    def first_token(self, request_id: str, now: float = 0.0) -> RoutedRequest | None:
+        """The request's prefill is done: its prompt tokens no longer wait to be computed.
+        Returns the request the first time (a timing sample), None after or if unknown."""
         request = self._requests.get(request_id)
         if request is None or not request.prefilling:
-            return
+            return None
         request.prefilling = False
+        request.first_token_at = now
         load = self._workers.get(request.worker_id)
         if load is not None:
             load.prefill_tokens -= request.prefill_tokens
+            request.batch_at_first_token = load.running_requests
+        return request
 
-    def finished(self, request_id: str) -> None:
-        """The request ended (finished, failed or cancelled): release what it counted."""
+    def finished(self, request_id: str) -> RoutedRequest | None:
+        """The request ended (finished, failed or cancelled): release what it counted.
+        Returns the request, or None if it was not tracked."""
         request = self._requests.pop(request_id, None)
         if request is None:
-            return
+            return None
         load = self._workers.get(request.worker_id)
         if load is None:
-            return
+            return request
         if request.prefilling:
             load.prefill_tokens -= request.prefill_tokens
         load.decode_blocks -= request.decode_blocks
+        load.requests -= 1
+        return request
+
+    @staticmethod
+    def peer_key(frontend_id: str, request_id: str) -> str:
+        return f"peer:{frontend_id}/{request_id}"
+
+    def peer_routed(self, frontend_id: str, request_id: str, worker_id: str, prefill_tokens: int,
+                    decode_blocks: int, now: float) -> None:
+        key = self.peer_key(frontend_id, request_id)
+        self.routed(key, worker_id, prefill_tokens, decode_blocks, now)
+        self._peer_requests.setdefault(frontend_id, set()).add(key)
+
+    def peer_finished(self, frontend_id: str, request_id: str) -> None:
+        key = self.peer_key(frontend_id, request_id)
+        self.finished(key)
+        keys = self._peer_requests.get(frontend_id)
+        if keys is not None:
+            keys.discard(key)
+
+    def peer_gone(self, frontend_id: str) -> None:
+        """Release everything the peer had in flight."""
+        for key in self._peer_requests.pop(frontend_id, set()):
+            self.finished(key)
+
+    def expire_peer_requests(self, now: float) -> None:
+        """Release peers' requests routed more than ``PEER_REQUEST_MAX_AGE_S`` ago."""
+        for keys in self._peer_requests.values():
+            stale = [k for k in keys if (r := self._requests.get(k)) is None or now - r.routed_at > PEER_REQUEST_MAX_AGE_S]
+            for key in stale:
+                keys.discard(key)
+                self.finished(key)
+
+    @property
+    def peer_requests_in_flight(self) -> int:
+        return sum(len(keys) for keys in self._peer_requests.values())
 
     def reported(self, metrics: LoadMetrics) -> None:
         """The worker's own report; ignored for workers not tracked (a late one after removal)."""
@@ -115,6 +186,7 @@ class LoadTracker:
             return
         load.reported = metrics
         load.decode_blocks_at_report = load.decode_blocks
+        load.requests_at_report = load.requests
 
     @property
     def requests_in_flight(self) -> int:

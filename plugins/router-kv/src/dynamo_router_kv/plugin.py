@@ -26,7 +26,7 @@ def dynamo_routers() -> list[RouterSpec]:
     return [RouterSpec("kv", create, description)]
 
 
-def _env_float(name: str, default: float) -> float:
+def _env_float(name: str, default: float | None) -> float | None:
     value = os.environ.get(name)
     return float(value) if value else default
 
@@ -37,8 +37,9 @@ def dynamo_router_options(router: str, group: OptionGroup) -> None:
         return
     group.add_argument(
         "--kv-overlap-weight", type=float, default=_env_float("DYN_KV_OVERLAP_WEIGHT", DEFAULT_OVERLAP_WEIGHT),
-        help="cost of one prompt block to prefill, relative to one active decode block "
-             "(env DYN_KV_OVERLAP_WEIGHT; default: %(default)s)",
+        help="use the weighted block cost instead of the estimated time to first token: the cost "
+             "of one prompt block to prefill, relative to one active decode block "
+             "(env DYN_KV_OVERLAP_WEIGHT; default: unset, the time-to-first-token cost)",
     )
     group.add_argument(
         "--router-temperature", type=float, default=_env_float("DYN_ROUTER_TEMPERATURE", DEFAULT_TEMPERATURE),

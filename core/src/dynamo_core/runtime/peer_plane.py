@@ -1,0 +1,130 @@
+"""Frontends that route as one: in-flight changes shared between routing peers over NATS.
+
+Every frontend with the NATS event plane publishes on ``{namespace}.routing.peers``: the
+`PeerRequest`s its routers hand it, and a `PeerHeartbeat` every ``HEARTBEAT_S``. It applies
+the other frontends' messages to the router of the same model and pool. A peer silent for
+``PEER_EXPIRY_S`` (stopped, crashed, cut off) is reported gone, and routers drop what it had
+in flight: a dead frontend's load lapses instead of weighing on its workers forever.
+
+Messages published in one event-loop iteration go out as one NATS message (a msgpack list),
+so a burst of decisions costs one publish. Delivery is best effort: a lost ``finished`` is
+covered by the expiry of the peer, or by the router's own bound on an entry's age.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import msgspec
+
+from dynamo_core.protocols.routing import PeerHeartbeat, PeerMessage, PeerRequest
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT_S = 1.0
+PEER_EXPIRY_S = 3.5  # three heartbeats missed
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder(list[PeerMessage])
+
+
+def peers_subject(namespace: str) -> str:
+    return f"{namespace}.routing.peers"
+
+
+class PeerPlane:
+    """One frontend's side: publish its routers' changes, apply the others'.
+
+    ``on_request`` receives other frontends' `PeerRequest`s, ``on_gone`` the id of a peer
+    whose heartbeats stopped. ``connect`` returns a connected NATS client (the frontend's).
+    """
+
+    def __init__(self, namespace: str, connect: Callable[[], Awaitable[Any]], on_request: Callable[[PeerRequest], None],
+                 on_gone: Callable[[str], None], clock: Callable[[], float] = time.monotonic) -> None:
+        self.frontend_id = uuid.uuid4().hex[:12]
+        self._subject = peers_subject(namespace)
+        self._connect = connect
+        self._on_request = on_request
+        self._on_gone = on_gone
+        self._clock = clock
+        self._nc: Any = None  # a nats.aio.client.Client; nats is imported only when used
+        self._pending: list[PeerMessage] = []
+        self._flush_scheduled = False
+        self._last_seen: dict[str, float] = {}
+        self._tasks: list[asyncio.Task] = []
+
+    @property
+    def peers(self) -> list[str]:
+        """The other frontends heard from within the expiry."""
+        return sorted(self._last_seen)
+
+    async def start(self) -> None:
+        self._nc = await self._connect()
+        await self._nc.subscribe(self._subject, cb=self._receive)
+        self._tasks.append(asyncio.create_task(self._heartbeats(), name="peer-heartbeats"))
+        log.info("routing peers: frontend %s shares in-flight requests on %s", self.frontend_id, self._subject)
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+        if self._nc is not None:
+            nc, self._nc = self._nc, None
+            with contextlib.suppress(Exception):
+                await nc.close()
+
+    def publish(self, request: PeerRequest) -> None:
+        """Queue ``request`` (its ``frontend_id`` is replaced by ours) for this loop iteration."""
+        if self._nc is None:
+            return
+        self._pending.append(msgspec.structs.replace(request, frontend_id=self.frontend_id))
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        pending, self._pending = self._pending, []
+        if pending and self._nc is not None:
+            asyncio.ensure_future(self._send(pending))
+
+    async def _send(self, messages: list[PeerMessage]) -> None:
+        try:
+            await self._nc.publish(self._subject, _encoder.encode(messages))
+        except Exception as exc:  # NATS reconnecting: peers expire our entries if it lasts
+            log.debug("routing peers: publish failed: %s", exc)
+
+    async def _heartbeats(self) -> None:
+        while True:
+            await self._send([PeerHeartbeat(frontend_id=self.frontend_id)])
+            self.expire()
+            await asyncio.sleep(HEARTBEAT_S)
+
+    def expire(self) -> None:
+        """Report the peers silent for longer than ``PEER_EXPIRY_S``."""
+        limit = self._clock() - PEER_EXPIRY_S
+        for peer in [p for p, seen in self._last_seen.items() if seen < limit]:
+            del self._last_seen[peer]
+            log.info("routing peers: frontend %s went silent; its in-flight requests are dropped", peer)
+            self._on_gone(peer)
+
+    async def _receive(self, msg: Any) -> None:  # a nats.aio.msg.Msg
+        try:
+            messages = _decoder.decode(msg.data)
+        except msgspec.DecodeError as exc:
+            log.warning("routing peers: undecodable message on %s: %s", self._subject, exc)
+            return
+        for message in messages:
+            if message.frontend_id == self.frontend_id:
+                continue
+            self._last_seen[message.frontend_id] = self._clock()
+            if isinstance(message, PeerRequest):
+                self._on_request(message)
