@@ -20,6 +20,7 @@ from litestar.response import Stream
 from dynamo_core.frontend import metrics
 from dynamo_core.frontend.disagg import DisaggregatingClient
 from dynamo_core.frontend.errors import (
+    BadRequestError,
     ModelNotFoundError,
     OpenAIError,
     ServiceUnavailableError,
@@ -69,6 +70,8 @@ class ServingState:
 
 
 def decode_body(decoder: msgspec.json.Decoder, body: bytes):
+    if not body.strip():  # msgspec would say "Input data was truncated"
+        raise BadRequestError("the request body is empty; send a JSON object (Content-Type: application/json)")
     try:
         return decoder.decode(body)
     except (msgspec.ValidationError, msgspec.DecodeError) as exc:
@@ -203,7 +206,7 @@ async def chat_completions(state: ServingState, body: bytes) -> Response:
         response_message = ResponseMessage(
             content=content,
             reasoning_content=message.reasoning or None,
-            tool_calls=[ToolCallOut(c.id, FunctionCall(c.name, c.arguments)) for c in calls] or None,
+            tool_calls=[ToolCallOut(c.id, FunctionCall(c.name, c.arguments)) for c in calls] or msgspec.UNSET,
         )
         finish = output.finish_reason(result.finish) if result.finish else None
         choices_out.append(ChatChoice(i, response_message, finish, logprobs))

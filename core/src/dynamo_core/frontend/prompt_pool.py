@@ -46,7 +46,10 @@ T = TypeVar("T")
 
 _encoder = msgspec.msgpack.Encoder()
 _card_decoder = msgspec.msgpack.Decoder(ModelCard)
-_chat_decoder = msgspec.msgpack.Decoder(ChatCompletionRequest)
+# Requests cross as JSON, not msgpack: a client's integer may exceed msgpack's 64 bits (in
+# `tools` or `chat_template_kwargs`), which JSON, as the client sent it, carries unchanged.
+_request_encoder = msgspec.json.Encoder()
+_chat_decoder = msgspec.json.Decoder(ChatCompletionRequest)
 
 # ---------------------------------------------------------------------------------------------
 # in the worker processes
@@ -155,7 +158,7 @@ class PromptPool:
 
     async def render_and_encode(self, model: ServedModel, req: ChatCompletionRequest) -> tuple[list[int], list[int] | None]:
         """`preprocessor._render_and_encode(model, req)`, run in a worker."""
-        return await self._run(_chat_job, model, _encoder.encode(req))
+        return await self._run(_chat_job, model, _request_encoder.encode(req))
 
     async def completion_prompts(self, model: ServedModel, prompt: Any) -> list[tuple[list[int], str | None]]:
         """`preprocessor._completion_prompts(model, prompt)`, run in a worker."""

@@ -24,8 +24,12 @@ class StreamOptions(msgspec.Struct, omit_defaults=True):
     include_usage: bool = False
 
 
+# OpenAI's roles ("function" is its deprecated one); another role is a 400, as OpenAI answers.
+ChatRole = Literal["system", "developer", "user", "assistant", "tool", "function"]
+
+
 class ChatMessage(msgspec.Struct, omit_defaults=True):
-    role: str
+    role: ChatRole
     # A string, or a list of content parts ({"type": "text", "text": ...}, images, ...).
     content: str | list[dict[str, Any]] | None = None
     name: str | None = None
@@ -167,11 +171,14 @@ class ToolCallChunk(msgspec.Struct, omit_defaults=True):
 
 
 class ResponseMessage(msgspec.Struct):
-    # Every key is always present, as in OpenAI's replies (`content` is null beside tool calls).
+    # The keys OpenAI always sends are always present (`content` is null beside tool calls,
+    # `refusal` is null); `tool_calls` is left out when there are none: OpenAI's schema allows
+    # an array or no key, not null.
     role: str = "assistant"
     content: str | None = None
+    refusal: str | None = None
     reasoning_content: str | None = None
-    tool_calls: list[ToolCallOut] | None = None
+    tool_calls: list[ToolCallOut] | msgspec.UnsetType = msgspec.UNSET
 
 
 class ChatChoice(msgspec.Struct):

@@ -375,11 +375,12 @@ class MockerEngine(Engine):
             self._loop_task = asyncio.create_task(self._run_steps(), name="mocker-steps")
 
     def _add_logprobs(self, output: EngineOutput, position: int, top: int) -> None:
-        # Simulated but deterministic: a confident token, and `top` ever less likely alternatives.
+        # Simulated but deterministic: a confident token, and ever less likely alternatives. The
+        # sampled token is the most likely, so it heads its `top` list, as vLLM's and OpenAI's do.
         pool = self._token_pool
         chosen = -0.05 - 0.01 * (position % 7)
         output.logprobs = [chosen]
-        output.top_logprobs = [[TokenLogprob(pool[(position + k) % len(pool)], chosen - 1.5 * k) for k in range(1, top + 1)]]
+        output.top_logprobs = [[TokenLogprob(pool[(position + k) % len(pool)], chosen - 1.5 * k) for k in range(top)]]
 
     def _publish_events(self) -> None:
         events = self.pool.take_events()
