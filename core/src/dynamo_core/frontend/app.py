@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import socket
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -94,6 +96,15 @@ class FrontendConfig:
     nats_url: str | None = None
 
 
+def _no_workers_message(registry: ModelRegistry) -> str:
+    if registry.last_departure is None:
+        return "no worker has registered; start one with `dynamo worker`"
+    worker_id, model, at = registry.last_departure
+    when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(at))
+    return (f"every worker has left; the last, {worker_id} of model '{model}', left at {when} "
+            f"({time.time() - at:.0f} s ago); start one with `dynamo worker`")
+
+
 def _json_response(payload, status_code: int = 200) -> Response:
     return Response(_json.encode(payload), status_code=status_code, media_type="application/json")
 
@@ -169,7 +180,7 @@ def create_app(config: FrontendConfig, discovery: DiscoveryBackend | None = None
         ]
         if instances:
             return _json_response(Health("healthy", instances))
-        return _json_response(Health("unhealthy", [], "no worker has registered; start one with `dynamo worker`"), 503)
+        return _json_response(Health("unhealthy", [], _no_workers_message(registry)), 503)
 
     @get("/live", summary="200 while the process runs", opt=api(response=Live))
     async def live() -> Response:
@@ -253,8 +264,17 @@ async def run_frontend(config: FrontendConfig, discovery: DiscoveryBackend | Non
             timeout_graceful_shutdown=5,
         )
     )
+    # Bind before saying "listening": a taken port is an exit naming it, not a log line first.
+    sock = socket.socket(socket.AF_INET6 if ":" in config.http_host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((config.http_host, config.http_port))
+    except OSError as exc:
+        sock.close()
+        raise SystemExit(f"dynamo frontend: error: cannot listen on {config.http_host}:{config.http_port}: "
+                         f"{exc.strerror}; choose another port with --http-port") from None
     log.info(
         "frontend listening on http://%s:%d (router=%s, discovery=%s, namespace=%s)",
         config.http_host, config.http_port, config.router, config.discovery, config.namespace,
     )
-    await server.serve()
+    await server.serve(sockets=[sock])
