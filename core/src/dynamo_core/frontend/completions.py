@@ -221,6 +221,7 @@ class _Collected:
     texts: list[str] = field(default_factory=list)
     finish: str | None = None
     logprob_deltas: list[ChoiceDelta] = field(default_factory=list)
+    prompt_delta: ChoiceDelta | None = None  # the one that carries the prompt's logprobs
 
 
 async def _collect(first, deltas, tracker: _Tracker, usage: UsageCounter) -> dict[int, _Collected]:
@@ -238,6 +239,8 @@ async def _collect(first, deltas, tracker: _Tracker, usage: UsageCounter) -> dic
                 result.finish = delta.finish_reason
             if delta.logprobs:
                 result.logprob_deltas.append(delta)
+            if delta.prompt_logprobs is not None:
+                result.prompt_delta = delta
     except Exception as exc:
         status = type(exc).__name__
         raise
@@ -320,7 +323,8 @@ async def completions(state: ServingState, body: bytes) -> Response:
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         return Stream(
             _completion_stream(
-                request_id, created, model.name, echo_text, first, deltas, usage, tracker, include_usage, token_texts
+                request_id, created, model.name, echo_text, first, deltas, usage, tracker, include_usage, token_texts,
+                {c.index: c.prompt_token_ids for c in choices} if req.echo and token_texts is not None else None,
             ),
             media_type="text/event-stream",
             headers=SSE_HEADERS,
@@ -333,6 +337,8 @@ async def completions(state: ServingState, body: bytes) -> Response:
         logprobs = None
         if token_texts is not None:
             logprobs, offset = CompletionLogprobs([], [], [], []), len(prefix)
+            if result.prompt_delta is not None:
+                logprobs = token_texts.prompt_completion(result.prompt_delta, c.prompt_token_ids, prefix)
             for d in result.logprob_deltas:
                 _, offset = token_texts.completion(d, offset, into=logprobs)
         choices_out.append(CompletionChoice(c.index, prefix + "".join(result.texts), result.finish, logprobs))
@@ -349,14 +355,22 @@ def _echo_prefix(model: ServedModel, choice: PreparedChoice) -> str:
 async def _completion_stream(
     request_id: str, created: int, model: str, echo_text: dict[int, str], first, deltas, usage: UsageCounter,
     tracker: _Tracker, include_usage: bool, token_texts: TokenTexts | None,
+    echo_prompt_ids: dict[int, list[int]] | None = None,
 ) -> AsyncIterator[bytes]:
+    """`echo_prompt_ids`: echo with logprobs; each choice's echoed prompt waits for its first
+    delta, which carries the prompt's logprobs, and goes out with them."""
     status = "ok"
     offsets = {index: len(text) for index, text in echo_text.items()}  # text offsets for logprobs
     try:
-        for index, text in echo_text.items():
-            yield _sse(Completion(request_id, created, model, [CompletionChoice(index, text)]))
+        if echo_prompt_ids is None:
+            for index, text in echo_text.items():
+                yield _sse(Completion(request_id, created, model, [CompletionChoice(index, text)]))
         async for delta in _chain(first, deltas):
             tracker.on_delta(delta)
+            if echo_prompt_ids is not None and delta.index in echo_prompt_ids and token_texts is not None:
+                text = echo_text[delta.index]
+                prompt_logprobs = token_texts.prompt_completion(delta, echo_prompt_ids.pop(delta.index), text)
+                yield _sse(Completion(request_id, created, model, [CompletionChoice(delta.index, text, None, prompt_logprobs)]))
             logprobs = None
             if token_texts is not None and delta.logprobs:
                 logprobs, offsets[delta.index] = token_texts.completion(delta, offsets.get(delta.index, 0))

@@ -28,6 +28,9 @@ class ChoiceDelta:
     token_ids: list[int] = field(default_factory=list)
     logprobs: list[float] | None = None  # per token in `token_ids`, when asked for
     top_logprobs: list[list[TokenLogprob]] | None = None
+    # The prompt's own logprobs (first delta only, when asked): see EngineOutput.
+    prompt_logprobs: list[float | None] | None = None
+    prompt_top_logprobs: list[list[TokenLogprob]] | None = None
 
 
 @dataclass
@@ -76,7 +79,8 @@ class ChoicePostprocessor:
             self.finished = True
         if not text and finish is None and output.logprobs is None:
             return None
-        return ChoiceDelta(self.index, text, finish, list(output.token_ids), output.logprobs, output.top_logprobs)
+        return ChoiceDelta(self.index, text, finish, list(output.token_ids), output.logprobs, output.top_logprobs,
+                           output.prompt_logprobs, output.prompt_top_logprobs)
 
 
 StreamFactory = Callable[[PreparedChoice], AsyncIterator[EngineOutput]]
