@@ -4,44 +4,12 @@ real HTTP and by the official `openai` client."""
 
 from __future__ import annotations
 
-import json
-import urllib.error
-import urllib.request
-from pathlib import Path
-
-import openai
 import pytest
 
-from conftest import DynamoCluster
+from openai_servers import client as _client
+from openai_servers import echo_served, post, served  # noqa: F401 - the module's servers
 
 pytestmark = pytest.mark.timeout(180)
-
-
-@pytest.fixture(scope="module")
-def served(tmp_path_factory, mistral_tokenizer_dir):
-    cluster = DynamoCluster(Path(tmp_path_factory.mktemp("surface")))
-    try:
-        _, base = cluster.serve(
-            "--model", str(mistral_tokenizer_dir), "--model-name", "test-model", "--speedup-ratio", "100",
-            "--preprocess-workers", "1", "--preprocess-min-chars", "256", workers=1,
-        )
-        yield base
-    finally:
-        cluster.stop()
-
-
-def _client(base: str) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0, timeout=60)
-
-
-def post(base: str, path: str, body: bytes | dict) -> tuple[int, dict]:
-    data = body if isinstance(body, bytes) else json.dumps(body).encode()
-    request = urllib.request.Request(f"{base}{path}", data=data, headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
 
 
 def _chat(content: str = "hi", **extra) -> dict:
@@ -112,15 +80,6 @@ def test_echo_with_logprobs_returns_the_prompts_logprobs_streaming_and_not(serve
     assert first.logprobs.token_logprobs == choice.logprobs.token_logprobs[:prompt_tokens]
     streamed = [t for c in chunks if c.choices and c.choices[0].logprobs for t in c.choices[0].logprobs.tokens]
     assert streamed[:prompt_tokens] == choice.logprobs.tokens[:prompt_tokens] and len(streamed) == prompt_tokens + 2
-
-
-@pytest.fixture(scope="module")
-def echo_served(tmp_path_factory):
-    cluster = DynamoCluster(Path(tmp_path_factory.mktemp("surface-echo")))
-    try:
-        yield cluster.serve("--engine", "echo", workers=1)[1]
-    finally:
-        cluster.stop()
 
 
 def test_echo_with_logprobs_is_a_400_where_the_engine_has_no_prompt_logprobs(echo_served):

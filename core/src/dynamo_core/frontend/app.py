@@ -23,6 +23,9 @@ from dynamo_core.frontend.errors import BadRequestError, openai_error_handler
 from dynamo_core.frontend.model_registry import ModelRegistry
 from dynamo_core.frontend.openapi import api, build_openapi
 from dynamo_core.frontend.preprocessor import prepare_chat, prepare_completion, tokenize_for_endpoint
+from dynamo_core.frontend.responses import create_response
+from dynamo_core.protocols.responses import Response as ResponseObject
+from dynamo_core.protocols.responses import ResponsesRequest, ResponseStreamEvent
 from dynamo_core.plugins import get_registry
 from dynamo_core.protocols.openai import (
     ChatCompletion,
@@ -133,6 +136,13 @@ def create_app(config: FrontendConfig, discovery: DiscoveryBackend | None = None
     async def text(request: Request) -> Response:
         return await completions(state, await request.body())
 
+    @post(
+        "/v1/responses", summary="Create a model response (OpenAI's Responses API; stateless)", status_code=200,
+        opt=api(request=ResponsesRequest, response=ResponseObject, stream=ResponseStreamEvent, errors=_GENERATION_ERRORS),
+    )
+    async def responses(request: Request) -> Response:
+        return await create_response(state, await request.body())
+
     @get("/v1/models", summary="List served models", opt=api(response=ModelList))
     async def list_models() -> Response:
         data = [
@@ -234,7 +244,7 @@ def create_app(config: FrontendConfig, discovery: DiscoveryBackend | None = None
 
     app = Litestar(
         route_handlers=[
-            chat, text, list_models, get_model, tokenize, detokenize, health, live, prometheus_metrics, debug_routing,
+            chat, text, responses, list_models, get_model, tokenize, detokenize, health, live, prometheus_metrics, debug_routing,
             openapi_json,
         ],
         on_startup=[on_startup],
