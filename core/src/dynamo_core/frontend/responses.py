@@ -191,7 +191,7 @@ def _response(req: ResponsesRequest, response_id: str, created: int, model: str,
         id=response_id, created_at=created, model=model, status=status, output=output,  # type: ignore[arg-type]
         instructions=req.instructions, max_output_tokens=req.max_output_tokens, temperature=req.temperature,
         top_p=req.top_p, tools=req.tools or [], tool_choice=req.tool_choice or "auto",
-        parallel_tool_calls=req.parallel_tool_calls, usage=usage, metadata=req.metadata or {},
+        parallel_tool_calls=req.parallel_tool_calls, usage=usage if usage is not None else msgspec.UNSET, metadata=req.metadata or {},
         incomplete_details=IncompleteDetails("max_output_tokens") if status == "incomplete" else None,
     )
 

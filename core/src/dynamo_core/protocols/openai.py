@@ -20,6 +20,15 @@ MAX_CHOICES = 16
 ChoiceCount = Annotated[int, msgspec.Meta(ge=1, le=MAX_CHOICES)]
 
 
+def nulls_as_defaults(struct: msgspec.Struct) -> None:
+    """OpenAI's schema lets a client send null for an optional field (`"n": null`, `"stream":
+    null`) and means the default: fields typed `X | None = default` hold the default after
+    decoding, so the code reading them never sees None. Call it from `__post_init__`."""
+    for field in msgspec.structs.fields(struct):
+        if field.default is not None and field.default is not msgspec.NODEFAULT and getattr(struct, field.name) is None:
+            setattr(struct, field.name, field.default)
+
+
 class StreamOptions(msgspec.Struct, omit_defaults=True):
     include_usage: bool = False
 
@@ -63,15 +72,16 @@ class _SamplingFields(msgspec.Struct, omit_defaults=True, kw_only=True):
     top_k: int | None = None
     min_p: Probability | None = None
     seed: int | None = None
-    n: ChoiceCount = 1
+    # `X | None = default` below: null is accepted and means the default (nulls_as_defaults).
+    n: ChoiceCount | None = 1
     stop: str | list[str] | None = None
-    stream: bool = False
+    stream: bool | None = False
     stream_options: StreamOptions | None = None
     presence_penalty: Penalty | None = None
     frequency_penalty: Penalty | None = None
     repetition_penalty: Annotated[float, msgspec.Meta(gt=0.0)] | None = None
-    min_tokens: NonNegInt = 0
-    ignore_eos: bool = False
+    min_tokens: NonNegInt | None = 0
+    ignore_eos: bool | None = False
     user: str | None = None
     # Structured output, passed to engines that support it (vLLM's names for the guided_* ones).
     response_format: ResponseFormat | None = None
@@ -80,18 +90,21 @@ class _SamplingFields(msgspec.Struct, omit_defaults=True, kw_only=True):
     guided_choice: list[str] | None = None
     guided_grammar: str | None = None
 
+    def __post_init__(self) -> None:
+        nulls_as_defaults(self)
+
 
 class ChatCompletionRequest(_SamplingFields, kw_only=True):
     messages: list[ChatMessage]
     max_completion_tokens: NonNegInt | None = None
-    logprobs: bool = False
+    logprobs: bool | None = False
     top_logprobs: Annotated[int, msgspec.Meta(ge=0, le=20)] | None = None
     tools: list[dict[str, Any]] | None = None
     # "none" | "auto" | "required" | {"type": "function", "function": {"name": ...}}
     tool_choice: str | dict[str, Any] | None = None
-    parallel_tool_calls: bool = True
-    add_generation_prompt: bool = True
-    continue_final_message: bool = False
+    parallel_tool_calls: bool | None = True
+    add_generation_prompt: bool | None = True
+    continue_final_message: bool | None = False
     chat_template_kwargs: dict[str, Any] | None = None
     documents: list[dict[str, Any]] | None = None
 
@@ -103,7 +116,7 @@ CompletionPrompt = str | list[str | int | list[int]]
 
 class CompletionRequest(_SamplingFields, kw_only=True):
     prompt: CompletionPrompt
-    echo: bool = False
+    echo: bool | None = False
     logprobs: Annotated[int, msgspec.Meta(ge=0, le=20)] | None = None
 
 
@@ -134,6 +147,7 @@ class ChatTokenLogprob(msgspec.Struct):
 
 class ChatLogprobs(msgspec.Struct):
     content: list[ChatTokenLogprob] | None
+    refusal: list[ChatTokenLogprob] | None = None  # OpenAI's schema requires the key
 
 
 class CompletionLogprobs(msgspec.Struct):

@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
-from dynamo_core.protocols.openai import Probability, Temperature
+from dynamo_core.protocols.openai import Probability, Temperature, nulls_as_defaults
 
 # ---------------------------------------------------------------------------------------------
 # request
@@ -30,8 +30,8 @@ class ResponsesRequest(msgspec.Struct, omit_defaults=True, kw_only=True):
     # Function tools in the Responses shape: {"type": "function", "name", "description", "parameters"}.
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None
-    parallel_tool_calls: bool = True
-    stream: bool = False
+    parallel_tool_calls: bool | None = True  # null: the default (nulls_as_defaults)
+    stream: bool | None = False
     store: bool | None = None
     previous_response_id: str | None = None
     reasoning: dict[str, Any] | None = None  # e.g. {"effort": ...}: the model reasons as it does
@@ -39,6 +39,9 @@ class ResponsesRequest(msgspec.Struct, omit_defaults=True, kw_only=True):
     metadata: dict[str, str] | None = None
     user: str | None = None
     seed: int | None = None  # not OpenAI's, as in vLLM: the engine's seed
+
+    def __post_init__(self) -> None:
+        nulls_as_defaults(self)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -85,6 +88,7 @@ OutputItem = MessageItem | ReasoningItem | FunctionCallItem
 
 class InputTokensDetails(msgspec.Struct):
     cached_tokens: int = 0
+    cache_write_tokens: int = 0  # OpenAI's schema requires it; prefix caching here writes as it goes
 
 
 class OutputTokensDetails(msgspec.Struct):
@@ -116,7 +120,7 @@ class Response(msgspec.Struct, kw_only=True):
     tools: list[dict[str, Any]]
     tool_choice: str | dict[str, Any]
     parallel_tool_calls: bool
-    usage: ResponseUsage | None = None
+    usage: ResponseUsage | msgspec.UnsetType = msgspec.UNSET  # left out until the response is done
     incomplete_details: IncompleteDetails | None = None
     error: dict[str, Any] | None = None
     metadata: dict[str, str] = {}
