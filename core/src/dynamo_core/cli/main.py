@@ -268,12 +268,19 @@ def cmd_check(argv: list[str]) -> int:
     return print_report(run_checks(ns), ns.json)
 
 
+def cmd_chat(argv: list[str]) -> int:
+    from dynamo_core.cli.chat import cmd_chat as chat
+
+    return chat(argv)
+
+
 COMMANDS = {
     "serve": (cmd_serve, "run a frontend and workers on this machine"),
     "frontend": (cmd_frontend, "run the HTTP frontend and router"),
     "worker": (cmd_worker, "run one worker hosting an engine"),
     "plugins": (cmd_plugins, "list installed plugins"),
     "check": (cmd_check, "preflight report: plugins, GPU, etcd/NATS, ports"),
+    "chat": (cmd_chat, "chat in the terminal with a served model (or any OpenAI-compatible URL)"),
 }
 
 
