@@ -159,81 +159,66 @@ class ResponseIncomplete(ResponseLifecycleEvent, tag="response.incomplete"):
     pass
 
 
-class OutputItemAdded(msgspec.Struct, kw_only=True, tag_field="type", tag="response.output_item.added"):
+class _ItemEvent(msgspec.Struct, kw_only=True, tag_field="type"):
     sequence_number: int
     output_index: int
     item: OutputItem
 
 
-class OutputItemDone(msgspec.Struct, kw_only=True, tag_field="type", tag="response.output_item.done"):
-    sequence_number: int
-    output_index: int
-    item: OutputItem
+class OutputItemAdded(_ItemEvent, tag="response.output_item.added"):
+    pass
 
 
-class ContentPartAdded(msgspec.Struct, kw_only=True, tag_field="type", tag="response.content_part.added"):
+class OutputItemDone(_ItemEvent, tag="response.output_item.done"):
+    pass
+
+
+class _ContentEvent(msgspec.Struct, kw_only=True, tag_field="type"):
+    """An event about content part `content_index` of item `item_id` (output `output_index`)."""
+
     sequence_number: int
     item_id: str
     output_index: int
     content_index: int
+
+
+class ContentPartAdded(_ContentEvent, tag="response.content_part.added"):
     part: OutputText | ReasoningText
 
 
-class ContentPartDone(msgspec.Struct, kw_only=True, tag_field="type", tag="response.content_part.done"):
-    sequence_number: int
-    item_id: str
-    output_index: int
-    content_index: int
+class ContentPartDone(_ContentEvent, tag="response.content_part.done"):
     part: OutputText | ReasoningText
 
 
-class OutputTextDelta(msgspec.Struct, kw_only=True, tag_field="type", tag="response.output_text.delta"):
-    sequence_number: int
-    item_id: str
-    output_index: int
-    content_index: int
+class OutputTextDelta(_ContentEvent, tag="response.output_text.delta"):
     delta: str
     logprobs: list[dict[str, Any]] = []
 
 
-class OutputTextDone(msgspec.Struct, kw_only=True, tag_field="type", tag="response.output_text.done"):
-    sequence_number: int
-    item_id: str
-    output_index: int
-    content_index: int
+class OutputTextDone(_ContentEvent, tag="response.output_text.done"):
     text: str
     logprobs: list[dict[str, Any]] = []
 
 
-class ReasoningTextDelta(msgspec.Struct, kw_only=True, tag_field="type", tag="response.reasoning_text.delta"):
-    sequence_number: int
-    item_id: str
-    output_index: int
-    content_index: int
+class ReasoningTextDelta(_ContentEvent, tag="response.reasoning_text.delta"):
     delta: str
 
 
-class ReasoningTextDone(msgspec.Struct, kw_only=True, tag_field="type", tag="response.reasoning_text.done"):
-    sequence_number: int
-    item_id: str
-    output_index: int
-    content_index: int
+class ReasoningTextDone(_ContentEvent, tag="response.reasoning_text.done"):
     text: str
 
 
-class FunctionCallArgumentsDelta(msgspec.Struct, kw_only=True, tag_field="type",
-                                 tag="response.function_call_arguments.delta"):
+class _CallEvent(msgspec.Struct, kw_only=True, tag_field="type"):
     sequence_number: int
     item_id: str
     output_index: int
+
+
+class FunctionCallArgumentsDelta(_CallEvent, tag="response.function_call_arguments.delta"):
     delta: str
 
 
-class FunctionCallArgumentsDone(msgspec.Struct, kw_only=True, tag_field="type",
-                                tag="response.function_call_arguments.done"):
-    sequence_number: int
-    item_id: str
-    output_index: int
+class FunctionCallArgumentsDone(_CallEvent, tag="response.function_call_arguments.done"):
     arguments: str
 
 
