@@ -77,6 +77,31 @@ def test_chat_streams_replies_and_keeps_the_conversation(cluster):
             term.proc.kill()
 
 
+def test_chat_prints_a_reply_as_its_tokens_arrive(cluster):
+    # A slowed mocker: a token every few tens of milliseconds, so a streamed reply shows up in
+    # pieces, and the first piece comes well before the reply is over.
+    _, base = cluster.serve("--speedup-ratio", "0.05", workers=1)
+    term = Terminal(DYNAMO + ["chat", "--url", f"{base}/v1", "--max-tokens", "8", "--usage"])
+    try:
+        term.expect(r"\n> ")
+        term.send("go")
+        pieces: list[tuple[float, str]] = []
+        deadline = time.monotonic() + 30
+        while "completion tokens]" not in "".join(p for _, p in pieces) and time.monotonic() < deadline:
+            ready, _, _ = select.select([term.master], [], [], 1)
+            if ready:
+                pieces.append((time.monotonic(), os.read(term.master, 4096).decode(errors="replace")))
+        assert "8 completion tokens]" in "".join(p for _, p in pieces), pieces
+        text_pieces = [(t, p) for t, p in pieces if p.strip() and "prompt tokens" not in p and p.strip() != "go"]
+        assert len(text_pieces) >= 3, pieces
+        assert pieces[-1][0] - text_pieces[0][0] > 0.1, pieces
+        term.send("/exit")
+        assert term.close() == 0
+    finally:
+        if term.proc.poll() is None:
+            term.proc.kill()
+
+
 def test_chat_says_when_it_cannot_reach_the_server():
     result = subprocess.run(DYNAMO + ["chat", "--url", "http://127.0.0.1:9/v1"], input="", capture_output=True,
                             text=True, timeout=60)
