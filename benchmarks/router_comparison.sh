@@ -23,7 +23,7 @@ engine_speedup=$(python3 -c "print($time_scale * ${ENGINE_SPEED:-1})")
 doubling=$(python3 -c "print(max(1, round(32768 * $token_scale)))")
 per_kv=$(python3 -c "print(0.045 / $token_scale)")
 kv_blocks=${KV_BLOCKS:-$(python3 -c "print(max(64, round(470000 * $token_scale / 16)))")}
-traces_dir=${TRACES_DIR:-../shared/data/traces}
+traces_dir=${TRACES_DIR:-benchmarks/traces}
 out=${OUT_JSON:-bench-results/router_comparison.jsonl}
 mkdir -p "$(dirname "$out")"
 port=8131

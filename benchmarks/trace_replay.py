@@ -1,7 +1,7 @@
 """Replay a request trace with prefix-sharing block ids against a running frontend (open loop).
 
     python -m benchmarks.trace_replay --url http://127.0.0.1:8000 \\
-        --trace ../shared/data/traces/conversation_trace.jsonl \\
+        --trace benchmarks/traces/conversation_trace.jsonl \\
         --max-requests 600 --time-scale 4 --token-scale 0.0625 --label kv
 
 Each trace line has an arrival `timestamp` (ms), `input_length`, `output_length` and

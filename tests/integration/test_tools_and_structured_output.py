@@ -77,23 +77,6 @@ def test_text_without_calls_and_tool_choice_none_stay_content(echo_tools):
     assert none.choices[0].message.content == said and none.choices[0].message.tool_calls is None
 
 
-def test_named_and_required_tool_choice_read_the_json_back_as_calls(echo_tools):
-    client, model = echo_tools
-    named = client.chat.completions.create(
-        model=model, messages=_says('{"city": "Rome"}'), tools=[WEATHER, TIME],
-        tool_choice={"type": "function", "function": {"name": "get_weather"}})
-    call = named.choices[0].message.tool_calls[0]
-    assert (call.function.name, json.loads(call.function.arguments)) == ("get_weather", {"city": "Rome"})
-    assert named.choices[0].finish_reason == "stop"  # forced, as OpenAI reports it
-
-    said = '[{"name": "get_time", "parameters": {}}, {"name": "get_weather", "parameters": {"city": "Lima"}}]'
-    chunks = list(client.chat.completions.create(model=model, messages=_says(said), tools=[WEATHER, TIME],
-                                                 tool_choice="required", stream=True))
-    calls = [tc for c in chunks if c.choices for tc in c.choices[0].delta.tool_calls or []]
-    assert [(tc.index, tc.function.name) for tc in calls] == [(0, "get_time"), (1, "get_weather")]
-    assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == ["tool_calls"]
-
-
 BAD = [
     ({"tool_choice": {"type": "function", "function": {"name": "nope"}}, "tools": [WEATHER]}, "tool_choice"),
     ({"tool_choice": "required"}, "tool_choice"),
@@ -109,6 +92,9 @@ BAD = [
     # echo cannot constrain its output: a constraint it would ignore is refused, not dropped
     ({"response_format": {"type": "json_object"}}, "response_format"),
     ({"guided_choice": ["a", "b"]}, "guided_choice"),
+    # ... and so is a forced tool call, which it could not enforce (plain text would come back)
+    ({"tool_choice": "required", "tools": [WEATHER]}, "tool_choice"),
+    ({"tool_choice": {"type": "function", "function": {"name": "get_weather"}}, "tools": [WEATHER]}, "tool_choice"),
 ]
 
 

@@ -100,7 +100,9 @@ async def test_requests_generate_exactly_max_tokens_with_usage_and_logprobs():
     assert all(o.prompt_tokens is None for o in outputs[1:])
     for out in outputs:
         assert len(out.logprobs) == 1 and out.logprobs[0] < 0
-        assert len(out.top_logprobs[0]) == 2 and all(alt.logprob < out.logprobs[0] for alt in out.top_logprobs[0])
+        sampled, alternative = out.top_logprobs[0]  # the sampled token heads the list
+        assert (sampled.token_id, sampled.logprob) == (out.token_ids[0], out.logprobs[0])
+        assert alternative.logprob < sampled.logprob
     _, _, plain = await _run(engine, _request(1, range(40), max_tokens=3))
     assert all(o.logprobs is None and o.top_logprobs is None for o in plain)
 

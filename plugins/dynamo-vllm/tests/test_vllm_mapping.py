@@ -222,3 +222,15 @@ def test_disagg_keeps_a_users_kv_transfer_config_with_the_nixl_connector_and_ref
     assert kept.kv_connector_extra_config == {"backends": ["UCX"]}
     with pytest.raises(WorkerConfigError, match="LMCacheConnectorV1"):
         disagg.transfer_config(SimpleNamespace(kv_connector="LMCacheConnectorV1", kv_role="kv_both"), SimpleNamespace)
+
+
+def test_prompt_logprobs_are_asked_of_vllm_and_mapped_on_the_first_delta():
+    assert sampling_kwargs(request(output=OutputOptions(logprobs=1, prompt_logprobs=1)))["prompt_logprobs"] == 1
+    # vLLM: one mapping per prompt token, None for the first; each holds the token and the top k.
+    prompt = [None, {2: Logprob(-3.0, 4), 9: Logprob(-0.2, 1)}, {3: Logprob(-0.7, 1)}]
+    reply = RequestOutput([Completion([7])], prompt_token_ids=[1, 2, 3])
+    reply.prompt_logprobs = prompt
+    out = engine_output(reply, first=True, top_logprobs=None, top_prompt_logprobs=1)
+    assert out.prompt_logprobs == [None, -3.0, -0.7]
+    assert out.prompt_top_logprobs == [[], [TokenLogprob(9, -0.2)], [TokenLogprob(3, -0.7)]]
+    assert engine_output(reply, first=True, top_logprobs=None).prompt_logprobs is None  # not asked

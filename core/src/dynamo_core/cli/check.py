@@ -139,7 +139,13 @@ def check_nats(url: str) -> CheckResult:
     try:
         return CheckResult("nats", "ok", asyncio.run(asyncio.wait_for(_nats_status(target), 10)))
     except Exception as exc:
-        return CheckResult("nats", "fail", f"not reachable at {target}: {str(exc) or type(exc).__name__}")
+        # nats-py's timeouts carry no text ("TimeoutError" alone said nothing): say what happened.
+        why = "no NATS server answered within 10 s" if isinstance(exc, TimeoutError) else str(exc) or type(exc).__name__
+        return CheckResult(
+            "nats", "fail",
+            f"not reachable at {target}: {why}; start one (`nats-server -js`, Debian package nats-server, or "
+            "`docker compose -f deploy/docker-compose.yml up nats`) or point --nats-url / NATS_SERVER at yours",
+        )
 
 
 async def _transfer_roundtrip(backend: str) -> str:

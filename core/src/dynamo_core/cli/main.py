@@ -99,7 +99,7 @@ def build_serve_parser(engine: str | None, router: str | None) -> argparse.Argum
     options.add_engine_option(parser)
     options.add_router_option(parser)
     parser.add_argument("--workers", type=int, default=int(os.environ.get("DYN_WORKERS", "1")),
-                        help="number of worker processes (default: %(default)s)")
+                        help="number of worker processes (env DYN_WORKERS; default: %(default)s)")
     group = parser.add_argument_group("disaggregated serving")
     group.add_argument("--disagg", action="store_true",
                        help="run prefill and decode workers (--prefill-workers, --decode-workers) instead of --workers")
@@ -207,8 +207,8 @@ def cmd_check(argv: list[str]) -> int:
     )
     options.add_engine_option(parser)
     options.add_router_option(parser)
-    options.add_http_options(parser)
-    options.add_discovery_options(parser)
+    options.add_http_options(parser, serving=False)
+    options.add_discovery_options(parser, serving=False)
     parser.add_argument(
         "--transfer", default=os.environ.get("DYN_TRANSFER"),
         help="also check that this KV-transfer backend moves bytes between two agents here (prefill/decode workers)",
@@ -220,12 +220,19 @@ def cmd_check(argv: list[str]) -> int:
     return print_report(run_checks(ns), ns.json)
 
 
+def cmd_chat(argv: list[str]) -> int:
+    from dynamo_core.cli.chat import cmd_chat as chat
+
+    return chat(argv)
+
+
 COMMANDS = {
     "serve": (cmd_serve, "run a frontend and workers on this machine"),
     "frontend": (cmd_frontend, "run the HTTP frontend and router"),
     "worker": (cmd_worker, "run one worker hosting an engine"),
     "plugins": (cmd_plugins, "list installed plugins"),
     "check": (cmd_check, "preflight report: plugins, GPU, etcd/NATS, ports"),
+    "chat": (cmd_chat, "chat in the terminal with a served model (or any OpenAI-compatible URL)"),
 }
 
 
@@ -255,6 +262,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader left (`dynamo plugins --json | head`): stop quietly, as Unix tools do;
+        # stdout goes to /dev/null so that the interpreter's final flush does not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":

@@ -26,15 +26,19 @@ def env_default(name: str, default):
     return type(default)(value) if default is not None and not isinstance(default, str) else value
 
 
-def add_discovery_options(parser: argparse.ArgumentParser) -> None:
+def add_discovery_options(parser: argparse.ArgumentParser, serving: bool = True) -> None:
+    """`serving=False` (`dynamo check`): without --namespace and --lease-ttl, which only
+    matter to running processes."""
     group = parser.add_argument_group("runtime")
-    group.add_argument(
-        "--namespace", default=env_default("DYN_NAMESPACE", "dynamo"),
-        help="namespace shared by the frontend and its workers (env DYN_NAMESPACE; default: %(default)s)",
-    )
+    if serving:
+        group.add_argument(
+            "--namespace", default=env_default("DYN_NAMESPACE", "dynamo"),
+            help="namespace shared by the frontend and its workers (env DYN_NAMESPACE; default: %(default)s)",
+        )
     group.add_argument(
         "--discovery", default=env_default("DYN_DISCOVERY", "file"),
-        help="discovery backend: mem (one process), file (one host), or a plugin's (env DYN_DISCOVERY; default: %(default)s)",
+        help="discovery backend: mem (one process), file (one host), etcd (many hosts; --etcd-endpoints), "
+             "or a plugin's (env DYN_DISCOVERY; default: %(default)s)",
     )
     group.add_argument(
         "--file-discovery-dir", default=os.environ.get("DYN_FILE_DISCOVERY_DIR", ""),
@@ -56,16 +60,20 @@ def add_discovery_options(parser: argparse.ArgumentParser) -> None:
         "--nats-url", default=os.environ.get("NATS_SERVER", ""),
         help="NATS server(s) for the nats planes (env NATS_SERVER; default: nats://127.0.0.1:4222)",
     )
-    group.add_argument(
-        "--lease-ttl", type=float, default=env_default("DYN_LEASE_TTL", 3.0),
-        help="seconds after which a silent worker is dropped from discovery (env DYN_LEASE_TTL; default: %(default)s)",
-    )
+    if serving:
+        group.add_argument(
+            "--lease-ttl", type=float, default=env_default("DYN_LEASE_TTL", 3.0),
+            help="seconds after which a silent worker is dropped from discovery (env DYN_LEASE_TTL; default: %(default)s)",
+        )
 
 
-def add_http_options(parser: argparse.ArgumentParser) -> None:
+def add_http_options(parser: argparse.ArgumentParser, serving: bool = True) -> None:
+    """`serving=False` (`dynamo check`): the listen address only, not the preprocessing flags."""
     group = parser.add_argument_group("http")
     group.add_argument("--http-host", default=env_default("DYN_HTTP_HOST", "127.0.0.1"), help="listen address (default: %(default)s)")
     group.add_argument("--http-port", type=int, default=env_default("DYN_HTTP_PORT", 8000), help="listen port (default: %(default)s)")
+    if not serving:
+        return
     group.add_argument(
         "--preprocess-workers", type=non_negative_int,
         default=env_default("DYN_PREPROCESS_WORKERS", default_preprocess_workers()),

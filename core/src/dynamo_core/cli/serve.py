@@ -205,6 +205,15 @@ async def _serve_in_process(ns: argparse.Namespace, parser: argparse.ArgumentPar
 
 
 def serve(ns: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    # Before any process starts: with the port taken, the readiness probe would reach whoever
+    # holds it and report "serving" for a frontend that is about to fail.
+    from dynamo_core.cli.check import check_port
+
+    port = check_port(ns.http_host, ns.http_port)
+    if port.status != "ok":
+        print(f"dynamo serve: error: port {ns.http_port} on {ns.http_host}: {port.detail} "
+              "(another server holds it?); choose another with --http-port", file=sys.stderr)
+        return 1
     if ns.discovery == "mem":
         return asyncio.run(_serve_in_process(ns, parser))
     return asyncio.run(Supervisor(ns, parser).run())

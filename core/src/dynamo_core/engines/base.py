@@ -56,6 +56,9 @@ class Engine(abc.ABC):
     # Whether `generate` honours `request.guided` (structured output); the model card tells
     # the frontend, which refuses constrained requests to engines that would ignore them.
     supports_structured_output: bool = False
+    # Whether `generate` honours `request.output.prompt_logprobs` (on its first delta); the
+    # frontend refuses completions `echo` + `logprobs` to engines that would not.
+    supports_prompt_logprobs: bool = False
     # Whether requests should carry the last chat message's own token ids (the echo engine).
     wants_last_message_tokens: bool = False
     # Whether it can run as a prefill or decode worker (`request.disagg`, `release_kv`).

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import socket
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,7 +30,10 @@ from dynamo_core.frontend.openapi import api, build_openapi
 from dynamo_core.frontend.preprocessor import prepare_chat, prepare_completion
 from dynamo_core.frontend.prompt_encoding import tokenize_for_endpoint
 from dynamo_core.frontend.prompt_pool import PromptPool
+from dynamo_core.frontend.responses import create_response
 from dynamo_core.plugins import get_registry
+from dynamo_core.protocols.responses import Response as ResponseObject
+from dynamo_core.protocols.responses import ResponsesRequest, ResponseStreamEvent
 from dynamo_core.protocols.openai import (
     ChatCompletion,
     ChatCompletionChunk,
@@ -110,6 +115,15 @@ async def _peer_connection(url: str | None):
     return await connect(nats_url(url), "dynamo-frontend-peers")
 
 
+def _no_workers_message(registry: ModelRegistry) -> str:
+    if registry.last_departure is None:
+        return "no worker has registered; start one with `dynamo worker`"
+    worker_id, model, at = registry.last_departure
+    when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(at))
+    return (f"every worker has left; the last, {worker_id} of model '{model}', left at {when} "
+            f"({time.time() - at:.0f} s ago); start one with `dynamo worker`")
+
+
 def _json_response(payload, status_code: int = 200) -> Response:
     return Response(_json.encode(payload), status_code=status_code, media_type="application/json")
 
@@ -137,6 +151,14 @@ async def chat(request: Request) -> Response:
 )
 async def text(request: Request) -> Response:
     return await completions(_serving(request), await request.body())
+
+
+@post(
+    "/v1/responses", summary="Create a model response (OpenAI's Responses API; stateless)", status_code=200,
+    opt=api(request=ResponsesRequest, response=ResponseObject, stream=ResponseStreamEvent, errors=_GENERATION_ERRORS),
+)
+async def responses(request: Request) -> Response:
+    return await create_response(_serving(request), await request.body())
 
 
 @get("/v1/models", summary="List served models", opt=api(response=ModelList))
@@ -190,7 +212,7 @@ async def health(request: Request) -> Response:
     ]
     if instances:
         return _json_response(Health("healthy", instances))
-    return _json_response(Health("unhealthy", [], "no worker has registered; start one with `dynamo worker`"), 503)
+    return _json_response(Health("unhealthy", [], _no_workers_message(_serving(request).registry)), 503)
 
 
 @get("/live", summary="200 while the process runs", opt=api(response=Live))
@@ -234,7 +256,7 @@ async def openapi_json(request: Request) -> Response:
 
 
 ROUTES = [
-    chat, text, list_models, get_model, tokenize, detokenize, health, live, prometheus_metrics, debug_routing, openapi_json,
+    chat, text, responses, list_models, get_model, tokenize, detokenize, health, live, prometheus_metrics, debug_routing, openapi_json,
 ]
 
 
@@ -304,8 +326,17 @@ async def run_frontend(config: FrontendConfig, discovery: DiscoveryBackend | Non
             timeout_graceful_shutdown=5,
         )
     )
+    # Bind before saying "listening": a taken port is an exit naming it, not a log line first.
+    sock = socket.socket(socket.AF_INET6 if ":" in config.http_host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((config.http_host, config.http_port))
+    except OSError as exc:
+        sock.close()
+        raise SystemExit(f"dynamo frontend: error: cannot listen on {config.http_host}:{config.http_port}: "
+                         f"{exc.strerror}; choose another port with --http-port") from None
     log.info(
         "frontend listening on http://%s:%d (router=%s, discovery=%s, namespace=%s)",
         config.http_host, config.http_port, config.router, config.discovery, config.namespace,
     )
-    await server.serve()
+    await server.serve(sockets=[sock])

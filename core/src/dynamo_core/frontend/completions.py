@@ -20,6 +20,7 @@ from litestar.response import Stream
 from dynamo_core.frontend import metrics
 from dynamo_core.frontend.disagg import DisaggregatingClient
 from dynamo_core.frontend.errors import (
+    BadRequestError,
     ModelNotFoundError,
     OpenAIError,
     ServiceUnavailableError,
@@ -76,6 +77,8 @@ class ServingState:
 
 
 def decode_body(decoder: msgspec.json.Decoder, body: bytes):
+    if not body.strip():  # msgspec would say "Input data was truncated"
+        raise BadRequestError("the request body is empty; send a JSON object (Content-Type: application/json)")
     try:
         return decoder.decode(body)
     except (msgspec.ValidationError, msgspec.DecodeError) as exc:
@@ -154,7 +157,7 @@ def _sse_error(exc: Exception) -> bytes:
     return _sse(body)
 
 
-async def _start(state: ServingState, model: ServedModel, choices: list[PreparedChoice], stop, endpoint: str):
+async def start_generation(state: ServingState, model: ServedModel, choices: list[PreparedChoice], stop, endpoint: str):
     usage = UsageCounter()
     tracker = _Tracker(model.name, endpoint)
     deltas = run_choices(choices, model.tokenizer, stop, lambda c: state.engine.generate(model, c.request), usage)
@@ -170,7 +173,7 @@ def _event_stream(
     opening: list[msgspec.Struct],
     first: ChoiceDelta | None,
     deltas: AsyncIterator[ChoiceDelta],
-    chunk_of: Callable[[ChoiceDelta], msgspec.Struct | None],
+    chunk_of: Callable[[ChoiceDelta], msgspec.Struct | list[msgspec.Struct] | None],
     usage: UsageCounter,
     tracker: _Tracker,
     usage_chunk: Callable[[Usage], msgspec.Struct] | None,
@@ -185,10 +188,13 @@ def _event_stream(
         try:
             for chunk in opening:
                 yield _sse(chunk)
-            async for delta in _chain(first, deltas):
+            async for delta in chain_deltas(first, deltas):
                 tracker.on_delta(delta)
                 chunk = chunk_of(delta)
-                if chunk is not None:
+                if isinstance(chunk, list):
+                    for one in chunk:
+                        yield _sse(one)
+                elif chunk is not None:
                     yield _sse(chunk)
             if usage_chunk is not None:
                 yield _sse(usage_chunk(_usage(usage)))
@@ -220,7 +226,7 @@ async def chat_completions(state: ServingState, body: bytes) -> Response:
     request_id = f"chatcmpl-{uuid.uuid4().hex}"
     plan = tool_plan(req, model.card)
     choices = await prepare_chat(model, req, request_id, state.prompt_pool, tool_guided=plan.guided, body_chars=len(body))
-    usage, tracker, first, deltas = await _start(state, model, choices, _stop_list(req.stop), "chat")
+    usage, tracker, first, deltas = await start_generation(state, model, choices, _stop_list(req.stop), "chat")
     created = int(time.time())
     token_texts = model.token_texts if req.logprobs else None
     if req.stream:
@@ -234,10 +240,10 @@ async def chat_completions(state: ServingState, body: bytes) -> Response:
         usage_chunk = (lambda u: ChatCompletionChunk(request_id, created, model.name, [], usage=u)) if include_usage else None
         chunks = _chat_chunks(request_id, created, model.name, token_texts, outputs)
         return _event_stream(opening, first, deltas, chunks, usage, tracker, usage_chunk)
-    results = await _collect(first, deltas, tracker, usage)
+    results = await collect_choices(first, deltas, tracker, usage)
     choices_out = []
     for i in range(req.n):
-        result = results.get(i, _Collected())
+        result = results.get(i, CollectedChoice())
         logprobs = None
         if token_texts is not None:
             logprobs = ChatLogprobs([entry for d in result.logprob_deltas for entry in token_texts.chat(d)])
@@ -248,7 +254,7 @@ async def chat_completions(state: ServingState, body: bytes) -> Response:
         response_message = ResponseMessage(
             content=content,
             reasoning_content=message.reasoning or None,
-            tool_calls=[ToolCallOut(c.id, FunctionCall(c.name, c.arguments)) for c in calls] or None,
+            tool_calls=[ToolCallOut(c.id, FunctionCall(c.name, c.arguments)) for c in calls] or msgspec.UNSET,
         )
         finish = output.finish_reason(result.finish) if result.finish else None
         choices_out.append(ChatChoice(i, response_message, finish, logprobs))
@@ -257,29 +263,32 @@ async def chat_completions(state: ServingState, body: bytes) -> Response:
 
 
 @dataclass
-class _Collected:
+class CollectedChoice:
     """One choice of a non-streaming response."""
 
     texts: list[str] = field(default_factory=list)
     finish: str | None = None
     logprob_deltas: list[ChoiceDelta] = field(default_factory=list)
+    prompt_delta: ChoiceDelta | None = None  # the one that carries the prompt's logprobs
 
 
-async def _collect(first, deltas, tracker: _Tracker, usage: UsageCounter) -> dict[int, _Collected]:
+async def collect_choices(first, deltas, tracker: _Tracker, usage: UsageCounter) -> dict[int, CollectedChoice]:
     """Drain every choice's deltas (non-streaming responses), by choice index."""
-    results: dict[int, _Collected] = {}
+    results: dict[int, CollectedChoice] = {}
     status = "ok"
     try:
-        async for delta in _chain(first, deltas):
+        async for delta in chain_deltas(first, deltas):
             tracker.on_delta(delta)
             result = results.get(delta.index)
             if result is None:
-                result = results[delta.index] = _Collected()
+                result = results[delta.index] = CollectedChoice()
             result.texts.append(delta.text)
             if delta.finish_reason:
                 result.finish = delta.finish_reason
             if delta.logprobs:
                 result.logprob_deltas.append(delta)
+            if delta.prompt_logprobs is not None:
+                result.prompt_delta = delta
     except Exception as exc:
         status = type(exc).__name__
         raise
@@ -288,7 +297,7 @@ async def _collect(first, deltas, tracker: _Tracker, usage: UsageCounter) -> dic
     return results
 
 
-async def _chain(first: ChoiceDelta | None, rest: AsyncIterator[ChoiceDelta]) -> AsyncIterator[ChoiceDelta]:
+async def chain_deltas(first: ChoiceDelta | None, rest: AsyncIterator[ChoiceDelta]) -> AsyncIterator[ChoiceDelta]:
     if first is not None:
         yield first
     async for delta in rest:
@@ -343,23 +352,30 @@ async def completions(state: ServingState, body: bytes) -> Response:
     request_id = f"cmpl-{uuid.uuid4().hex}"
     choices = await prepare_completion(model, req, request_id, state.prompt_pool)
     echo_text = {c.index: _echo_prefix(model, c) for c in choices} if req.echo else {}
-    usage, tracker, first, deltas = await _start(state, model, choices, _stop_list(req.stop), "completions")
+    usage, tracker, first, deltas = await start_generation(state, model, choices, _stop_list(req.stop), "completions")
     created = int(time.time())
     token_texts = model.token_texts if req.logprobs is not None else None
     if req.stream:
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
-        opening = [Completion(request_id, created, model.name, [CompletionChoice(i, text)]) for i, text in echo_text.items()]
+        # Echo with logprobs: each choice's echoed prompt waits for its first delta, which
+        # carries the prompt's logprobs, and goes out with them.
+        echo_prompt_ids = {c.index: c.prompt_token_ids for c in choices} if req.echo and token_texts is not None else None
+        opening = [] if echo_prompt_ids is not None else [
+            Completion(request_id, created, model.name, [CompletionChoice(i, text)]) for i, text in echo_text.items()
+        ]
         usage_chunk = (lambda u: Completion(request_id, created, model.name, [], usage=u)) if include_usage else None
-        chunks = _completion_chunks(request_id, created, model.name, echo_text, token_texts)
+        chunks = _completion_chunks(request_id, created, model.name, echo_text, token_texts, echo_prompt_ids)
         return _event_stream(opening, first, deltas, chunks, usage, tracker, usage_chunk)
-    results = await _collect(first, deltas, tracker, usage)
+    results = await collect_choices(first, deltas, tracker, usage)
     choices_out = []
     for c in choices:
-        result = results.get(c.index, _Collected())
+        result = results.get(c.index, CollectedChoice())
         prefix = echo_text.get(c.index, "")
         logprobs = None
         if token_texts is not None:
             logprobs, offset = CompletionLogprobs([], [], [], []), len(prefix)
+            if result.prompt_delta is not None:
+                logprobs = token_texts.prompt_completion(result.prompt_delta, c.prompt_token_ids, prefix)
             for d in result.logprob_deltas:
                 _, offset = token_texts.completion(d, offset, into=logprobs)
         choices_out.append(CompletionChoice(c.index, prefix + "".join(result.texts), result.finish, logprobs))
@@ -374,17 +390,24 @@ def _echo_prefix(model: ServedModel, choice: PreparedChoice) -> str:
 
 
 def _completion_chunks(
-    request_id: str, created: int, model: str, echo_text: dict[int, str], token_texts: TokenTexts | None
-) -> Callable[[ChoiceDelta], Completion | None]:
-    """A choice delta as a completions chunk (None: nothing to say yet)."""
+    request_id: str, created: int, model: str, echo_text: dict[int, str], token_texts: TokenTexts | None,
+    echo_prompt_ids: dict[int, list[int]] | None = None,
+) -> Callable[[ChoiceDelta], list[Completion]]:
+    """A choice delta as completions chunks (none: nothing to say yet). With `echo_prompt_ids`
+    a choice's first delta is preceded by its echoed prompt and the prompt's logprobs."""
     offsets = {index: len(text) for index, text in echo_text.items()}  # text offsets for logprobs
 
-    def chunk_of(delta: ChoiceDelta) -> Completion | None:
+    def chunks_of(delta: ChoiceDelta) -> list[Completion]:
+        out = []
+        if echo_prompt_ids is not None and delta.index in echo_prompt_ids and token_texts is not None:
+            text = echo_text[delta.index]
+            prompt_logprobs = token_texts.prompt_completion(delta, echo_prompt_ids.pop(delta.index), text)
+            out.append(Completion(request_id, created, model, [CompletionChoice(delta.index, text, None, prompt_logprobs)]))
         logprobs = None
         if token_texts is not None and delta.logprobs:
             logprobs, offsets[delta.index] = token_texts.completion(delta, offsets.get(delta.index, 0))
-        if not delta.text and delta.finish_reason is None and logprobs is None:
-            return None
-        return Completion(request_id, created, model, [CompletionChoice(delta.index, delta.text, delta.finish_reason, logprobs)])
+        if delta.text or delta.finish_reason is not None or logprobs is not None:
+            out.append(Completion(request_id, created, model, [CompletionChoice(delta.index, delta.text, delta.finish_reason, logprobs)]))
+        return out
 
-    return chunk_of
+    return chunks_of

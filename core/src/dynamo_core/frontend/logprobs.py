@@ -88,6 +88,26 @@ class TokenTexts:
             entries.append(ChatTokenLogprob(text, _clamp(logprob), raw, self.top(tops[i]) if i < len(tops) else []))
         return entries
 
+    def prompt_completion(self, delta: ChoiceDelta, prompt_ids: Sequence[int], text: str) -> CompletionLogprobs:
+        """The echoed prompt's tokens in the completions shape, as vLLM and OpenAI give them:
+        the first token has no logprob (null) and no alternatives (null); offsets advance
+        through the echoed `text` by each token's text, never past its end."""
+        result = CompletionLogprobs([], [], [], [])
+        logprobs = delta.prompt_logprobs or []
+        tops = delta.prompt_top_logprobs or []
+        position = 0
+        for i, token_id in enumerate(prompt_ids):
+            token, _ = self(token_id)
+            logprob = logprobs[i] if i < len(logprobs) else None
+            result.tokens.append(token)
+            result.token_logprobs.append(_clamp(logprob) if logprob is not None else None)
+            top = tops[i] if i < len(tops) and logprob is not None else None
+            result.top_logprobs.append({self(alt.token_id)[0]: _clamp(alt.logprob) for alt in top} if top is not None else None)
+            result.text_offset.append(min(position, len(text)))
+            if token_id not in self._bundle.special_token_ids:
+                position += len(token)
+        return result
+
     def completion(self, delta: ChoiceDelta, offset: int, into: CompletionLogprobs | None = None) -> tuple[CompletionLogprobs, int]:
         """One delta's tokens in the completions shape (appended to `into` when given), and the
         text offset after the delta; `offset` is where the delta's text starts in the choice.

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable
 
 import msgspec
@@ -54,6 +55,8 @@ class ModelRegistry:
         self._watch_task: asyncio.Task | None = None
         self._changed = asyncio.Event()
         self._frozen_sources: set[str] = set()  # tokenizer sources whose objects are frozen
+        # The last worker to leave (id, model, wall-clock time), for /health to say so.
+        self.last_departure: tuple[str, str, float] | None = None
 
     async def start(self) -> None:
         self._watch_task = asyncio.create_task(self._watch(), name="discovery-watch")
@@ -188,6 +191,7 @@ class ModelRegistry:
         if handle is not None:
             model.router_of(handle.role).on_worker_removed(worker_id)
         log.info("worker %s left model '%s' (%d worker(s) left)", worker_id, model.name, len(model.workers))
+        self.last_departure = (worker_id, model.name, time.time())
         if not model.workers:
             del self.models[model.name]
             log.info("model '%s' has no workers left and is no longer served", model.name)

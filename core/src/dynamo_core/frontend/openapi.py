@@ -126,8 +126,11 @@ def build_openapi(app: Litestar, title: str, version: str) -> dict[str, Any]:
         elif spec.media_type != "application/json":
             ok["content"] = {spec.media_type: {"schema": {"type": "string"}}}
         if spec.stream is not None:
-            name = spec.stream.__name__
-            ok["description"] = f"OK; with `stream: true`, server-sent events: `data: <{name}>` ... `data: [DONE]`"
+            name = getattr(spec.stream, "__name__", None)
+            if name is not None:
+                ok["description"] = f"OK; with `stream: true`, server-sent events: `data: <{name}>` ... `data: [DONE]`"
+            else:  # a union of typed events (the Responses API): no [DONE]
+                ok["description"] = "OK; with `stream: true`, server-sent events `event: <type>` / `data: <event>`"
             ok.setdefault("content", {})["text/event-stream"] = {"schema": _sse_event(schema_of[spec.stream])}
         responses: dict[str, Any] = {"200": ok}
         for status, body in spec.extra:

@@ -58,7 +58,8 @@ class ChoicePostprocessor:
             self.finished = True
         if not text and finish is None and output.logprobs is None:
             return None
-        return ChoiceDelta(self.index, text, finish, list(output.token_ids), output.logprobs, output.top_logprobs)
+        return ChoiceDelta(self.index, text, finish, list(output.token_ids), output.logprobs, output.top_logprobs,
+                           output.prompt_logprobs, output.prompt_top_logprobs)
 
 
 StreamFactory = Callable[[PreparedChoice], AsyncIterator[EngineOutput]]

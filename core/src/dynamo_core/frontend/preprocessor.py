@@ -176,6 +176,15 @@ async def prepare_completion(
 ) -> list[PreparedChoice]:
     _stop_strings(req.stop)
     guided = guided_decoding(req, model.card)
+    # `echo` + `logprobs` asks for the prompt's own logprobs (lm-evaluation-harness scores
+    # answers so): refused where the engine cannot, rather than answered without them.
+    prompt_logprobs = req.logprobs if req.echo and req.logprobs is not None else None
+    if prompt_logprobs is not None and not model.card.prompt_logprobs:
+        raise BadRequestError(
+            f"'echo' with 'logprobs' returns the prompt's logprobs, and model '{model.name}' runs on engine "
+            f"'{model.card.engine}', which does not compute them; drop 'echo' or 'logprobs'",
+            param="echo",
+        )
     prompts = await _where_it_pays(
         model, pool, _completion_prompt_chars(req.prompt),
         lambda pool: pool.encode_completion_prompts(model, req.prompt),
@@ -198,7 +207,7 @@ async def prepare_completion(
                         token_ids=token_ids,
                         stop=stop,
                         sampling=_sampling(req, i),
-                        output=OutputOptions(logprobs=req.logprobs),
+                        output=OutputOptions(logprobs=req.logprobs, prompt_logprobs=prompt_logprobs),
                         guided=guided,
                         eos_token_ids=list(model.tokenizer.eos_token_ids),
                         last_message_token_ids=token_ids if model.card.wants_last_message_tokens else None,

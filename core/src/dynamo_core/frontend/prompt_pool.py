@@ -46,7 +46,10 @@ T = TypeVar("T")
 
 _encoder = msgspec.msgpack.Encoder()
 _card_decoder = msgspec.msgpack.Decoder(ModelCard)
-_chat_decoder = msgspec.msgpack.Decoder(ChatCompletionRequest)
+# Requests cross as JSON, not msgpack: a client's integer may exceed msgpack's 64 bits (in
+# `tools` or `chat_template_kwargs`), which JSON, as the client sent it, carries unchanged.
+_request_encoder = msgspec.json.Encoder()
+_chat_decoder = msgspec.json.Decoder(ChatCompletionRequest)
 
 # ---------------------------------------------------------------------------------------------
 # in the worker processes
@@ -154,13 +157,7 @@ class PromptPool:
         self, model: ServedModel, req: ChatCompletionRequest
     ) -> tuple[list[int], list[int] | None]:
         """`prompt_encoding.render_and_encode_chat(model, req)`, run in a worker."""
-        try:
-            request = _encoder.encode(req)
-        except OverflowError:
-            # An int beyond 64 bits in a free-form field (tool schemas, template kwargs), which
-            # msgpack cannot carry: render this one in a thread instead (it was a 500).
-            return await asyncio.to_thread(render_and_encode_chat, model, req)
-        return await self._run(_chat_job, model, request)
+        return await self._run(_chat_job, model, _request_encoder.encode(req))
 
     async def encode_completion_prompts(
         self, model: ServedModel, prompt: CompletionPrompt

@@ -34,6 +34,9 @@ class ChoiceDelta:
     token_ids: list[int] = field(default_factory=list)
     logprobs: list[float] | None = None  # per token in `token_ids`, when asked for
     top_logprobs: list[list[TokenLogprob]] | None = None
+    # The prompt's own logprobs (first delta only, when asked): see EngineOutput.
+    prompt_logprobs: list[float | None] | None = None
+    prompt_top_logprobs: list[list[TokenLogprob]] | None = None
 
 
 @dataclass

@@ -6,8 +6,9 @@ their output (the model card says so) get a 400 rather than a silently ignored c
 
 `tool_choice` decides how a chat reply's text becomes tool calls (`ToolPlan`): `auto` parses it
 with the model's `--tool-call-parser`; `required` and a named function constrain the engine to
-JSON where it can (`required`: a list of `{"name", "parameters"}`; named: the function's
-arguments), as vLLM does, and the gateway reads that JSON back as calls.
+JSON (`required`: a list of `{"name", "parameters"}`; named: the function's arguments), as vLLM
+does, and the gateway reads that JSON back as calls. An engine that cannot constrain its output
+gets a 400 naming `tool_choice`: unenforced, the model would answer in plain text.
 """
 
 from __future__ import annotations
@@ -138,7 +139,7 @@ def tool_plan(req: ChatCompletionRequest, card: ModelCard) -> ToolPlan:
         }
         if not req.parallel_tool_calls:
             calls["maxItems"] = 1
-        return ToolPlan("required", guided=_tool_guided(card, calls), parallel=req.parallel_tool_calls)
+        return ToolPlan("required", guided=_tool_guided(card, calls, "'required'"), parallel=req.parallel_tool_calls)
     if isinstance(choice, dict):
         name = (choice.get("function") or {}).get("name") if choice.get("type") == "function" else None
         if name is None:
@@ -146,11 +147,15 @@ def tool_plan(req: ChatCompletionRequest, card: ModelCard) -> ToolPlan:
                                   "{'type': 'function', 'function': {'name': ...}}", param="tool_choice")
         if name not in functions:
             raise BadRequestError(f"'tool_choice' names function '{name}', which is not in 'tools'", param="tool_choice")
-        return ToolPlan("named", function=name, guided=_tool_guided(card, functions[name]))
+        return ToolPlan("named", function=name, guided=_tool_guided(card, functions[name], f"function '{name}'"))
     raise BadRequestError("'tool_choice' must be 'none', 'auto', 'required' or a named function", param="tool_choice")
 
 
-def _tool_guided(card: ModelCard, schema: dict[str, Any]) -> GuidedDecoding | None:
-    # An engine that cannot constrain still gets the request; the gateway then reads whatever
-    # JSON the model wrote, and text that is not such JSON stays content.
-    return GuidedDecoding(json_schema=schema) if card.structured_output else None
+def _tool_guided(card: ModelCard, schema: dict[str, Any], asked: str) -> GuidedDecoding:
+    if not card.structured_output:
+        raise BadRequestError(
+            f"'tool_choice' {asked} needs structured output to force a call, and model '{card.served_name}' "
+            f"runs on engine '{card.engine}', which has none; use 'auto' or 'none'",
+            param="tool_choice",
+        )
+    return GuidedDecoding(json_schema=schema)

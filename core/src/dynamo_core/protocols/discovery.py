@@ -26,6 +26,8 @@ class ModelCard(msgspec.Struct, omit_defaults=True, kw_only=True):
     tool_call_parser: str | None = None
     # Whether the engine honours `PreprocessedRequest.guided` (structured output).
     structured_output: bool = False
+    # Whether the engine computes the prompt's own logprobs (`OutputOptions.prompt_logprobs`).
+    prompt_logprobs: bool = False
 
 
 class InstanceRecord(msgspec.Struct, omit_defaults=True, kw_only=True):

@@ -43,6 +43,9 @@ class StopConditions(msgspec.Struct, omit_defaults=True, kw_only=True):
 
 class OutputOptions(msgspec.Struct, omit_defaults=True, kw_only=True):
     logprobs: int | None = None  # number of top logprobs wanted; None = none at all
+    # Logprobs of the prompt's own tokens (completions `echo` with `logprobs`), with this many
+    # alternatives each; asked only of engines that can (`Engine.supports_prompt_logprobs`).
+    prompt_logprobs: int | None = None
 
 
 class GuidedDecoding(msgspec.Struct, omit_defaults=True, kw_only=True):
@@ -127,6 +130,10 @@ class EngineOutput(msgspec.Struct, omit_defaults=True, kw_only=True):
     # them it found in its prefix cache.
     prompt_tokens: int | None = None
     cached_tokens: int | None = None
+    # Sent once, on the first delta, when `output.prompt_logprobs` was asked: per prompt token
+    # its logprob (None for the first, which nothing predicts) and its top alternatives.
+    prompt_logprobs: list[float | None] | None = None
+    prompt_top_logprobs: list[list[TokenLogprob]] | None = None
     error: str | None = None
     # The worker did not take the request (it is shutting down): the frontend routes it to
     # another worker instead of failing it.
@@ -155,6 +162,8 @@ def merge_outputs(outputs: list[EngineOutput]) -> EngineOutput:
         finish_reason=last.finish_reason,
         prompt_tokens=first.prompt_tokens,
         cached_tokens=first.cached_tokens,
+        prompt_logprobs=first.prompt_logprobs,
+        prompt_top_logprobs=first.prompt_top_logprobs,
         error=last.error,
         retry_elsewhere=first.retry_elsewhere,
         kv_transfer=last.kv_transfer,

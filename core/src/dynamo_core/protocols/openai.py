@@ -20,12 +20,26 @@ MAX_CHOICES = 16
 ChoiceCount = Annotated[int, msgspec.Meta(ge=1, le=MAX_CHOICES)]
 
 
+def nulls_as_defaults(struct: msgspec.Struct) -> None:
+    """OpenAI's schema lets a client send null for an optional field (`"n": null`, `"stream":
+    null`) and means the default: fields typed `X | None = default` hold the default after
+    decoding, so the code reading them never sees None. Call it from `__post_init__`."""
+    for field in msgspec.structs.fields(struct):
+        if field.default is not None and field.default is not msgspec.NODEFAULT and getattr(struct, field.name) is None:
+            setattr(struct, field.name, field.default)
+
+
 class StreamOptions(msgspec.Struct, omit_defaults=True):
     include_usage: bool = False
 
 
+# OpenAI's roles ("function" is its deprecated one), plus "ipython", Llama 3's tool-result role
+# that its chat templates render (vLLM accepts it too); another role is a 400, as OpenAI answers.
+ChatRole = Literal["system", "developer", "user", "assistant", "tool", "function", "ipython"]
+
+
 class ChatMessage(msgspec.Struct, omit_defaults=True):
-    role: str
+    role: ChatRole
     # A string, or a list of content parts ({"type": "text", "text": ...}, images, ...).
     content: str | list[dict[str, Any]] | None = None
     name: str | None = None
@@ -59,15 +73,16 @@ class SamplingFields(msgspec.Struct, omit_defaults=True, kw_only=True):
     top_k: int | None = None
     min_p: Probability | None = None
     seed: int | None = None
-    n: ChoiceCount = 1
+    # `X | None = default` below: null is accepted and means the default (nulls_as_defaults).
+    n: ChoiceCount | None = 1
     stop: str | list[str] | None = None
-    stream: bool = False
+    stream: bool | None = False
     stream_options: StreamOptions | None = None
     presence_penalty: Penalty | None = None
     frequency_penalty: Penalty | None = None
     repetition_penalty: Annotated[float, msgspec.Meta(gt=0.0)] | None = None
-    min_tokens: NonNegInt = 0
-    ignore_eos: bool = False
+    min_tokens: NonNegInt | None = 0
+    ignore_eos: bool | None = False
     user: str | None = None
     # Structured output, passed to engines that support it (vLLM's names for the guided_* ones).
     response_format: ResponseFormat | None = None
@@ -76,18 +91,21 @@ class SamplingFields(msgspec.Struct, omit_defaults=True, kw_only=True):
     guided_choice: list[str] | None = None
     guided_grammar: str | None = None
 
+    def __post_init__(self) -> None:
+        nulls_as_defaults(self)
+
 
 class ChatCompletionRequest(SamplingFields, kw_only=True):
     messages: list[ChatMessage]
     max_completion_tokens: NonNegInt | None = None
-    logprobs: bool = False
+    logprobs: bool | None = False
     top_logprobs: Annotated[int, msgspec.Meta(ge=0, le=20)] | None = None
     tools: list[dict[str, Any]] | None = None
     # "none" | "auto" | "required" | {"type": "function", "function": {"name": ...}}
     tool_choice: str | dict[str, Any] | None = None
-    parallel_tool_calls: bool = True
-    add_generation_prompt: bool = True
-    continue_final_message: bool = False
+    parallel_tool_calls: bool | None = True
+    add_generation_prompt: bool | None = True
+    continue_final_message: bool | None = False
     chat_template_kwargs: dict[str, Any] | None = None
     documents: list[dict[str, Any]] | None = None
 
@@ -99,7 +117,7 @@ CompletionPrompt = str | list[str | int | list[int]]
 
 class CompletionRequest(SamplingFields, kw_only=True):
     prompt: CompletionPrompt
-    echo: bool = False
+    echo: bool | None = False
     logprobs: Annotated[int, msgspec.Meta(ge=0, le=20)] | None = None
 
 
@@ -130,6 +148,7 @@ class ChatTokenLogprob(msgspec.Struct):
 
 class ChatLogprobs(msgspec.Struct):
     content: list[ChatTokenLogprob] | None
+    refusal: list[ChatTokenLogprob] | None = None  # OpenAI's schema requires the key
 
 
 class CompletionLogprobs(msgspec.Struct):
@@ -167,11 +186,14 @@ class ToolCallChunk(msgspec.Struct, omit_defaults=True):
 
 
 class ResponseMessage(msgspec.Struct):
-    # Every key is always present, as in OpenAI's replies (`content` is null beside tool calls).
+    # The keys OpenAI always sends are always present (`content` is null beside tool calls,
+    # `refusal` is null); `tool_calls` is left out when there are none: OpenAI's schema allows
+    # an array or no key, not null.
     role: str = "assistant"
     content: str | None = None
+    refusal: str | None = None
     reasoning_content: str | None = None
-    tool_calls: list[ToolCallOut] | None = None
+    tool_calls: list[ToolCallOut] | msgspec.UnsetType = msgspec.UNSET
 
 
 class ChatChoice(msgspec.Struct):

@@ -165,6 +165,7 @@ class Worker:
             reasoning_parser=config.reasoning_parser,
             tool_call_parser=config.tool_call_parser,
             structured_output=self.engine.supports_structured_output,
+            prompt_logprobs=self.engine.supports_prompt_logprobs,
         )
         self.record = InstanceRecord(
             instance_id=self.worker_id,

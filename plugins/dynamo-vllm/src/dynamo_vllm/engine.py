@@ -72,6 +72,7 @@ def _engine_input(tokens_prompt: Any) -> Any:
 
 class VllmEngine(Engine):
     supports_structured_output = True  # vLLM's structured outputs (xgrammar / guidance)
+    supports_prompt_logprobs = True  # SamplingParams.prompt_logprobs
     supports_disaggregation = True  # through vLLM's NIXL connector
     uses_transfer_agent = False  # that connector moves the KV, not dynamo's `--transfer` agent
 
@@ -181,7 +182,8 @@ class VllmEngine(Engine):
         first = True
         try:
             async for out in stream:
-                output = engine_output(out, first=first, top_logprobs=top_logprobs)
+                output = engine_output(out, first=first, top_logprobs=top_logprobs,
+                                       top_prompt_logprobs=request.output.prompt_logprobs)
                 if first and phase == "decode":
                     output.kv_pull = disagg.pull_report(request.disagg.kv if transfer else None, self._bytes_per_block)
                 if phase == "prefill" and output.finish_reason is not None:

@@ -35,6 +35,8 @@ class _RequestOutput(Protocol):
     outputs: Sequence[_Completion]
     prompt_token_ids: Sequence[int] | None
     num_cached_tokens: int | None
+    # One mapping per prompt token (None for the first), when prompt logprobs were asked.
+    prompt_logprobs: Sequence[Mapping[int, _Logprob] | None] | None
 
 
 def finish_reason(reason: str | None) -> FinishReason | None:
@@ -67,15 +69,35 @@ def token_logprobs(
     return chosen, alternatives
 
 
-def engine_output(out: _RequestOutput, *, first: bool, top_logprobs: int | None) -> EngineOutput:
+def prompt_token_logprobs(
+    prompt: Sequence[int], positions: Sequence[Mapping[int, Any] | None], top: int
+) -> tuple[list[float | None], list[list[TokenLogprob]]]:
+    """vLLM's `prompt_logprobs` as ours: the first token has none (nothing predicts it)."""
+    chosen: list[float | None] = [None]
+    alternatives: list[list[TokenLogprob]] = [[]]
+    if len(prompt) > 1:
+        more_chosen, more_alternatives = token_logprobs(prompt[1:], [p or {} for p in positions[1:]], top)
+        chosen += more_chosen
+        alternatives += more_alternatives
+    return chosen, alternatives
+
+
+def engine_output(
+    out: _RequestOutput, *, first: bool, top_logprobs: int | None, top_prompt_logprobs: int | None = None
+) -> EngineOutput:
     """One dynamo delta from one vLLM delta. `first`: the request's first delta carries the
-    prompt and prefix-cache token counts. `top_logprobs`: None when logprobs were not asked."""
+    prompt and prefix-cache token counts (and the prompt's logprobs, when asked).
+    `top_logprobs` / `top_prompt_logprobs`: None when not asked."""
     completion = out.outputs[0]
     token_ids = list(completion.token_ids)
     output = EngineOutput(token_ids=token_ids, finish_reason=finish_reason(completion.finish_reason))
     if first:
         output.prompt_tokens = len(out.prompt_token_ids or ())
         output.cached_tokens = out.num_cached_tokens or 0
+        prompt_positions = getattr(out, "prompt_logprobs", None)
+        if top_prompt_logprobs is not None and prompt_positions is not None:
+            output.prompt_logprobs, output.prompt_top_logprobs = prompt_token_logprobs(
+                list(out.prompt_token_ids or ()), list(prompt_positions), top_prompt_logprobs)
     if top_logprobs is not None and token_ids and completion.logprobs is not None:
         chosen, alternatives = token_logprobs(token_ids, _positions(completion.logprobs, len(token_ids)), top_logprobs)
         output.logprobs = chosen

@@ -51,6 +51,8 @@ def sampling_kwargs(request: PreprocessedRequest) -> dict[str, Any]:
             kwargs[theirs] = value
     if request.output.logprobs is not None:
         kwargs["logprobs"] = request.output.logprobs
+    if request.output.prompt_logprobs is not None:
+        kwargs["prompt_logprobs"] = request.output.prompt_logprobs
     return kwargs
 
 

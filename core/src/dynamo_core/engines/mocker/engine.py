@@ -71,6 +71,7 @@ class _Stream(Sequence):
     max_output: int  # max_tokens, capped by the context length and the KV capacity
     offset: int  # where in the output token cycle this request starts
     logprobs: int | None
+    prompt_logprobs: int | None = None
     num_generated: int = 0
     hold_id: str | None = None  # prefill phase: hold the prompt's KV under this id when done
     kv_source: KvTransferParams | None = None  # decode phase: where to pull the prompt's KV from
@@ -88,6 +89,7 @@ class _Stream(Sequence):
 
 class MockerEngine(Engine):
     supports_disaggregation = True  # prefill and decode roles, with real KV bytes (kv_arena.py)
+    supports_prompt_logprobs = True  # simulated, like its output logprobs
 
     def __init__(
         self,
@@ -179,6 +181,7 @@ class MockerEngine(Engine):
             max_output=max_output,
             offset=self._offset(request),
             logprobs=request.output.logprobs,
+            prompt_logprobs=request.output.prompt_logprobs,
         )
         if phase == "prefill":
             stream.hold_id = request.request_id
@@ -257,6 +260,8 @@ class MockerEngine(Engine):
                 output.prompt_tokens = seq.prompt_len
                 output.cached_tokens = seq.cached_tokens
                 output.kv_pull = seq.kv_pull
+                if seq.prompt_logprobs is not None:
+                    self._add_prompt_logprobs(output, seq.token_ids[:seq.prompt_len], seq.prompt_logprobs)
             if seq.logprobs is not None:
                 self._add_logprobs(output, position, seq.logprobs)
             if seq.num_generated >= seq.max_output:
@@ -375,11 +380,23 @@ class MockerEngine(Engine):
             self._loop_task = asyncio.create_task(self._run_steps(), name="mocker-steps")
 
     def _add_logprobs(self, output: EngineOutput, position: int, top: int) -> None:
-        # Simulated but deterministic: a confident token, and `top` ever less likely alternatives.
+        # Simulated but deterministic: a confident token, and ever less likely alternatives. The
+        # sampled token is the most likely, so it heads its `top` list, as vLLM's and OpenAI's do.
         pool = self._token_pool
         chosen = -0.05 - 0.01 * (position % 7)
         output.logprobs = [chosen]
-        output.top_logprobs = [[TokenLogprob(pool[(position + k) % len(pool)], chosen - 1.5 * k) for k in range(1, top + 1)]]
+        output.top_logprobs = [[TokenLogprob(pool[(position + k) % len(pool)], chosen - 1.5 * k) for k in range(top)]]
+
+    def _add_prompt_logprobs(self, output: EngineOutput, prompt: list[int], top: int) -> None:
+        # Simulated but deterministic, from each token's id: a prompt token is less likely than
+        # the mocker's own output; it heads its `top` list, then ever less likely alternatives.
+        pool = self._token_pool
+        chosen = [-0.5 - 0.25 * (token % 9) for token in prompt]
+        output.prompt_logprobs = [None, *chosen[1:]]
+        output.prompt_top_logprobs = [[]] + [
+            [TokenLogprob(token if k == 0 else pool[(i + k) % len(pool)], lp - 1.5 * k) for k in range(top)]
+            for i, (token, lp) in enumerate(zip(prompt[1:], chosen[1:]), start=1)
+        ]
 
     def _publish_events(self) -> None:
         events = self.pool.take_events()
