@@ -80,6 +80,11 @@ def build_worker_parser(engine: str | None) -> argparse.ArgumentParser:
     parser.add_argument("--host", default=os.environ.get("DYN_WORKER_HOST", "127.0.0.1"),
                         help="address of the worker's request-plane server (default: %(default)s)")
     parser.add_argument("--port", type=int, default=0, help="port of the request-plane server (default: any free one)")
+    parser.add_argument(
+        "--health-port", type=int, default=os.environ.get("DYN_WORKER_HEALTH_PORT"),  # argparse applies type=int to it
+        help="serve HTTP /health (200 once registered, 503 while starting or draining) and /live on this "
+             "port of --host, for probes (env DYN_WORKER_HEALTH_PORT; default: no health server)",
+    )
     options.add_discovery_options(parser)
     options.add_plugin_options(parser, engine=engine, router=None)
     return parser
@@ -147,6 +152,7 @@ def worker_config_from(ns: argparse.Namespace, parser: argparse.ArgumentParser):
         request_plane=ns.request_plane,
         event_plane=ns.event_plane,
         nats_url=ns.nats_url or None,
+        health_port=getattr(ns, "health_port", None),
     )
 
 

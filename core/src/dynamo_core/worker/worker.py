@@ -62,6 +62,7 @@ class WorkerConfig:
     request_plane: str = "tcp"  # tcp | nats
     event_plane: str = "tcp"  # tcp | nats
     nats_url: str | None = None
+    health_port: int | None = None  # HTTP /health and /live for probes; None: no such server
 
 
 def served_model_name(config: WorkerConfig) -> str:
@@ -264,12 +265,28 @@ class Worker:
         if self._owns_discovery:
             await self._discovery.close()
 
+    def health_status(self) -> str:
+        if self._stopping.is_set():
+            return "draining"
+        return "ok" if self.record is not None else "starting"
+
     async def run_until_signalled(self) -> None:
-        await self.start()
-        loop = asyncio.get_running_loop()
-        stop = asyncio.Event()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        await stop.wait()
-        log.info("worker %s stopping", self.worker_id)
-        await self.stop()
+        health = None
+        if self.config.health_port is not None:
+            from dynamo_core.worker.health import HealthServer
+
+            # Up before the engine loads, so that /live answers through a long model load.
+            health = HealthServer(self.config.host, self.config.health_port, self.health_status)
+            log.info("worker health on http://%s:%d (/health, /live)", self.config.host, await health.start())
+        try:
+            await self.start()
+            loop = asyncio.get_running_loop()
+            stop = asyncio.Event()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, stop.set)
+            await stop.wait()
+            log.info("worker %s stopping", self.worker_id)
+            await self.stop()
+        finally:
+            if health is not None:
+                await health.stop()
