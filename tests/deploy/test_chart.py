@@ -79,9 +79,11 @@ def test_chart_drain_default_matches_the_workers_drain():
 
 def test_every_environment_variable_the_chart_sets_is_read_by_the_code():
     # A variable renamed in the code would otherwise be set by the chart and silently ignored.
-    import dynamo_core
+    import importlib.util
 
-    source = "\n".join(p.read_text() for p in Path(dynamo_core.__file__).parent.rglob("*.py"))
+    packages = ("dynamo_core", "dynamo_router_kv", "dynamo_vllm", "dynamo_nixl")
+    roots = [Path(spec.origin).parent for name in packages if (spec := importlib.util.find_spec(name))]
+    source = "\n".join(p.read_text() for root in roots for p in root.rglob("*.py"))
     names = set()
     for example in EXAMPLES:
         for obj in render(example_values(example)):
