@@ -128,7 +128,8 @@ async def test_large_payloads_cross_intact(server):
 
 async def test_a_load_only_subscription_gets_load_reports_and_no_cache_events():
     from dynamo_core.protocols.kv_events import KvBlock, KvEventBatch, KvSnapshot, KvStored, LoadMetrics
-    from dynamo_core.runtime.event_plane import EVENTS_ENDPOINT, EventPublisher, subscribe
+    from dynamo_core.protocols.names import EVENTS_ENDPOINT
+    from dynamo_core.runtime.event_plane import EventPublisher, subscribe
 
     publisher = EventPublisher("w", lambda: [])
     server = RequestPlaneServer("127.0.0.1", 0)

@@ -11,7 +11,8 @@ import sys
 
 from dynamo_core import __version__
 from dynamo_core.cli import options
-from dynamo_core.plugins import PluginNotInstalledError, get_registry
+from dynamo_core.cli.configs import frontend_config_from, worker_config_from
+from dynamo_core.plugins import PluginHookError, PluginNotInstalledError, get_registry
 
 log = logging.getLogger("dynamo_core.cli")
 
@@ -51,13 +52,6 @@ def _preparse(argv: list[str], *names: str) -> argparse.Namespace:
         options.add_router_option(pre)
     ns, _ = pre.parse_known_args(argv)
     return ns
-
-
-def _discovery_config(ns: argparse.Namespace):
-    from dynamo_core.runtime.discovery import DiscoveryConfig
-
-    extra = {"etcd_endpoints": ns.etcd_endpoints} if ns.etcd_endpoints else {}
-    return DiscoveryConfig(lease_ttl_s=ns.lease_ttl, file_dir=ns.file_discovery_dir, extra=extra)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -129,49 +123,6 @@ def build_serve_parser(engine: str | None, router: str | None) -> argparse.Argum
 # ---------------------------------------------------------------------------------------------
 # commands
 # ---------------------------------------------------------------------------------------------
-
-
-def worker_config_from(ns: argparse.Namespace, parser: argparse.ArgumentParser):
-    from dynamo_core.worker.worker import WorkerConfig
-
-    return WorkerConfig(
-        engine=ns.engine,
-        model_path=ns.model,
-        model_name=ns.model_name,
-        chat_template=options.read_chat_template(ns.chat_template),
-        reasoning_parser=ns.reasoning_parser,
-        tool_call_parser=ns.tool_call_parser,
-        namespace=ns.namespace,
-        role=getattr(ns, "mode", "agg"),
-        transfer=ns.transfer,
-        discovery=ns.discovery,
-        discovery_config=_discovery_config(ns),
-        host=getattr(ns, "host", "127.0.0.1"),
-        port=getattr(ns, "port", 0),
-        engine_options=options.group_namespace(parser, options.ENGINE_GROUP_TITLE, ns),
-        request_plane=ns.request_plane,
-        event_plane=ns.event_plane,
-        nats_url=ns.nats_url or None,
-        health_port=getattr(ns, "health_port", None),
-    )
-
-
-def frontend_config_from(ns: argparse.Namespace, parser: argparse.ArgumentParser):
-    from dynamo_core.frontend.app import FrontendConfig
-
-    return FrontendConfig(
-        http_host=ns.http_host,
-        http_port=ns.http_port,
-        preprocess_workers=ns.preprocess_workers,
-        preprocess_min_chars=ns.preprocess_min_chars,
-        disagg_min_prompt_tokens=ns.disagg_min_prompt_tokens,
-        namespace=ns.namespace,
-        router=ns.router,
-        router_options=options.group_namespace(parser, options.ROUTER_GROUP_TITLE, ns),
-        discovery=ns.discovery,
-        discovery_config=_discovery_config(ns),
-        nats_url=ns.nats_url or None,
-    )
 
 
 def cmd_worker(argv: list[str]) -> int:
@@ -304,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return command[0](argv[1:])
-    except PluginNotInstalledError as exc:
+    except (PluginNotInstalledError, PluginHookError) as exc:
         print(f"dynamo: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -183,7 +183,7 @@ def _fetch(url: str) -> str | None:
 
 async def _serve_in_process(ns: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     """`--discovery mem`: frontend and workers share this process and its in-memory store."""
-    from dynamo_core.cli.main import frontend_config_from, worker_config_from
+    from dynamo_core.cli.configs import frontend_config_from, worker_config_from
     from dynamo_core.frontend.app import run_frontend
     from dynamo_core.worker.worker import Worker
 

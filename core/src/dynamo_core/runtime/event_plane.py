@@ -31,11 +31,11 @@ from dynamo_core.protocols.kv_events import (
     KvStored,
     LoadMetrics,
 )
+from dynamo_core.protocols.names import EVENTS_ENDPOINT
 from dynamo_core.runtime.request_plane import RequestPlaneClient
 
 log = logging.getLogger(__name__)
 
-EVENTS_ENDPOINT = "events"
 LOAD_ONLY = b"load"  # the subscription payload that asks for load reports alone
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(EventPlaneMessage)

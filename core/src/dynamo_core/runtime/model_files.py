@@ -16,8 +16,8 @@ from pathlib import Path
 import msgspec
 
 from dynamo_core.protocols.discovery import ModelFileChunk
+from dynamo_core.protocols.names import MODEL_FILES_ENDPOINT
 
-MODEL_FILES_ENDPOINT = "model_files"
 TOKENIZER_FILES = (
     "tokenizer.json",
     "tokenizer_config.json",

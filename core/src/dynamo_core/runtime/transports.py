@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from dynamo_core.protocols.discovery import InstanceRecord
 from dynamo_core.protocols.kv_events import EventPlaneMessage
 from dynamo_core.runtime import event_plane
+from dynamo_core.protocols.names import EVENTS_ENDPOINT
 from dynamo_core.runtime.request_plane import RequestPlaneClient, RequestPlaneError
 
 REQUEST_PLANES = ("tcp", "nats")
@@ -73,7 +74,7 @@ class TransportClients:
             # A NATS-reachable worker with the embedded event plane: events ride the request plane.
             client = await self._nats_client()
             request = event_plane.LOAD_ONLY if load_only else b""
-            async for payload in client.call(record.address, event_plane.EVENTS_ENDPOINT, request):
+            async for payload in client.call(record.address, EVENTS_ENDPOINT, request):
                 yield event_plane.decode_message(payload)
 
     def worker_gone(self, record: InstanceRecord) -> None:

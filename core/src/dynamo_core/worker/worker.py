@@ -23,18 +23,22 @@ from dynamo_core.plugins import get_registry
 from dynamo_core.protocols.discovery import InstanceRecord, ModelCard
 from dynamo_core.protocols.engine import EngineOutput, FinishReason, PreprocessedRequest
 from dynamo_core.runtime.discovery import DiscoveryBackend, DiscoveryConfig
-from dynamo_core.runtime.event_plane import EVENTS_ENDPOINT, EventPublisher
+from dynamo_core.protocols.names import (
+    BACKEND_COMPONENT,
+    EVENTS_ENDPOINT,
+    GENERATE_ENDPOINT,
+    KV_RELEASE_ENDPOINT,
+    MODEL_FILES_ENDPOINT,
+    ROLES,
+)
+from dynamo_core.runtime.event_plane import EventPublisher
 from dynamo_core.runtime.gc_heap import freeze_heap
-from dynamo_core.runtime.model_files import MODEL_FILES_ENDPOINT, serve_model_files, tokenizer_digest
+from dynamo_core.runtime.model_files import serve_model_files, tokenizer_digest
 from dynamo_core.runtime.request_plane import RequestPlaneServer
 from dynamo_core.tokenizer import BUILTIN_TOKENIZER
 
 log = logging.getLogger(__name__)
 
-GENERATE_ENDPOINT = "generate"
-KV_RELEASE_ENDPOINT = "kv_release"  # prefill workers: free the KV held under a hold id
-ROLES = ("agg", "prefill", "decode")
-BACKEND_COMPONENT = "backend"
 LOAD_REPORT_INTERVAL_S = 0.05
 LOAD_HEARTBEAT_S = 1.0
 
