@@ -63,6 +63,6 @@ def test_image_entry_point_and_user_match_the_chart():
 def test_health_check_asks_what_the_servers_answer():
     # The HEALTHCHECK reads these variables and path; the CLI must still read the same names.
     source = "\n".join(p.read_text() for p in (ROOT / "core" / "src" / "dynamo_core").rglob("*.py"))
-    for name in ("DYN_WORKER_HEALTH_PORT", "DYN_HTTP_PORT"):
+    for name in ("DYN_WORKER_HEALTH_PORT", "DYN_WORKER_HOST", "DYN_HTTP_PORT"):
         assert name in DOCKERFILE and f'"{name}"' in source
     assert "/live" in DOCKERFILE

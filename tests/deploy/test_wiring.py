@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -26,6 +27,7 @@ from dynamo_core.protocols.discovery import InstanceRecord
 from servers import require
 
 EXAMPLE = CHART_DIR / "examples" / "mocker-cpu.yaml"
+DOCKERFILE = CHART_DIR.parents[1] / "container" / "Dockerfile"
 # Where the image puts the `dynamo` entry point; here, this environment's console script.
 ENTRY_POINTS = {"dynamo": str(Path(sys.executable).parent / "dynamo")}
 
@@ -97,6 +99,13 @@ def _wait_ready(pod: Pod, url: str, timeout: float = 60.0) -> None:
     raise AssertionError(f"{pod.name} not ready at {url} after {timeout}s:\n{pod.output()[-4000:]}")
 
 
+def _image_healthcheck(env: dict[str, str]) -> int:
+    """The image's HEALTHCHECK command, run with a container's env (its `python`: this one)."""
+    command = re.search(r"^\s+CMD (.*)$", DOCKERFILE.read_text(), re.M).group(1)
+    return subprocess.run(["bash", "-c", command.replace("python -c", f"{sys.executable} -c", 1)], env=env,
+                          capture_output=True).returncode
+
+
 def _etcd_instances(port: int, prefix: str) -> list[InstanceRecord]:
     """The instance records under `prefix`, read through etcd's own HTTP gateway."""
     end = prefix[:-1] + chr(ord(prefix[-1]) + 1)
@@ -147,6 +156,7 @@ def test_rendered_mocker_graph_serves_a_chat_request(tmp_path: Path):
                 pods.append(pod)
                 _wait_ready(pod, _probe_url(c, "readinessProbe", health))
                 assert http_get(_probe_url(c, "livenessProbe", health))[0] == 200
+                assert _image_healthcheck(env) == 0
 
         c = container(find(objects, "Deployment", f"{prefix}-frontend"))
         env = _env(c, replacements, {})
@@ -155,6 +165,7 @@ def test_rendered_mocker_graph_serves_a_chat_request(tmp_path: Path):
         pods.append(frontend)
         _wait_ready(frontend, _probe_url(c, "readinessProbe"))
         assert http_get(_probe_url(c, "livenessProbe"))[0] == 200
+        assert _image_healthcheck(env) == 0
         base = f"http://127.0.0.1:{ports['http']}"
         replicas = sum(g["replicas"] for g in values["workers"])
         wait_until(lambda: len(http_get(f"{base}/health")[1]["instances"]) >= replicas, 30, None)
