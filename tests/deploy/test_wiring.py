@@ -24,7 +24,7 @@ import msgspec
 from conftest import free_port, http_get, wait_until
 from deploy.chart import CHART_DIR, RELEASE, container, example_values, find, render
 from dynamo_core.protocols.discovery import InstanceRecord
-from servers import require
+from servers import ServerProcess, require
 
 EXAMPLE = CHART_DIR / "examples" / "mocker-cpu.yaml"
 DOCKERFILE = CHART_DIR.parents[1] / "container" / "Dockerfile"
@@ -32,26 +32,23 @@ DOCKERFILE = CHART_DIR.parents[1] / "container" / "Dockerfile"
 ENTRY_POINTS = {"dynamo": str(Path(sys.executable).parent / "dynamo")}
 
 
-class Pod:
-    """One rendered container started as a process."""
+class Pods(dict[str, ServerProcess]):
+    """The rendered containers started as processes, by name."""
 
-    def __init__(self, name: str, argv: list[str], env: dict[str, str], tmp: Path):
-        self.name, self.log = name, tmp / f"{name}.log"
-        with open(self.log, "wb") as out:
-            self.proc = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT)
+    def __init__(self, tmp: Path):
+        super().__init__()
+        self.tmp = tmp
 
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
+    def start(self, name: str, argv: list[str], env: dict[str, str], port: int) -> ServerProcess:
+        """Returns once the process listens on `port`."""
+        self[name] = pod = ServerProcess(argv, port, self.tmp / f"{name}.log", env=env)
+        pod.start()
+        return pod
 
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
+    def stop(self) -> dict[str, int | None]:
+        for pod in reversed(self.values()):
+            pod.stop()
+        return {name: pod.proc.returncode if pod.proc else None for name, pod in self.items()}
 
 
 def _substitute(text: str, replacements: dict[str, str]) -> str:
@@ -82,7 +79,8 @@ def _probe_url(c: dict[str, Any], probe: str, port_override: int | None = None) 
     return f"http://127.0.0.1:{port}{get['path']}"
 
 
-def _wait_ready(pod: Pod, url: str, timeout: float = 60.0) -> None:
+def _wait_ready(pod: ServerProcess, url: str, timeout: float = 60.0) -> None:
+    assert pod.proc is not None
     def ready() -> bool:
         try:
             return http_get(url, timeout=2)[0] == 200
@@ -94,9 +92,9 @@ def _wait_ready(pod: Pod, url: str, timeout: float = 60.0) -> None:
         if ready():
             return
         if pod.proc.poll() is not None:
-            raise AssertionError(f"{pod.name} exited with {pod.proc.returncode}:\n{pod.output()[-4000:]}")
+            raise AssertionError(f"{url}: process exited with {pod.proc.returncode}:\n{pod.log.read_text(errors='replace')[-4000:]}")
         time.sleep(0.1)
-    raise AssertionError(f"{pod.name} not ready at {url} after {timeout}s:\n{pod.output()[-4000:]}")
+    raise AssertionError(f"not ready at {url} after {timeout}s:\n{pod.log.read_text(errors='replace')[-4000:]}")
 
 
 def _image_healthcheck(env: dict[str, str]) -> int:
@@ -132,14 +130,13 @@ def test_rendered_mocker_graph_serves_a_chat_request(tmp_path: Path):
         f"{prefix}-etcd:": "127.0.0.1:", f"{prefix}-nats:": "127.0.0.1:", "0.0.0.0": "127.0.0.1",
         "/var/lib/etcd": str(tmp_path / "etcd-data"), "/data": str(tmp_path / "nats-data"),
     }
-    pods: list[Pod] = []
+    pods = Pods(tmp_path)
     try:
         # etcd and NATS, the way the chart runs them.
         for component, binary in (("etcd", etcd_bin), ("nats", nats_bin)):
             c = container(find(objects, "StatefulSet", f"{prefix}-{component}"))
             argv = _argv(c, replacements)
-            pod = Pod(component, [binary, *argv[1:]], _env(c, replacements, {}), tmp_path)
-            pods.append(pod)
+            pod = pods.start(component, [binary, *argv[1:]], _env(c, replacements, {}), ports[component])
             _wait_ready(pod, _probe_url(c, "readinessProbe"))
 
         # Workers: every replica of every group, each its own "pod" with its own health port.
@@ -152,8 +149,7 @@ def test_rendered_mocker_graph_serves_a_chat_request(tmp_path: Path):
                 # A process that ignored DYN_DISCOVERY would fall back to file discovery; a
                 # private store per process means it would then never meet the others.
                 env["DYN_FILE_DISCOVERY_DIR"] = str(tmp_path / f"files-{group['name']}-{replica}")
-                pod = Pod(f"worker-{group['name']}-{replica}", _argv(c, replacements), env, tmp_path)
-                pods.append(pod)
+                pod = pods.start(f"worker-{group['name']}-{replica}", _argv(c, replacements), env, health)
                 _wait_ready(pod, _probe_url(c, "readinessProbe", health))
                 assert http_get(_probe_url(c, "livenessProbe", health))[0] == 200
                 assert _image_healthcheck(env) == 0
@@ -161,8 +157,7 @@ def test_rendered_mocker_graph_serves_a_chat_request(tmp_path: Path):
         c = container(find(objects, "Deployment", f"{prefix}-frontend"))
         env = _env(c, replacements, {})
         env["DYN_FILE_DISCOVERY_DIR"] = str(tmp_path / "files-frontend")
-        frontend = Pod("frontend", _argv(c, replacements), env, tmp_path)
-        pods.append(frontend)
+        frontend = pods.start("frontend", _argv(c, replacements), env, ports["http"])
         _wait_ready(frontend, _probe_url(c, "readinessProbe"))
         assert http_get(_probe_url(c, "livenessProbe"))[0] == 200
         assert _image_healthcheck(env) == 0
@@ -188,7 +183,7 @@ def test_rendered_mocker_graph_serves_a_chat_request(tmp_path: Path):
         assert connz["num_connections"] >= 1 + replicas, connz
         assert http_get(f"{base}/metrics")[0] == 200  # what the scrape annotations point at
     finally:
-        codes = {pod.name: pod.stop() for pod in reversed(pods)}
+        codes = pods.stop()
     # Workers exit 0 after their drain; uvicorn re-raises the SIGTERM it handled gracefully.
     assert all(code == 0 for name, code in codes.items() if name.startswith("worker")), codes
     assert codes["frontend"] in (0, -signal.SIGTERM), codes
