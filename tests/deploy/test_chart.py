@@ -11,7 +11,9 @@ import pytest
 
 from deploy.chart import CHART_DIR, EXAMPLES, RELEASE, container, example_values, find, notes, render
 
-KUBE_VERSION = "1.33.0"  # kubernetes-validate ships schemas per minor version
+# The oldest Kubernetes the chart supports (Chart.yaml kubeVersion; the preStop sleep action
+# is 1.30's) and the newest kubernetes-validate ships schemas for.
+KUBE_VERSIONS = ("1.30.0", "1.37.0")
 # The Prometheus Operator's CRD has no schema in kubernetes-validate; checked by shape below.
 CRD_KINDS = {("monitoring.coreos.com/v1", "ServiceMonitor")}
 
@@ -27,16 +29,18 @@ def test_example_lints_renders_and_validates_against_kubernetes_schemas(example:
     import helm_python
     import kubernetes_validate
 
-    report = helm_python.lint(CHART_DIR, example_values(example), strict=True, kube_version=f"v{KUBE_VERSION}")
-    # strict: warnings count; the one info message Helm gives is the missing chart icon.
-    assert report["errors"] == [] and [m for m in report["messages"] if m["severity"] >= 2] == [], report
+    for version in KUBE_VERSIONS:
+        report = helm_python.lint(CHART_DIR, example_values(example), strict=True, kube_version=f"v{version}")
+        # strict: warnings count; the one info message Helm gives is the missing chart icon.
+        assert report["errors"] == [] and [m for m in report["messages"] if m["severity"] >= 2] == [], report
     objects = render(example_values(example))
     assert objects
     for obj in objects:
         if (obj["apiVersion"], obj["kind"]) in CRD_KINDS:
             assert obj["spec"]["endpoints"][0]["port"] == "http"
             continue
-        kubernetes_validate.validate(obj, KUBE_VERSION, strict=True)
+        for version in KUBE_VERSIONS:
+            kubernetes_validate.validate(obj, version, strict=True)
 
 
 @pytest.mark.parametrize("example", EXAMPLES, ids=EXAMPLE_IDS)
