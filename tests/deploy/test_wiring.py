@@ -154,7 +154,8 @@ def test_rendered_mocker_graph_serves_a_chat_request(tmp_path: Path):
                 assert http_get(_probe_url(c, "livenessProbe", health))[0] == 200
                 assert _image_healthcheck(env) == 0
 
-        c = container(find(objects, "Deployment", f"{prefix}-frontend"))
+        frontend_deployment = find(objects, "Deployment", f"{prefix}-frontend")
+        c = container(frontend_deployment)
         env = _env(c, replacements, {})
         env["DYN_FILE_DISCOVERY_DIR"] = str(tmp_path / "files-frontend")
         frontend = pods.start("frontend", _argv(c, replacements), env, ports["http"])
@@ -181,7 +182,9 @@ def test_rendered_mocker_graph_serves_a_chat_request(tmp_path: Path):
         assert [(r.transport, r.event_plane) for r in records] == [("nats", "nats")] * replicas
         connz = json.load(urllib.request.urlopen(f"http://127.0.0.1:{ports['nats_monitor']}/connz", timeout=5))
         assert connz["num_connections"] >= 1 + replicas, connz
-        assert http_get(f"{base}/metrics")[0] == 200  # what the scrape annotations point at
+        scrape = frontend_deployment["spec"]["template"]["metadata"]["annotations"]
+        metrics = http_get(f"http://127.0.0.1:{scrape['prometheus.io/port']}{scrape['prometheus.io/path']}")
+        assert metrics[0] == 200 and "dynamo_frontend" in metrics[1]
     finally:
         codes = pods.stop()
     # Workers exit 0 after their drain; uvicorn re-raises the SIGTERM it handled gracefully.
