@@ -39,13 +39,14 @@ def require(binary: str) -> str:
 class ServerProcess:
     """A server that can be stopped and started again on the same port and data dir."""
 
-    def __init__(self, argv: list[str], port: int, log: Path, host: str = "127.0.0.1"):
-        self.argv, self.port, self.log, self.host = argv, port, log, host
+    def __init__(self, argv: list[str], port: int, log: Path, host: str = "127.0.0.1",
+                 env: dict[str, str] | None = None):
+        self.argv, self.port, self.log, self.host, self.env = argv, port, log, host, env
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> None:
         with open(self.log, "ab") as out:
-            self.proc = subprocess.Popen(self.argv, stdout=out, stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen(self.argv, stdout=out, stderr=subprocess.STDOUT, env=self.env)
         _wait_port(self.port, self.proc, self.log)
 
     def stop(self) -> None:

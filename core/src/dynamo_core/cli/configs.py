@@ -44,6 +44,7 @@ def worker_config_from(ns: argparse.Namespace, parser: argparse.ArgumentParser) 
         request_plane=ns.request_plane,
         event_plane=ns.event_plane,
         nats_url=ns.nats_url or None,
+        health_port=getattr(ns, "health_port", None),
     )
 
 

@@ -16,7 +16,6 @@ from pathlib import Path
 import msgspec
 
 from dynamo_core.protocols.discovery import ModelFileChunk
-from dynamo_core.protocols.names import MODEL_FILES_ENDPOINT
 
 TOKENIZER_FILES = (
     "tokenizer.json",
