@@ -28,6 +28,7 @@ import pytest
 
 from dynamo_core.engines.base import EngineContext, KvEventSink
 from dynamo_core.protocols.engine import (
+    GuidedDecoding,
     DisaggParams,
     FinishReason,
     KvPullReport,
@@ -209,7 +210,7 @@ def engine_with(llm: StandInLLM, role: str = "agg", block_size: int = 4) -> Trtl
 
 def request(max_tokens: int = 8, prompt: list[int] | None = None, **kwargs) -> PreprocessedRequest:
     return PreprocessedRequest(request_id="req-1", model="m", token_ids=prompt or [1, 2, 3, 4, 5],
-                               stop=StopConditions(max_tokens=max_tokens, stop_token_ids=[2]), eos_token_ids=[2], **kwargs)
+                               stop=StopConditions(max_tokens=max_tokens, stop_token_ids=[2]), **kwargs)
 
 
 async def collect(engine, req):
@@ -285,10 +286,9 @@ async def test_a_request_trtllm_refuses_ends_with_an_error_delta():
 
 async def test_a_request_the_adapter_cannot_express_never_reaches_trtllm():
     llm = StandInLLM(steps=[[1]])
-    bad = request()
-    bad.sampling.n = 2
+    bad = request(guided=GuidedDecoding(regex="[0-9]+"))
     outputs = await collect(engine_with(llm), bad)
-    assert outputs[0].finish_reason is FinishReason.ERROR and "n=2" in outputs[0].error and llm.calls == []
+    assert outputs[0].finish_reason is FinishReason.ERROR and "structured output" in outputs[0].error and llm.calls == []
 
 
 async def test_iteration_stats_become_load_capped_by_requests_in_flight():

@@ -23,7 +23,7 @@ def parser() -> argparse.ArgumentParser:
 def worker_options(argv: list[str]) -> argparse.Namespace:
     """Parse as `dynamo serve`, pass the flags on as serve does, parse again as the worker."""
     p = parser()
-    passed = core_options.group_args(p, core_options.ENGINE_GROUP_TITLE, p.parse_args(argv))
+    passed = core_options.child_args(p, p.parse_args(argv), p)
     return core_options.group_namespace(p, core_options.ENGINE_GROUP_TITLE, p.parse_args(passed))
 
 

@@ -44,8 +44,9 @@ class SamplingParams:
 
 
 def request(**kwargs) -> PreprocessedRequest:
-    stop = kwargs.pop("stop", StopConditions(max_tokens=16, stop_token_ids=[2, 7]))
-    return PreprocessedRequest(request_id="r", model="m", token_ids=[5, 6], stop=stop, eos_token_ids=[2, 3], **kwargs)
+    # As the gateway makes them: the model's EOS ids (2, 3) first, then the request's own (7).
+    stop = kwargs.pop("stop", StopConditions(max_tokens=16, stop_token_ids=[2, 3, 7]))
+    return PreprocessedRequest(request_id="r", model="m", token_ids=[5, 6], stop=stop, **kwargs)
 
 
 def test_end_id_is_explicit_and_the_other_stop_ids_follow():
@@ -86,8 +87,7 @@ def test_a_decode_workers_extra_token_counts_toward_max_and_min_tokens():
     assert (params.max_tokens, params.min_tokens) == (10, 4)
 
 
-@pytest.mark.parametrize("changes, text", [({"sampling": SamplingOptions(n=2)}, "n=2"),
-                                           ({"guided": GuidedDecoding(regex="[0-9]+")}, "structured output")])
+@pytest.mark.parametrize("changes, text", [({"guided": GuidedDecoding(regex="[0-9]+")}, "structured output")])
 def test_what_the_adapter_cannot_express_is_refused(changes, text):
     with pytest.raises(UnsupportedRequestError, match=text):
         sampling_kwargs(request(**changes))

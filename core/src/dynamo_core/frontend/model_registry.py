@@ -53,7 +53,6 @@ class ModelRegistry:
         self.models: dict[str, ServedModel] = {}
         self._model_of_worker: dict[str, str] = {}
         self._watch_task: asyncio.Task | None = None
-        self._changed = asyncio.Event()
         self._frozen_sources: set[str] = set()  # tokenizer sources whose objects are frozen
         # The last worker to leave (id, model, wall-clock time), for /health to say so.
         self.last_departure: tuple[str, str, float] | None = None
@@ -70,15 +69,6 @@ class ModelRegistry:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-
-    async def wait_for_change(self, timeout: float) -> None:
-        """Wait until a worker comes or goes (or `timeout` passes)."""
-        self._changed.clear()
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(self._changed.wait(), timeout)
-
-    def worker_count(self) -> int:
-        return len(self._model_of_worker)
 
     def on_peer_request(self, request: PeerRequest) -> None:
         """Another frontend's request: to the router of its model and pool, if we serve it."""
@@ -100,7 +90,6 @@ class ModelRegistry:
                         await self._on_put(_record_decoder.decode(event.value))
                     else:
                         self._on_delete(event.key.rsplit("/", 1)[-1])
-                    self._changed.set()
             except asyncio.CancelledError:
                 raise
             except Exception:

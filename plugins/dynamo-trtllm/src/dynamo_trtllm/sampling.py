@@ -36,10 +36,12 @@ class UnsupportedRequestError(ValueError):
 
 
 def end_id(request: PreprocessedRequest) -> int:
-    """The token that ends generation: the model's (first) EOS, or none under `ignore_eos`."""
-    if request.stop.ignore_eos or not request.eos_token_ids:
+    """The token that ends generation: the model's (first) EOS, or none under `ignore_eos`.
+
+    The gateway lists the model's EOS ids first among the stop token ids unless `ignore_eos`."""
+    if request.stop.ignore_eos or not request.stop.stop_token_ids:
         return NO_END_ID
-    return request.eos_token_ids[0]
+    return request.stop.stop_token_ids[0]
 
 
 def sampling_kwargs(request: PreprocessedRequest, *, extra_tokens: int = 0) -> dict[str, Any]:
@@ -50,14 +52,11 @@ def sampling_kwargs(request: PreprocessedRequest, *, extra_tokens: int = 0) -> d
     `max_tokens` and `min_tokens` there.
     """
     sampling, stop = request.sampling, request.stop
-    if sampling.n != 1:
-        # The gateway fans `n` out into one request per choice; an engine delta has no index.
-        raise UnsupportedRequestError(f"n={sampling.n}: the gateway sends one request per choice")
     if request.guided is not None:
         raise UnsupportedRequestError("structured output is not supported by the trtllm engine yet")
     eos = end_id(request)
-    # The gateway already lists EOS among the stop token ids unless `ignore_eos`.
-    stop_ids = stop.stop_token_ids if stop.ignore_eos else [*request.eos_token_ids[1:], *stop.stop_token_ids]
+    # end_id is the first stop token id unless `ignore_eos` (see `end_id`); the rest follow.
+    stop_ids = stop.stop_token_ids if stop.ignore_eos else stop.stop_token_ids[1:]
     kwargs: dict[str, Any] = {
         "n": 1,
         "max_tokens": stop.max_tokens + extra_tokens,
