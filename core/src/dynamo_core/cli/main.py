@@ -10,7 +10,7 @@ import os
 import sys
 
 from dynamo_core import __version__
-from dynamo_core.cli import options
+from dynamo_core.cli import guard_options, options
 from dynamo_core.plugins import PluginNotInstalledError, get_registry
 
 log = logging.getLogger("dynamo_core.cli")
@@ -80,6 +80,7 @@ def build_worker_parser(engine: str | None) -> argparse.ArgumentParser:
     parser.add_argument("--host", default=os.environ.get("DYN_WORKER_HOST", "127.0.0.1"),
                         help="address of the worker's request-plane server (default: %(default)s)")
     parser.add_argument("--port", type=int, default=0, help="port of the request-plane server (default: any free one)")
+    guard_options.add_worker_drain_option(parser)
     options.add_discovery_options(parser)
     options.add_plugin_options(parser, engine=engine, router=None)
     return parser
@@ -92,6 +93,7 @@ def build_frontend_parser(router: str | None) -> argparse.ArgumentParser:
     options.add_router_option(parser)
     options.add_http_options(parser)
     options.add_disagg_frontend_option(parser)
+    guard_options.add_frontend_guard_options(parser)
     options.add_discovery_options(parser)
     options.add_plugin_options(parser, engine=None, router=router)
     return parser
@@ -116,6 +118,8 @@ def build_serve_parser(engine: str | None, router: str | None) -> argparse.Argum
     options.add_disagg_frontend_option(group)
     options.add_model_options(parser)
     options.add_http_options(parser)
+    guard_options.add_frontend_guard_options(parser)
+    guard_options.add_worker_drain_option(parser)
     options.add_discovery_options(parser)
     options.add_plugin_options(parser, engine=engine, router=router)
     return parser
@@ -144,6 +148,7 @@ def worker_config_from(ns: argparse.Namespace, parser: argparse.ArgumentParser):
         host=getattr(ns, "host", "127.0.0.1"),
         port=getattr(ns, "port", 0),
         engine_options=options.group_namespace(parser, options.ENGINE_GROUP_TITLE, ns),
+        drain_timeout_s=ns.drain_timeout,
         request_plane=ns.request_plane,
         event_plane=ns.event_plane,
         nats_url=ns.nats_url or None,
@@ -165,6 +170,14 @@ def frontend_config_from(ns: argparse.Namespace, parser: argparse.ArgumentParser
         discovery=ns.discovery,
         discovery_config=_discovery_config(ns),
         nats_url=ns.nats_url or None,
+        migration_limit=ns.migration_limit,
+        stall_timeout_s=ns.stall_timeout,
+        max_body_bytes=ns.max_body_bytes,
+        max_inflight=ns.max_inflight,
+        api_keys=guard_options.api_keys_from(ns),
+        protect_metrics=ns.protect_metrics,
+        tls_cert=ns.tls_cert,
+        tls_key=ns.tls_key,
     )
 
 
@@ -193,6 +206,7 @@ def cmd_frontend(argv: list[str]) -> int:
     pre = _preparse(argv, "router")
     parser = build_frontend_parser(pre.router)
     ns = parser.parse_args(argv)
+    guard_options.check_tls(parser, ns)
     setup_logging("frontend")
     from dynamo_core.frontend.app import run_frontend
 
@@ -218,6 +232,7 @@ def cmd_serve(argv: list[str]) -> int:
         parser.error("--prefill-workers and --decode-workers need --disagg")
     if ns.model and not os.path.isdir(ns.model):
         parser.error(f"--model {ns.model}: not a directory (an HF-format model directory is expected)")
+    guard_options.check_tls(parser, ns)
     setup_logging("serve")
     from dynamo_core.cli.serve import serve
 

@@ -14,12 +14,13 @@ import logging
 import os
 import shutil
 import signal
+import ssl
 import sys
 import time
 import urllib.error
 import urllib.request
 
-from dynamo_core.cli import options
+from dynamo_core.cli import guard_options, options
 from dynamo_core.runtime.children import die_with_parent
 
 log = logging.getLogger("dynamo_core.serve")
@@ -60,6 +61,7 @@ def worker_argv(ns: argparse.Namespace, parser: argparse.ArgumentParser, mode: s
         value = getattr(ns, flag[2:].replace("-", "_"))
         if value:
             args += [flag, value]
+    args += options.group_args(parser, guard_options.WORKER_GROUP_TITLE, ns)
     return args + options.group_args(parser, options.ENGINE_GROUP_TITLE, ns)
 
 
@@ -67,6 +69,7 @@ def frontend_argv(ns: argparse.Namespace, parser: argparse.ArgumentParser) -> li
     args = ["frontend", "--router", ns.router, "--http-host", ns.http_host, "--http-port", str(ns.http_port)]
     args += ["--preprocess-workers", str(ns.preprocess_workers), "--preprocess-min-chars", str(ns.preprocess_min_chars)]
     args += ["--disagg-min-prompt-tokens", str(ns.disagg_min_prompt_tokens)]
+    args += options.group_args(parser, guard_options.FRONTEND_GROUP_TITLE, ns)  # API keys go by env
     return args + _shared_runtime_args(ns) + options.group_args(parser, options.ROUTER_GROUP_TITLE, ns)
 
 
@@ -89,14 +92,19 @@ class Supervisor:
         self.roles = worker_roles(ns)
         self.procs: dict[str, asyncio.subprocess.Process] = {}
         self._stopping = False
+        self._scheme = "https" if ns.tls_cert else "http"
 
     async def _spawn(self, name: str, argv: list[str]) -> None:
         command = _dynamo_command() + argv
         log.debug("starting %s: %s", name, " ".join(command))
-        self.procs[name] = await asyncio.create_subprocess_exec(*command, preexec_fn=die_with_parent)
+        env = None
+        keys = guard_options.api_keys_from(self.ns)
+        if name == "frontend" and keys:  # not on its command line, where `ps` would show them
+            env = {**os.environ, "DYN_API_KEYS": ",".join(keys)}
+        self.procs[name] = await asyncio.create_subprocess_exec(*command, preexec_fn=die_with_parent, env=env)
 
     async def _wait_ready(self) -> bool:
-        url = f"http://{self.ns.http_host}:{self.ns.http_port}/health"
+        url = f"{self._scheme}://{self.ns.http_host}:{self.ns.http_port}/health"
         deadline = time.monotonic() + READY_TIMEOUT_S
         while time.monotonic() < deadline and not self._stopping:
             if any(p.returncode is not None for n, p in self.procs.items() if n == "frontend"):
@@ -129,7 +137,7 @@ class Supervisor:
             if ready in done:
                 if ready.result():
                     print(
-                        f"dynamo serving on http://{self.ns.http_host}:{self.ns.http_port}/v1 "
+                        f"dynamo serving on {self._scheme}://{self.ns.http_host}:{self.ns.http_port}/v1 "
                         f"(engine={self.ns.engine}, router={self.ns.router}, {describe_workers(self.ns)}); Ctrl-C to stop",
                         flush=True,
                     )
@@ -174,8 +182,10 @@ class Supervisor:
 
 
 def _fetch(url: str) -> str | None:
+    # Our own frontend on loopback: its certificate need not be one this host trusts.
+    context = ssl._create_unverified_context() if url.startswith("https") else None
     try:
-        with urllib.request.urlopen(url, timeout=2) as response:
+        with urllib.request.urlopen(url, timeout=2, context=context) as response:
             return response.read().decode()
     except urllib.error.HTTPError:
         return None

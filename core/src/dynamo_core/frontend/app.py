@@ -16,7 +16,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from dynamo_core.frontend import metrics, prompt_pool
 from dynamo_core.frontend.completions import ServingState, chat_completions, completions, decode_body, find_model
 from dynamo_core.frontend.disagg import DisaggregatingClient
+from dynamo_core.frontend.admission import DEFAULT_MAX_BODY_BYTES, Admission
+from dynamo_core.frontend.auth import ApiKeyGuard
 from dynamo_core.frontend.engine_client import EngineClient
+from dynamo_core.frontend.migration import DEFAULT_MIGRATION_LIMIT
 from dynamo_core.frontend.errors import BadRequestError, openai_error_handler
 from dynamo_core.frontend.model_registry import ModelRegistry
 from dynamo_core.frontend.openapi import api, build_openapi
@@ -92,6 +95,15 @@ class FrontendConfig:
     discovery: str = "file"
     discovery_config: DiscoveryConfig = field(default_factory=DiscoveryConfig)
     nats_url: str | None = None
+    # Fault tolerance and protection (cli/guard_options.py says what each does).
+    migration_limit: int = DEFAULT_MIGRATION_LIMIT
+    stall_timeout_s: float = 0.0
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    max_inflight: int = 0
+    api_keys: tuple[str, ...] = ()
+    protect_metrics: bool = False
+    tls_cert: str | None = None
+    tls_key: str | None = None
 
 
 def _json_response(payload, status_code: int = 200) -> Response:
@@ -105,8 +117,9 @@ def create_app(config: FrontendConfig, discovery: DiscoveryBackend | None = None
     discovery = discovery or plugins.get("discovery", config.discovery).create(config.discovery_config)
     client = TransportClients(config.nats_url)
     registry = ModelRegistry(discovery, client, config.namespace, router_spec.create, config.router_options)
-    engine = DisaggregatingClient(EngineClient(client), client, config.disagg_min_prompt_tokens)
-    state = ServingState(registry=registry, engine=engine)
+    engine_client = EngineClient(client, config.migration_limit, config.stall_timeout_s)
+    engine = DisaggregatingClient(engine_client, client, config.disagg_min_prompt_tokens)
+    state = ServingState(registry=registry, engine=engine, admission=Admission(config.max_inflight))
 
     @post(
         "/v1/chat/completions", summary="Create a chat completion", status_code=200,
@@ -230,6 +243,7 @@ def create_app(config: FrontendConfig, discovery: DiscoveryBackend | None = None
         on_shutdown=[on_shutdown],
         exception_handlers={Exception: openai_error_handler},
         openapi_config=None,
+        request_max_body_size=config.max_body_bytes or None,  # 413 from Content-Length, or once read past it
         logging_config=None,  # keep the process's own logging setup (DYN_LOG, one format)
         debug=False,
     )
@@ -240,9 +254,10 @@ def create_app(config: FrontendConfig, discovery: DiscoveryBackend | None = None
 
 async def run_frontend(config: FrontendConfig, discovery: DiscoveryBackend | None = None) -> None:
     app = create_app(config, discovery)
+    asgi = ApiKeyGuard(app, config.api_keys, config.protect_metrics) if config.api_keys else app
     server = uvicorn.Server(
         uvicorn.Config(
-            app,
+            asgi,
             host=config.http_host,
             port=config.http_port,
             log_level="warning",
@@ -251,10 +266,13 @@ async def run_frontend(config: FrontendConfig, discovery: DiscoveryBackend | Non
             http="httptools",
             lifespan="on",
             timeout_graceful_shutdown=5,
+            ssl_certfile=config.tls_cert,
+            ssl_keyfile=config.tls_key,
         )
     )
     log.info(
-        "frontend listening on http://%s:%d (router=%s, discovery=%s, namespace=%s)",
-        config.http_host, config.http_port, config.router, config.discovery, config.namespace,
+        "frontend listening on %s://%s:%d (router=%s, discovery=%s, namespace=%s, api keys: %d)",
+        "https" if config.tls_cert else "http", config.http_host, config.http_port, config.router, config.discovery,
+        config.namespace, len(config.api_keys),
     )
     await server.serve()

@@ -49,6 +49,9 @@ class WorkerHandle:
     record: InstanceRecord
     state: WorkerState
     subscription: asyncio.Task | None = None
+    # It sent nothing on a request within the stall timeout (engine_client.py): not routed to
+    # until its next load report shows it answers again.
+    stalled: bool = False
 
     @property
     def role(self) -> str:
@@ -89,7 +92,7 @@ class ServedModel:
     def worker_states(
         self, exclude: set[str] | frozenset[str] = frozenset(), roles: tuple[str, ...] = WHOLE_REQUEST_ROLES
     ) -> list[WorkerState]:
-        return [h.state for wid, h in self.workers.items() if wid not in exclude and h.role in roles]
+        return [h.state for wid, h in self.workers.items() if wid not in exclude and h.role in roles and not h.stalled]
 
     def has_role(self, role: str) -> bool:
         return self.role_counts[role] > 0
@@ -279,6 +282,9 @@ class ModelRegistry:
             try:
                 async for message in self._client.events(handle.record, load_only):
                     if isinstance(message, LoadMetrics):
+                        if handle.stalled:
+                            log.info("worker %s reports again after stalling; it is routed to again", state.worker_id)
+                            handle.stalled = False
                         state.load = message
                         router.on_load(message)
                     elif isinstance(message, KvEventBatch):

@@ -108,6 +108,9 @@ class PreprocessedRequest(msgspec.Struct, omit_defaults=True, kw_only=True):
     # `echo` engine replays exactly the text of the last message.
     last_message_token_ids: list[int] | None = None
     disagg: DisaggParams | None = None  # None: aggregated (prefill and decode here)
+    # A migrated request (frontend/migration.py): the last `resumed_tokens` of `token_ids` are
+    # its own output, streamed by a worker that failed; the engine continues after them.
+    resumed_tokens: int = 0
 
 
 class TokenLogprob(msgspec.Struct, array_like=True):
