@@ -75,6 +75,7 @@ class EngineClient:
             received = False
             stream = self._client.call_batched(handle.record, GENERATE_ENDPOINT, payload)
             reason = "connection_lost"
+            handed_off = False
             try:
                 batches = aiter(stream)
                 while True:
@@ -89,15 +90,24 @@ class EngineClient:
                         break
                     # Deltas that queued up while we were busy go out as one.
                     output = merge_outputs([_output_decoder.decode(item) for item in batch])
-                    if not received and output.retry_elsewhere:
-                        raise _Declined(output.error or "declined")
+                    if output.retry_elsewhere:
+                        if not received and not output.token_ids:
+                            raise _Declined(output.error or "declined")
+                        handed_off = True  # a draining worker gives the request back mid-stream
+                        output.retry_elsewhere = False
+                        if not output.token_ids:
+                            break
                     if not received:
                         received = True
                         router.on_first_token(request.request_id, worker_id)
                     output_tokens += len(output.token_ids)
                     migration.on_output(output)
                     yield output
-                return
+                    if handed_off:
+                        break
+                if not handed_off:
+                    return
+                reason, error = "draining", RuntimeError("the worker's drain timed out")
             except _Declined as exc:
                 log.info("worker %s declined request %s (%s); routing again", worker_id, request.request_id, exc)
                 metrics.REROUTES.labels(model.name, "declined").inc()

@@ -35,7 +35,8 @@ REROUTES = Counter(
 MIGRATIONS = Counter(
     "dynamo_frontend_migrations",
     "Requests that continued on another worker after theirs failed mid-stream: its connection was lost "
-    "(reason=connection_lost) or it sent nothing within --stall-timeout (reason=stalled)",
+    "(reason=connection_lost), it sent nothing within --stall-timeout (reason=stalled) or its drain "
+    "timed out (reason=draining)",
     ["model", "reason"],
 )
 WORKERS = Gauge("dynamo_frontend_workers", "Live worker instances per model", ["model"])

@@ -132,7 +132,8 @@ class EngineOutput(msgspec.Struct, omit_defaults=True, kw_only=True):
     cached_tokens: int | None = None
     error: str | None = None
     # The worker did not take the request (it is shutting down): the frontend routes it to
-    # another worker instead of failing it.
+    # another worker instead of failing it. After output (the last delta of a worker whose
+    # drain timed out): the frontend moves the request to another worker (migration).
     retry_elsewhere: bool = False
     # Disaggregated serving: a prefill worker's last delta says where the KV is held; a decode
     # worker's first delta reports how it got it.
@@ -159,7 +160,7 @@ def merge_outputs(outputs: list[EngineOutput]) -> EngineOutput:
         prompt_tokens=first.prompt_tokens,
         cached_tokens=first.cached_tokens,
         error=last.error,
-        retry_elsewhere=first.retry_elsewhere,
+        retry_elsewhere=first.retry_elsewhere or last.retry_elsewhere,  # declined, or handed off
         kv_transfer=last.kv_transfer,
         kv_pull=first.kv_pull,
     )
