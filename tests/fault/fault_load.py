@@ -3,6 +3,7 @@ be compared with an unbroken run of the same request (the mocker is deterministi
 
 from __future__ import annotations
 
+import concurrent.futures
 import threading
 from dataclasses import dataclass, field
 
@@ -17,9 +18,9 @@ def client_for(base: str, **kwargs) -> openai.OpenAI:
 
 
 def one_request(client: openai.OpenAI, kind: str, seed: int, max_tokens: int,
-                started: threading.Semaphore | None = None) -> tuple[str, int, int]:
+                started: threading.Semaphore | None = None, started_after: int = 1) -> tuple[str, int, int]:
     """One request of `kind` (chat/completions, streamed or whole): (text, completion, prompt tokens).
-    `started` is released at its first streamed text (at once for a whole response)."""
+    `started` is released at its `started_after`-th streamed text (at once for a whole response)."""
     chat, stream = kind.startswith("chat"), kind.endswith("stream")
     args = dict(model="test-model", max_tokens=max_tokens, seed=seed, temperature=0)
     if chat:
@@ -41,9 +42,9 @@ def one_request(client: openai.OpenAI, kind: str, seed: int, max_tokens: int,
             continue
         piece = chunk.choices[0].delta.content if chat else chunk.choices[0].text
         if piece:
-            if not parts and started is not None:
-                started.release()
             parts.append(piece)
+            if len(parts) == started_after and started is not None:
+                started.release()
     if usage is None:
         raise RuntimeError("the stream ended without usage (an error event?)")
     return "".join(parts), usage.completion_tokens, usage.prompt_tokens
@@ -101,13 +102,16 @@ class LoadLoop:
                     self.outcomes.lost.append(f"{kind} seed {seed}: {result[1]} of {self.max_tokens} tokens")
 
 
+def references(client: openai.OpenAI, requests: list[tuple[str, int]], max_tokens: int) -> dict[tuple[str, int], tuple]:
+    """Each distinct (kind, seed) served unbroken, concurrently."""
+    distinct = sorted(set(requests))
+    with concurrent.futures.ThreadPoolExecutor(len(distinct)) as pool:
+        results = pool.map(lambda r: one_request(client, r[0], r[1], max_tokens), distinct)
+        return dict(zip(distinct, results))
+
+
 def check_against_reference(client: openai.OpenAI, outcomes: Outcomes, max_tokens: int) -> list[str]:
     """Completed requests whose text or usage differs from an unbroken run of the same request."""
-    references: dict[tuple[str, int], tuple] = {}
-    wrong = []
-    for kind, seed, result in outcomes.completed:
-        if (kind, seed) not in references:
-            references[(kind, seed)] = one_request(client, kind, seed, max_tokens)
-        if result != references[(kind, seed)]:
-            wrong.append(f"{kind} seed {seed}: {result!r} != {references[(kind, seed)]!r}")
-    return wrong
+    expected = references(client, [(kind, seed) for kind, seed, _ in outcomes.completed], max_tokens)
+    return [f"{kind} seed {seed}: {result!r} != {expected[(kind, seed)]!r}"
+            for kind, seed, result in outcomes.completed if result != expected[(kind, seed)]]
