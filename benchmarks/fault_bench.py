@@ -78,14 +78,21 @@ class Serve:
                 continue
         return float("nan")
 
-    def migrations(self) -> dict[str, float]:
+    def counters(self, name: str) -> dict[str, float]:
+        """A counter of the frontend's by its `reason` label (migrations, reroutes)."""
         page = httpx.get(f"{self.url}/metrics", timeout=5).text
         out: dict[str, float] = {}
         for line in page.splitlines():
-            if line.startswith("dynamo_frontend_migrations_total{"):
+            if line.startswith(f"dynamo_frontend_{name}_total{{"):
                 reason = line.split('reason="', 1)[1].split('"', 1)[0]
                 out[reason] = out.get(reason, 0) + float(line.rsplit(" ", 1)[1])
         return out
+
+    def first_tokens(self) -> float:
+        """Requests that have had their first token (the TTFT histogram's count)."""
+        page = httpx.get(f"{self.url}/metrics", timeout=5).text
+        return sum(float(line.rsplit(" ", 1)[1]) for line in page.splitlines()
+                   if line.startswith("dynamo_frontend_time_to_first_token_seconds_count"))
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -121,15 +128,15 @@ async def kill_scenario(args, log_dir: Path) -> dict[str, Any]:
         client = StreamClient(serve.url, args.concurrency)
         tasks = [asyncio.create_task(client.stream("/v1/chat/completions", _body(args.max_tokens, i)))
                  for i in range(args.concurrency)]
-        while sum(i["in_flight"] for i in serve.instances()) < args.concurrency:
+        while serve.first_tokens() < args.concurrency:  # every stream is producing tokens
             await asyncio.sleep(0.05)
-        await asyncio.sleep(0.5)  # every stream is producing tokens
         victim = max(serve.instances(), key=lambda i: i["in_flight"])
         os.kill(victim["pid"], signal.SIGKILL)
         records = await asyncio.gather(*tasks)
         await client.aclose()
         return _tally(f"kill -9 1 of {args.workers} workers, {args.concurrency} streams", records, args.max_tokens,
-                      victim_streams=victim["in_flight"], migrations=serve.migrations())
+                      victim_streams=victim["in_flight"], migrations=serve.counters("migrations"),
+                      reroutes=serve.counters("reroutes"))
     finally:
         serve.stop()
 
@@ -160,7 +167,7 @@ async def rolling_scenario(args, log_dir: Path) -> dict[str, Any]:
         await asyncio.gather(*loops)
         await client.aclose()
         return _tally(f"rolling restart of {args.workers} workers at {args.concurrency} streams", records,
-                      args.max_tokens, migrations=serve.migrations())
+                      args.max_tokens, migrations=serve.counters("migrations"), reroutes=serve.counters("reroutes"))
     finally:
         serve.stop()
 
@@ -174,19 +181,27 @@ async def memory_scenario(args, log_dir: Path) -> dict[str, Any]:
         peak = before
         tasks = [asyncio.create_task(client.stream("/v1/chat/completions", _body(args.memory_tokens, i)))
                  for i in range(args.streams)]
-        most = 0
         while not all(t.done() for t in tasks):
             peak = max(peak, serve.frontend_rss_mb())
-            most = max(most, sum(i["in_flight"] for i in serve.instances()))
             await asyncio.sleep(0.2)
         records = [t.result() for t in tasks]
         await client.aclose()
         await asyncio.sleep(1.0)
         return _tally(f"{args.streams} concurrent streams", records, args.memory_tokens,
-                      most_in_flight=most, rss_before_mb=round(before), rss_peak_mb=round(peak),
+                      most_in_flight=_most_at_once(records), rss_before_mb=round(before), rss_peak_mb=round(peak),
                       rss_after_mb=round(serve.frontend_rss_mb()))
     finally:
         serve.stop()
+
+
+def _most_at_once(records: list[RequestRecord]) -> int:
+    """The most requests that were open at the same moment (from their start and end times)."""
+    events = sorted([(r.start, 1) for r in records] + [(r.end or r.start, -1) for r in records])
+    most = now = 0
+    for _, step in events:
+        now += step
+        most = max(most, now)
+    return most
 
 
 SCENARIOS = {"kill": kill_scenario, "rolling": rolling_scenario, "memory": memory_scenario}

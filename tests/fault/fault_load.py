@@ -4,7 +4,10 @@ be compared with an unbroken run of the same request (the mocker is deterministi
 from __future__ import annotations
 
 import concurrent.futures
+import json
+import os
 import threading
+import urllib.request
 from dataclasses import dataclass, field
 
 import openai
@@ -115,3 +118,25 @@ def check_against_reference(client: openai.OpenAI, outcomes: Outcomes, max_token
     expected = references(client, [(kind, seed) for kind, seed, _ in outcomes.completed], max_tokens)
     return [f"{kind} seed {seed}: {result!r} != {expected[(kind, seed)]!r}"
             for kind, seed, result in outcomes.completed if result != expected[(kind, seed)]]
+
+
+def signal_busiest_worker_mid_stream(
+    client: openai.OpenAI, base: str, requests: list[tuple[str, int]], max_tokens: int, sig: int, *,
+    started_after: int = 1, min_in_flight: int = 1, role: str | None = None, victims: list[dict] | None = None,
+) -> list[tuple[str, int, int]]:
+    """Send `requests` at once; once each streams (`started_after` texts in), send `sig` to the
+    worker (of `role`) with most of them in flight (appended to `victims` first); their results."""
+    started = threading.Semaphore(0)
+    with concurrent.futures.ThreadPoolExecutor(len(requests)) as pool:
+        futures = [pool.submit(one_request, client, kind, seed, max_tokens, started, started_after)
+                   for kind, seed in requests]
+        for _ in requests:
+            assert started.acquire(timeout=30), "a request did not start streaming"
+        with urllib.request.urlopen(f"{base}/health", timeout=5) as response:
+            instances = json.loads(response.read())["instances"]
+        victim = max((i for i in instances if role is None or i["role"] == role), key=lambda i: i["in_flight"])
+        assert victim["in_flight"] >= min_in_flight, instances
+        if victims is not None:
+            victims.append(victim)
+        os.kill(victim["pid"], sig)
+        return [f.result(timeout=90) for f in futures]

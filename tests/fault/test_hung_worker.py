@@ -8,13 +8,12 @@ import concurrent.futures
 import os
 import signal
 import sys
-import threading
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from fault_load import KINDS, client_for, one_request, references  # noqa: E402
+from fault_load import KINDS, client_for, one_request, references, signal_busiest_worker_mid_stream  # noqa: E402
 
 from conftest import http_get, wait_until  # noqa: E402
 
@@ -38,29 +37,21 @@ def test_stopped_worker_requests_migrate_and_it_is_avoided_until_it_answers(clus
     )
     client = client_for(base)
     requests = [(KINDS[i % 2], 2000 + i) for i in range(6)]  # streamed: chat and completions
-    started = threading.Semaphore(0)
-    victim = None
+    victims: list[dict] = []
     try:
-        with concurrent.futures.ThreadPoolExecutor(len(requests)) as pool:
-            futures = [pool.submit(one_request, client, kind, seed, MAX_TOKENS, started) for kind, seed in requests]
-            for _ in requests:
-                assert started.acquire(timeout=30)
-            victim = max(http_get(f"{base}/health")[1]["instances"], key=lambda i: i["in_flight"])
-            assert victim["in_flight"] >= 1
-            os.kill(victim["pid"], signal.SIGSTOP)
-            results = [f.result(timeout=60) for f in futures]
-            # While it is silent, new requests go to the other worker (none stalls on it again).
-            stalls = _stalls(base)
-            for i in range(4):
-                assert one_request(client, "completions", i, 5)[1] == 5
-            assert _stalls(base) == stalls, "a request was routed to the stopped worker"
+        results = signal_busiest_worker_mid_stream(client, base, requests, MAX_TOKENS, signal.SIGSTOP, victims=victims)
+        # While it is silent, new requests go to the other worker (none stalls on it again).
+        stalls = _stalls(base)
+        for i in range(4):
+            assert one_request(client, "completions", i, 5)[1] == 5
+        assert _stalls(base) == stalls, "a request was routed to the stopped worker"
         page = http_get(f"{base}/metrics")[1]
         assert 'dynamo_frontend_migrations_total{model="test-model",reason="stalled"}' in page
         expected = references(client, requests, MAX_TOKENS)
         for (kind, seed), result in zip(requests, results):
             assert result[1] == MAX_TOKENS and result == expected[(kind, seed)], (kind, seed)
     finally:
-        if victim is not None:
+        for victim in victims:
             os.kill(victim["pid"], signal.SIGCONT)
     wait_until(lambda: "reports again after stalling" in serve.output(), 10, serve)
 

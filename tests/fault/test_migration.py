@@ -10,15 +10,14 @@ from __future__ import annotations
 import concurrent.futures
 import os
 import signal
-import threading
-
 import sys
+import threading
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from fault_load import KINDS, client_for, one_request, references  # noqa: E402
+from fault_load import KINDS, client_for, one_request, references, signal_busiest_worker_mid_stream  # noqa: E402
 
 from conftest import http_get, wait_until  # noqa: E402
 
@@ -40,16 +39,7 @@ def test_killed_worker_streams_continue_on_another_worker_with_every_token(clust
     )
     client = client_for(base)
     requests = [(KINDS[i % len(KINDS)], 1000 + i) for i in range(12)]
-    started = threading.Semaphore(0)
-    with concurrent.futures.ThreadPoolExecutor(len(requests)) as pool:
-        futures = [pool.submit(one_request, client, kind, seed, MAX_TOKENS, started) for kind, seed in requests]
-        for _ in requests:
-            assert started.acquire(timeout=30)
-        instances = http_get(f"{base}/health")[1]["instances"]
-        victim = max(instances, key=lambda i: i["in_flight"])
-        assert victim["in_flight"] >= 2, instances
-        os.kill(victim["pid"], signal.SIGKILL)
-        results = [f.result(timeout=90) for f in futures]
+    results = signal_busiest_worker_mid_stream(client, base, requests, MAX_TOKENS, signal.SIGKILL, min_in_flight=2)
 
     assert _migrations(base) >= 2, "the killed worker's requests should have migrated"
     # Every request has every token, and the very text and usage an unbroken run gives.

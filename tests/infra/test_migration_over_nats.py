@@ -3,17 +3,14 @@ worker mid-stream; every stream continues on the other worker with every token."
 
 from __future__ import annotations
 
-import concurrent.futures
-import os
 import signal
 import sys
-import threading
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent.parent / "fault"))
-from fault_load import KINDS, client_for, one_request, references  # noqa: E402
+from fault_load import KINDS, client_for, references, signal_busiest_worker_mid_stream  # noqa: E402
 
 from conftest import http_get, wait_until  # noqa: E402
 
@@ -31,15 +28,8 @@ def test_killed_worker_streams_migrate_over_nats(cluster, etcd_server, nats_serv
     wait_until(lambda: len(http_get(f"{base}/health")[1].get("instances", [])) == 2, 60)
     client = client_for(base)
     requests = [(KINDS[i % len(KINDS)], 4000 + i) for i in range(8)]
-    started = threading.Semaphore(0)
-    with concurrent.futures.ThreadPoolExecutor(len(requests)) as pool:
-        futures = [pool.submit(one_request, client, kind, seed, MAX_TOKENS, started, 3) for kind, seed in requests]
-        for _ in requests:
-            assert started.acquire(timeout=30)
-        victim = max(http_get(f"{base}/health")[1]["instances"], key=lambda i: i["in_flight"])
-        assert victim["in_flight"] >= 2
-        os.kill(victim["pid"], signal.SIGKILL)
-        results = [f.result(timeout=90) for f in futures]
+    results = signal_busiest_worker_mid_stream(client, base, requests, MAX_TOKENS, signal.SIGKILL, started_after=3,
+                                              min_in_flight=2)
     page = http_get(f"{base}/metrics")[1]
     assert 'dynamo_frontend_migrations_total{model="test-model",reason="connection_lost"}' in page
     expected = references(client, requests, MAX_TOKENS)
