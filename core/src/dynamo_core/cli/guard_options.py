@@ -16,6 +16,7 @@ from dynamo_core.frontend.migration import DEFAULT_MIGRATION_LIMIT
 
 FRONTEND_GROUP_TITLE = "fault tolerance and limits"
 API_KEY_GROUP_TITLE = "api keys"
+API_KEY_DESTS = frozenset({"api_key", "api_key_file"})  # never on a child's command line
 WORKER_GROUP_TITLE = "drain"
 
 

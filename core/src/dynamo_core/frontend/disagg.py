@@ -16,7 +16,6 @@ answering is replaced by another, as for any request.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import AsyncIterator
 
@@ -25,7 +24,7 @@ import msgspec
 from dynamo_core.frontend import metrics
 from dynamo_core.frontend.engine_client import EngineClient
 from dynamo_core.frontend.errors import EngineError, ServiceUnavailableError
-from dynamo_core.frontend.model_registry import ServedModel
+from dynamo_core.frontend.served_model import ServedModel
 from dynamo_core.protocols.engine import (
     DisaggParams,
     EngineOutput,
@@ -36,7 +35,7 @@ from dynamo_core.protocols.engine import (
     merge_outputs,
 )
 from dynamo_core.runtime.transports import TransportClients
-from dynamo_core.worker.worker import KV_RELEASE_ENDPOINT
+from dynamo_core.protocols.names import KV_RELEASE_ENDPOINT
 
 log = logging.getLogger(__name__)
 
