@@ -138,11 +138,12 @@ def test_stop_strings_and_n_choices(mocker_serve):
     assert many.usage.completion_tokens == 12
 
 
-def test_killed_worker_leaves_routing_and_in_flight_request_ends_with_error(cluster, mistral_tokenizer_dir):
-    # Slow workers, so a request is surely in flight when its worker dies.
+def test_killed_worker_leaves_routing_and_without_migration_its_stream_ends_with_error(cluster, mistral_tokenizer_dir):
+    # Slow workers, so a request is surely in flight when its worker dies. With migration on
+    # (the default) the stream would continue elsewhere: tests/fault/test_migration.py.
     serve, base = cluster.serve(
         "--model", str(mistral_tokenizer_dir), "--model-name", "test-model", "--speedup-ratio", "1",
-        workers=2,
+        "--migration-limit", "0", workers=2,
     )
     client = _client(base)
     instances = http_get(f"{base}/health")[1]["instances"]

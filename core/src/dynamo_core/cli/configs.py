@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
-from dynamo_core.cli import options
+from dynamo_core.cli import guard_options, options
 from dynamo_core.runtime.discovery import DiscoveryConfig
 
 if TYPE_CHECKING:
@@ -41,6 +41,7 @@ def worker_config_from(ns: argparse.Namespace, parser: argparse.ArgumentParser) 
         host=getattr(ns, "host", "127.0.0.1"),
         port=getattr(ns, "port", 0),
         engine_options=options.group_namespace(parser, options.ENGINE_GROUP_TITLE, ns),
+        drain_timeout_s=ns.drain_timeout,
         request_plane=ns.request_plane,
         event_plane=ns.event_plane,
         nats_url=ns.nats_url or None,
@@ -64,4 +65,12 @@ def frontend_config_from(ns: argparse.Namespace, parser: argparse.ArgumentParser
         discovery_config=discovery_config_from(ns),
         nats_url=ns.nats_url or None,
         event_plane=ns.event_plane,
+        migration_limit=ns.migration_limit,
+        stall_timeout_s=ns.stall_timeout,
+        max_body_bytes=ns.max_body_bytes,
+        max_inflight=ns.max_inflight,
+        api_keys=guard_options.api_keys_from(ns),
+        protect_metrics=ns.protect_metrics,
+        tls_cert=ns.tls_cert,
+        tls_key=ns.tls_key,
     )

@@ -10,7 +10,7 @@ import os
 import sys
 
 from dynamo_core import __version__
-from dynamo_core.cli import options
+from dynamo_core.cli import guard_options, options
 from dynamo_core.cli.configs import frontend_config_from, worker_config_from
 from dynamo_core.cli.parsers import build_frontend_parser, build_serve_parser, build_worker_parser, preparse
 from dynamo_core.plugins import PluginHookError, PluginNotInstalledError, get_registry
@@ -75,6 +75,7 @@ def cmd_frontend(argv: list[str]) -> int:
     pre = preparse(argv, "router")
     parser = build_frontend_parser(pre.router)
     ns = parser.parse_args(argv)
+    guard_options.check_tls(parser, ns)
     setup_logging("frontend")
     from dynamo_core.frontend.app import run_frontend
 
@@ -100,6 +101,7 @@ def cmd_serve(argv: list[str]) -> int:
         parser.error("--prefill-workers and --decode-workers need --disagg")
     if ns.model and not os.path.isdir(ns.model):
         parser.error(f"--model {ns.model}: not a directory (an HF-format model directory is expected)")
+    guard_options.check_tls(parser, ns)
     setup_logging("serve")
     from dynamo_core.cli.serve import serve
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from dynamo_core.cli import options
+from dynamo_core.cli import guard_options, options
 from dynamo_core.protocols.names import ROLES
 
 
@@ -45,6 +45,7 @@ def build_worker_parser(engine: str | None) -> argparse.ArgumentParser:
         help="serve HTTP /health (200 once registered, 503 while starting or draining) and /live on this "
              "port of --host, for probes (env DYN_WORKER_HEALTH_PORT; default: no health server)",
     )
+    guard_options.add_worker_drain_option(parser)
     options.add_discovery_options(parser)
     options.add_plugin_options(parser, engine=engine, router=None)
     return parser
@@ -57,6 +58,7 @@ def build_frontend_parser(router: str | None) -> argparse.ArgumentParser:
     options.add_router_option(parser)
     options.add_http_options(parser)
     options.add_disagg_frontend_option(parser)
+    guard_options.add_frontend_guard_options(parser)
     options.add_discovery_options(parser)
     options.add_plugin_options(parser, engine=None, router=router)
     return parser
@@ -81,6 +83,8 @@ def build_serve_parser(engine: str | None, router: str | None) -> argparse.Argum
     options.add_disagg_frontend_option(group)
     options.add_model_options(parser)
     options.add_http_options(parser)
+    guard_options.add_frontend_guard_options(parser)
+    guard_options.add_worker_drain_option(parser)
     options.add_discovery_options(parser)
     options.add_plugin_options(parser, engine=engine, router=router)
     return parser

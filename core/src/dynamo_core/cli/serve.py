@@ -15,14 +15,16 @@ import logging
 import os
 import shutil
 import signal
+import ssl
 import sys
 import time
 import urllib.error
 import urllib.request
 
-from dynamo_core.cli import options
+from dynamo_core.cli import guard_options, options
 from dynamo_core.cli.parsers import build_frontend_parser, build_worker_parser
 from dynamo_core.runtime.children import die_with_parent
+from dynamo_core.runtime.restart_policy import RestartPolicy
 
 log = logging.getLogger("dynamo_core.serve")
 READY_TIMEOUT_S = 300.0
@@ -57,7 +59,9 @@ def worker_argv(ns: argparse.Namespace, parser: argparse.ArgumentParser, mode: s
 
 def frontend_argv(ns: argparse.Namespace, parser: argparse.ArgumentParser) -> list[str]:
     """`dynamo frontend` with the serve options a frontend declares."""
-    return ["frontend", *options.child_args(parser, ns, _child_parser("frontend", ns.router), always={"router"})]
+    # API keys go in the frontend's environment (`Supervisor._spawn`), not on its command line.
+    return ["frontend", *options.child_args(parser, ns, _child_parser("frontend", ns.router), always={"router"},
+                                            skip=guard_options.API_KEY_DESTS)]
 
 
 def worker_roles(ns: argparse.Namespace) -> list[str]:
@@ -78,15 +82,32 @@ class Supervisor:
         self.ns, self.parser = ns, parser
         self.roles = worker_roles(ns)
         self.procs: dict[str, asyncio.subprocess.Process] = {}
+        self.argv: dict[str, list[str]] = {}
+        self.policies: dict[str, RestartPolicy] = {}
+        self.given_up: set[str] = set()
         self._stopping = False
+        self._scheme = "https" if ns.tls_cert else "http"
 
     async def _spawn(self, name: str, argv: list[str]) -> None:
         command = _dynamo_command() + argv
         log.debug("starting %s: %s", name, " ".join(command))
-        self.procs[name] = await asyncio.create_subprocess_exec(*command, preexec_fn=die_with_parent)
+        env = None
+        keys = guard_options.api_keys_from(self.ns)
+        if name == "frontend" and keys:  # not on its command line, where `ps` would show them
+            env = {**os.environ, "DYN_API_KEYS": ",".join(keys)}
+        self.procs[name] = await asyncio.create_subprocess_exec(*command, preexec_fn=die_with_parent, env=env)
+        self.argv[name] = argv
+        self.policies.setdefault(name, RestartPolicy()).on_start()
+
+    async def _restart(self, name: str, delay: float) -> str:
+        """Start a worker again after `delay`; its name, for the caller's watcher."""
+        await asyncio.sleep(delay)
+        await self._spawn(name, self.argv[name])
+        log.info("%s restarted (pid %d)", name, self.procs[name].pid)
+        return name
 
     async def _wait_ready(self) -> bool:
-        url = f"http://{self.ns.http_host}:{self.ns.http_port}/health"
+        url = f"{self._scheme}://{self.ns.http_host}:{self.ns.http_port}/health"
         deadline = time.monotonic() + READY_TIMEOUT_S
         while time.monotonic() < deadline and not self._stopping:
             if any(p.returncode is not None for n, p in self.procs.items() if n == "frontend"):
@@ -110,16 +131,23 @@ class Supervisor:
             name = f"worker-{i}" if mode == "agg" else f"{mode}-worker-{i}"
             await self._spawn(name, worker_argv(self.ns, self.parser, mode))
         watchers = {asyncio.create_task(p.wait(), name=n): n for n, p in self.procs.items()}
+        restarts: set[asyncio.Task] = set()
         ready = asyncio.create_task(self._wait_ready())
         stop_task = asyncio.create_task(stop.wait())
         exit_code = 0
         pending = set(watchers) | {ready, stop_task}
         while True:
             done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            for task in done & restarts:
+                restarts.discard(task)
+                name = task.result()
+                watcher = asyncio.create_task(self.procs[name].wait(), name=name)
+                watchers[watcher] = name
+                pending.add(watcher)
             if ready in done:
                 if ready.result():
                     print(
-                        f"dynamo serving on http://{self.ns.http_host}:{self.ns.http_port}/v1 "
+                        f"dynamo serving on {self._scheme}://{self.ns.http_host}:{self.ns.http_port}/v1 "
                         f"(engine={self.ns.engine}, router={self.ns.router}, {describe_workers(self.ns)}); Ctrl-C to stop",
                         flush=True,
                     )
@@ -134,12 +162,31 @@ class Supervisor:
                     log.error("the frontend exited with code %s; stopping", code)
                     exit_code = code or 1
                     stop.set()
-                else:
-                    log.error("%s (pid %d) exited with code %s; the others keep serving", name, self.procs[name].pid, code)
+                elif not stop.is_set():
+                    delay = self.policies[name].on_exit(code)
+                    if delay is None:
+                        self.given_up.add(name)
+                        log.error("%s exited with code %s within %.0f s of its start %d times in a row; giving up "
+                                  "on it (its log above says why)", name, code, self.policies[name].startup_window_s,
+                                  self.policies[name].quick_deaths)
+                        if len(self.given_up) == len(self.roles):
+                            log.error("no worker is left; stopping")
+                            exit_code = 1
+                            stop.set()
+                    else:
+                        log.warning("%s (pid %d) exited with code %s; restarting it in %.1f s (restart %d); the "
+                                    "others keep serving", name, self.procs[name].pid, code, delay,
+                                    self.policies[name].restarts)
+                        task = asyncio.create_task(self._restart(name, delay))
+                        restarts.add(task)
+                        pending.add(task)
             if stop.is_set():
                 break
         self._stopping = True
         ready.cancel()
+        for task in restarts:
+            task.cancel()
+        await asyncio.gather(*restarts, return_exceptions=True)  # a worker it started is stopped below
         await self._stop_all()
         return exit_code
 
@@ -164,8 +211,10 @@ class Supervisor:
 
 
 def _fetch(url: str) -> str | None:
+    # Our own frontend on loopback: its certificate need not be one this host trusts.
+    context = ssl._create_unverified_context() if url.startswith("https") else None
     try:
-        with urllib.request.urlopen(url, timeout=2) as response:
+        with urllib.request.urlopen(url, timeout=2, context=context) as response:
             return response.read().decode()
     except urllib.error.HTTPError:
         return None

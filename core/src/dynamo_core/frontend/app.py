@@ -23,7 +23,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from dynamo_core.frontend import metrics
 from dynamo_core.frontend.completions import ServingState, chat_completions, completions, decode_body, find_model
 from dynamo_core.frontend.disagg import DisaggregatingClient
+from dynamo_core.frontend.admission import DEFAULT_MAX_BODY_BYTES, Admission
+from dynamo_core.frontend.auth import ApiKeyGuard
 from dynamo_core.frontend.engine_client import EngineClient
+from dynamo_core.frontend.migration import DEFAULT_MIGRATION_LIMIT
 from dynamo_core.frontend.errors import BadRequestError, openai_error_handler
 from dynamo_core.frontend.model_registry import ModelRegistry
 from dynamo_core.frontend.openapi import api, build_openapi
@@ -107,6 +110,15 @@ class FrontendConfig:
     nats_url: str | None = None
     # "nats": share routers' in-flight requests with the other frontends (runtime/peer_plane.py).
     event_plane: str = "tcp"
+    # Fault tolerance and protection (cli/guard_options.py says what each does).
+    migration_limit: int = DEFAULT_MIGRATION_LIMIT
+    stall_timeout_s: float = 0.0
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    max_inflight: int = 0
+    api_keys: tuple[str, ...] = ()
+    protect_metrics: bool = False
+    tls_cert: str | None = None
+    tls_key: str | None = None
 
 
 async def _peer_connection(url: str | None):
@@ -274,9 +286,10 @@ def create_app(config: FrontendConfig, discovery: DiscoveryBackend | None = None
                           lambda request: registry.on_peer_request(request), lambda peer: registry.on_peer_gone(peer))
     registry = ModelRegistry(discovery, client, config.namespace, router_spec.create, config.router_options,
                              share=peers.publish if peers is not None else (lambda request: None))
-    engine = DisaggregatingClient(EngineClient(client), client, config.disagg_min_prompt_tokens)
+    engine_client = EngineClient(client, config.migration_limit, config.stall_timeout_s)
+    engine = DisaggregatingClient(engine_client, client, config.disagg_min_prompt_tokens)
     pool = PromptPool(config.preprocess_workers, config.preprocess_min_chars) if config.preprocess_workers > 0 else None
-    state = ServingState(registry=registry, engine=engine, prompt_pool=pool)
+    state = ServingState(registry=registry, engine=engine, prompt_pool=pool, admission=Admission(config.max_inflight))
 
     async def on_startup() -> None:
         if pool is not None:
@@ -303,6 +316,7 @@ def create_app(config: FrontendConfig, discovery: DiscoveryBackend | None = None
         on_shutdown=[on_shutdown],
         exception_handlers={Exception: openai_error_handler},
         openapi_config=None,
+        request_max_body_size=config.max_body_bytes or None,  # 413 from Content-Length, or once read past it
         logging_config=None,  # keep the process's own logging setup (DYN_LOG, one format)
         debug=False,
     )
@@ -313,9 +327,10 @@ def create_app(config: FrontendConfig, discovery: DiscoveryBackend | None = None
 
 async def run_frontend(config: FrontendConfig, discovery: DiscoveryBackend | None = None) -> None:
     app = create_app(config, discovery)
+    asgi = ApiKeyGuard(app, config.api_keys, config.protect_metrics) if config.api_keys else app
     server = uvicorn.Server(
         uvicorn.Config(
-            app,
+            asgi,
             host=config.http_host,
             port=config.http_port,
             log_level="warning",
@@ -324,6 +339,8 @@ async def run_frontend(config: FrontendConfig, discovery: DiscoveryBackend | Non
             http="httptools",
             lifespan="on",
             timeout_graceful_shutdown=5,
+            ssl_certfile=config.tls_cert,
+            ssl_keyfile=config.tls_key,
         )
     )
     # Bind before saying "listening": a taken port is an exit naming it, not a log line first.
@@ -336,7 +353,8 @@ async def run_frontend(config: FrontendConfig, discovery: DiscoveryBackend | Non
         raise SystemExit(f"dynamo frontend: error: cannot listen on {config.http_host}:{config.http_port}: "
                          f"{exc.strerror}; choose another port with --http-port") from None
     log.info(
-        "frontend listening on http://%s:%d (router=%s, discovery=%s, namespace=%s)",
-        config.http_host, config.http_port, config.router, config.discovery, config.namespace,
+        "frontend listening on %s://%s:%d (router=%s, discovery=%s, namespace=%s, api keys: %d)",
+        "https" if config.tls_cert else "http", config.http_host, config.http_port, config.router, config.discovery,
+        config.namespace, len(config.api_keys),
     )
     await server.serve(sockets=[sock])

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+import weakref
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
@@ -18,6 +19,7 @@ from litestar import Response
 from litestar.response import Stream
 
 from dynamo_core.frontend import metrics
+from dynamo_core.frontend.admission import Admission, Ticket
 from dynamo_core.frontend.disagg import DisaggregatingClient
 from dynamo_core.frontend.errors import (
     BadRequestError,
@@ -72,6 +74,7 @@ class ServingState:
 
     registry: ModelRegistry
     engine: DisaggregatingClient
+    admission: Admission = field(default_factory=lambda: Admission(0))
     # Processes that template and tokenize long prompts (`--preprocess-workers`); None: a thread.
     prompt_pool: PromptPool | None = None
 
@@ -104,8 +107,10 @@ def _usage(counter: UsageCounter) -> Usage:
 class _Tracker:
     """Times one request for the metrics: TTFT, inter-token latency, duration."""
 
-    def __init__(self, model: str, endpoint: str):
+    def __init__(self, model: str, endpoint: str, ticket: Ticket):
         self.model, self.endpoint = model, endpoint
+        self._ticket = ticket
+        weakref.finalize(self, ticket.release)  # a stream never started still frees its slot
         self.start = self.last = time.perf_counter()
         self.first = True
         self._itl = metrics.ITL.labels(model)  # looked up once: observed per delta
@@ -124,6 +129,7 @@ class _Tracker:
         self.last = now
 
     def finish(self, status: str, usage: UsageCounter) -> None:
+        self._ticket.release()
         metrics.INFLIGHT.labels(self.model).dec()
         metrics.DURATION.labels(self.model).observe(time.perf_counter() - self.start)
         metrics.REQUESTS.labels(self.model, self.endpoint, status).inc()
@@ -158,8 +164,9 @@ def _sse_error(exc: Exception) -> bytes:
 
 
 async def start_generation(state: ServingState, model: ServedModel, choices: list[PreparedChoice], stop, endpoint: str):
+    ticket = state.admission.admit(model.name)  # 429 beyond --max-inflight
     usage = UsageCounter()
-    tracker = _Tracker(model.name, endpoint)
+    tracker = _Tracker(model.name, endpoint, ticket)
     deltas = run_choices(choices, model.tokenizer, stop, lambda c: state.engine.generate(model, c.request), usage)
     try:
         first, deltas = await _primed(deltas)

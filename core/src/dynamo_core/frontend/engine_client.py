@@ -2,12 +2,16 @@
 
 A worker that cannot be reached, whose connection drops before it sent anything, or that says
 it is shutting down (between leaving discovery and this frontend noticing), costs the request
-nothing: it is routed again among the remaining workers. Once output has reached the
-client, a failure ends the stream with an error (the tokens already sent cannot be unsent).
+nothing: it is routed again among the remaining workers. Once output has reached the client,
+a worker that fails (connection lost, or no output within `--stall-timeout`) hands the request
+to another worker as a continuation (`frontend/migration.py`), up to `--migration-limit` times;
+beyond that the stream ends with an error. A worker that stalled is not chosen again until it
+reports its load again (`WorkerHandle.stalled`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 
@@ -15,6 +19,7 @@ import msgspec
 
 from dynamo_core.frontend import metrics
 from dynamo_core.frontend.errors import EngineError, ServiceUnavailableError
+from dynamo_core.frontend.migration import DEFAULT_MIGRATION_LIMIT, Migration, finished_output
 from dynamo_core.frontend.served_model import ServedModel
 from dynamo_core.protocols.engine import EngineOutput, PreprocessedRequest, merge_outputs
 from dynamo_core.routers.base import NoWorkerAvailableError
@@ -33,8 +38,12 @@ class _Declined(Exception):
 
 
 class EngineClient:
-    def __init__(self, client: TransportClients):
+    def __init__(
+        self, client: TransportClients, migration_limit: int = DEFAULT_MIGRATION_LIMIT, stall_timeout_s: float = 0.0
+    ):
         self._client = client
+        self.migration_limit = migration_limit
+        self.stall_timeout_s = stall_timeout_s  # 0: no bound
 
     async def generate(self, model: ServedModel, request: PreprocessedRequest) -> AsyncIterator[EngineOutput]:
         payload = _request_encoder.encode(request)
@@ -43,6 +52,8 @@ class EngineClient:
         roles = (phase,) if phase in ("prefill", "decode") else WHOLE_REQUEST_ROLES
         kind = f"{phase} worker" if phase else "worker"
         router = model.router_of(roles[0])
+        migration = Migration(request, self.migration_limit)
+        stall = self.stall_timeout_s
         while True:
             workers = model.worker_states(exclude=failed, roles=roles)
             if not workers:
@@ -51,6 +62,7 @@ class EngineClient:
                         f"all {len(failed)} {kind}(s) of model '{model.name}' failed this request; try again"
                     )
                 raise ServiceUnavailableError(f"no {kind} is serving model '{model.name}' right now")
+            request = migration.request
             try:
                 worker_id = router.select_worker(request, workers)
             except NoWorkerAvailableError as exc:
@@ -62,31 +74,76 @@ class EngineClient:
             output_tokens = 0
             received = False
             stream = self._client.call_batched(handle.record, GENERATE_ENDPOINT, payload)
+            reason = "connection_lost"
+            handed_off = False
             try:
-                async for batch in stream:
+                batches = aiter(stream)
+                while True:
+                    try:
+                        if stall > 0:
+                            # Only the wait for the worker is bounded, not the consumer's turn.
+                            async with asyncio.timeout(stall):
+                                batch = await anext(batches)
+                        else:
+                            batch = await anext(batches)
+                    except StopAsyncIteration:
+                        break
                     # Deltas that queued up while we were busy go out as one.
                     output = merge_outputs([_output_decoder.decode(item) for item in batch])
-                    if not received and output.retry_elsewhere:
-                        raise _Declined(output.error or "declined")
+                    if output.retry_elsewhere:
+                        if not received and not output.token_ids:
+                            raise _Declined(output.error or "declined")
+                        handed_off = True  # a draining worker gives the request back mid-stream
+                        output.retry_elsewhere = False
+                        if not output.token_ids:
+                            break
                     if not received:
                         received = True
                         router.on_first_token(request.request_id, worker_id)
                     output_tokens += len(output.token_ids)
+                    migration.on_output(output)
                     yield output
-                return
+                    if handed_off:
+                        break
+                if not handed_off:
+                    return
+                reason, error = "draining", RuntimeError("the worker's drain timed out")
             except _Declined as exc:
                 log.info("worker %s declined request %s (%s); routing again", worker_id, request.request_id, exc)
                 metrics.REROUTES.labels(model.name, "declined").inc()
                 failed.add(worker_id)
+                continue
+            except TimeoutError:
+                reason = "stalled"
+                handle.stalled = True
+                log.warning("worker %s sent nothing on request %s for %.1f s: it is not routed to until it reports "
+                            "again", worker_id, request.request_id, stall)
+                error: Exception = TimeoutError(f"no output for {stall} s")
             except ConnectionLostError as exc:
-                if received:
-                    raise EngineError(f"worker {worker_id} failed mid-stream: {exc}") from exc
-                log.warning("worker %s failed before answering request %s (%s); routing again", worker_id, request.request_id, exc)
-                metrics.REROUTES.labels(model.name, "connection_lost").inc()
-                failed.add(worker_id)
+                error = exc
             except RemoteError as exc:
                 raise EngineError(f"worker {worker_id} failed: {exc}") from exc
             finally:
                 await stream.aclose()
                 handle.state.in_flight -= 1
                 router.on_request_finished(request.request_id, worker_id, output_tokens)
+            failed.add(worker_id)
+            if not received:
+                log.warning("worker %s failed before answering request %s (%s: %s); routing again",
+                            worker_id, request.request_id, reason, error)
+                metrics.REROUTES.labels(model.name, reason).inc()
+                continue
+            refusal = migration.refusal()
+            if refusal is not None:
+                raise EngineError(f"worker {worker_id} failed mid-stream ({reason}: {error}); "
+                                  f"the request cannot move: {refusal}") from error
+            continuation = migration.continuation()
+            if continuation is None:  # it failed after its last token, before saying so
+                yield finished_output()
+                return
+            log.warning("worker %s failed mid-stream (%s: %s); request %s continues on another worker after %d "
+                        "token(s)", worker_id, reason, error, request.request_id, len(migration.streamed))
+            metrics.MIGRATIONS.labels(model.name, reason).inc()
+            payload = _request_encoder.encode(continuation)
+            # A continuation is served whole, by any agg or decode worker.
+            roles, kind, router = WHOLE_REQUEST_ROLES, "worker", model.router_of("agg")

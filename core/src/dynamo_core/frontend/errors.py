@@ -19,6 +19,7 @@ class OpenAIError(Exception):
 
     status_code = 400
     error_type = "invalid_request_error"
+    headers: dict[str, str] | None = None  # e.g. Retry-After of a 429
 
     def __init__(self, message: str, param: str | None = None, code: str | None = None):
         super().__init__(message)
@@ -75,6 +76,7 @@ def error_response(error: OpenAIError) -> Response:
         content=msgspec.json.encode(error.body()),
         status_code=error.status_code,
         media_type="application/json",
+        headers=error.headers,
     )
 
 

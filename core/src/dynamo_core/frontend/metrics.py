@@ -28,7 +28,15 @@ OUTPUT_TOKENS = Counter("dynamo_frontend_output_tokens", "Completion tokens gene
 REROUTES = Counter(
     "dynamo_frontend_reroutes",
     "Requests routed to another worker because theirs lost its connection before answering "
-    "(reason=connection_lost) or declined them while draining (reason=declined)",
+    "(reason=connection_lost), sent nothing within --stall-timeout (reason=stalled) or declined them "
+    "while draining (reason=declined)",
+    ["model", "reason"],
+)
+MIGRATIONS = Counter(
+    "dynamo_frontend_migrations",
+    "Requests that continued on another worker after theirs failed mid-stream: its connection was lost "
+    "(reason=connection_lost), it sent nothing within --stall-timeout (reason=stalled) or its drain "
+    "timed out (reason=draining)",
     ["model", "reason"],
 )
 WORKERS = Gauge("dynamo_frontend_workers", "Live worker instances per model", ["model"])

@@ -203,6 +203,9 @@ class ModelRegistry:
             try:
                 async for message in self._client.events(handle.record, load_only):
                     if isinstance(message, LoadMetrics):
+                        if handle.stalled:
+                            log.info("worker %s reports again after stalling; it is routed to again", state.worker_id)
+                            handle.stalled = False
                         state.load = message
                         router.on_load(message)
                     elif isinstance(message, KvEventBatch):

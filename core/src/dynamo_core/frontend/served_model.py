@@ -30,6 +30,9 @@ class WorkerHandle:
     record: InstanceRecord
     state: WorkerState
     subscription: asyncio.Task | None = None
+    # It sent nothing on a request within the stall timeout (engine_client.py): not routed to
+    # until its next load report shows it answers again.
+    stalled: bool = False
 
     @property
     def role(self) -> str:
@@ -68,7 +71,7 @@ class ServedModel:
     def worker_states(
         self, exclude: set[str] | frozenset[str] = frozenset(), roles: tuple[str, ...] = WHOLE_REQUEST_ROLES
     ) -> list[WorkerState]:
-        return [h.state for wid, h in self.workers.items() if wid not in exclude and h.role in roles]
+        return [h.state for wid, h in self.workers.items() if wid not in exclude and h.role in roles and not h.stalled]
 
     def has_role(self, role: str) -> bool:
         return self.role_counts[role] > 0

@@ -109,6 +109,9 @@ class PreprocessedRequest(msgspec.Struct, omit_defaults=True, kw_only=True):
     # `echo` engine replays exactly the text of the last message.
     last_message_token_ids: list[int] | None = None
     disagg: DisaggParams | None = None  # None: aggregated (prefill and decode here)
+    # A migrated request (frontend/migration.py): the last `resumed_tokens` of `token_ids` are
+    # its own output, streamed by a worker that failed; the engine continues after them.
+    resumed_tokens: int = 0
 
 
 class TokenLogprob(msgspec.Struct, array_like=True):
@@ -134,7 +137,8 @@ class EngineOutput(msgspec.Struct, omit_defaults=True, kw_only=True):
     prompt_top_logprobs: list[list[TokenLogprob]] | None = None
     error: str | None = None
     # The worker did not take the request (it is shutting down): the frontend routes it to
-    # another worker instead of failing it.
+    # another worker instead of failing it. After output (the last delta of a worker whose
+    # drain timed out): the frontend moves the request to another worker (migration).
     retry_elsewhere: bool = False
     # Disaggregated serving: a prefill worker's last delta says where the KV is held; a decode
     # worker's first delta reports how it got it.
@@ -163,7 +167,7 @@ def merge_outputs(outputs: list[EngineOutput]) -> EngineOutput:
         prompt_logprobs=first.prompt_logprobs,
         prompt_top_logprobs=first.prompt_top_logprobs,
         error=last.error,
-        retry_elsewhere=first.retry_elsewhere,
+        retry_elsewhere=first.retry_elsewhere or last.retry_elsewhere,  # declined, or handed off
         kv_transfer=last.kv_transfer,
         kv_pull=first.kv_pull,
     )

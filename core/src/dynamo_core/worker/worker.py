@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 
 LOAD_REPORT_INTERVAL_S = 0.05
 LOAD_HEARTBEAT_S = 1.0
+HANDOFF_WAIT_S = 1.0  # after the drain timeout: how long streams get to hand their requests back
 
 _request_decoder = msgspec.msgpack.Decoder(PreprocessedRequest)
 _output_encoder = msgspec.msgpack.Encoder()
@@ -105,6 +106,7 @@ class Worker:
         self.record: InstanceRecord | None = None
         self._active: set[asyncio.Task] = set()
         self._stopping = asyncio.Event()
+        self._handing_off = False  # the drain timed out: streams hand their requests back
         self._load_task: asyncio.Task | None = None
 
     async def start(self) -> InstanceRecord:
@@ -211,6 +213,10 @@ class Worker:
         try:
             async for output in stream:
                 yield _output_encoder.encode(output)
+                if self._handing_off and output.finish_reason is None:
+                    # The drain timed out: the frontend continues the request elsewhere.
+                    yield _output_encoder.encode(EngineOutput(retry_elsewhere=True, error="worker drained"))
+                    return
         finally:
             self._active.discard(task)
             await stream.aclose()
@@ -227,14 +233,21 @@ class Worker:
             self.events.publish_load(self.engine.load_metrics(self.worker_id), force=force)
 
     async def stop(self) -> None:
-        """Leave discovery first (no new requests), let in-flight requests finish, then stop."""
+        """Leave discovery first (no new requests), let in-flight requests finish within the
+        drain timeout, hand the rest back to the frontend (which migrates them), then stop."""
         self._stopping.set()
         if self.record is not None:
             with contextlib.suppress(Exception):
                 await self._discovery.delete(self.record.path)
         if self._active:
-            log.info("draining %d in-flight request(s)", len(self._active))
+            log.info("draining %d in-flight request(s) for up to %.1f s", len(self._active), self.config.drain_timeout_s)
             await asyncio.wait(set(self._active), timeout=self.config.drain_timeout_s)
+        if self._active:
+            # Each stream hands its request back at its next delta; one still waiting for its
+            # first token is cut below, and the frontend routes it again all the same.
+            log.info("handing %d request(s) back to the frontend to continue elsewhere", len(self._active))
+            self._handing_off = True
+            await asyncio.wait(set(self._active), timeout=HANDOFF_WAIT_S)
         if self._load_task is not None:
             self._load_task.cancel()
         await self._server.stop()

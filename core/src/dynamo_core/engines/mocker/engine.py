@@ -152,10 +152,11 @@ class MockerEngine(Engine):
         return None
 
     def _offset(self, request: PreprocessedRequest) -> int:
+        # A migrated request continues the cycle after the output it already has.
         if request.sampling.seed is not None:
-            return request.sampling.seed % len(self._token_pool)
+            return (request.sampling.seed + request.resumed_tokens) % len(self._token_pool)
         digest = hashlib.blake2b(request.request_id.encode(), digest_size=8).digest()
-        return int.from_bytes(digest, "little") % len(self._token_pool)
+        return (int.from_bytes(digest, "little") + request.resumed_tokens) % len(self._token_pool)
 
     async def generate(self, request: PreprocessedRequest) -> AsyncIterator[EngineOutput]:
         prompt_len = len(request.token_ids)
