@@ -12,6 +12,7 @@ import argparse
 import os
 
 from dynamo_core.cli import guard_options, options
+from dynamo_core.protocols.names import ROLES
 
 
 def preparse(argv: list[str], *names: str) -> argparse.Namespace:
@@ -31,7 +32,7 @@ def build_worker_parser(engine: str | None) -> argparse.ArgumentParser:
     options.add_engine_option(parser)
     options.add_model_options(parser)
     parser.add_argument(
-        "--mode", choices=["agg", "prefill", "decode"], default=os.environ.get("DYN_WORKER_MODE", "agg"),
+        "--mode", choices=ROLES, default=os.environ.get("DYN_WORKER_MODE", "agg"),
         help="agg: whole requests; prefill: compute prompts and hold their KV for decode workers; decode: pull "
              "that KV and generate, or serve short prompts whole (env DYN_WORKER_MODE; default: %(default)s)",
     )
