@@ -2,7 +2,7 @@
 cost the clients of one `dynamo serve` (mocker workers), and the frontend's memory meanwhile.
 
 Each scenario starts its own `dynamo serve` (free port, private discovery dir), sends streaming
-chat requests through `common.StreamClient` and counts them: sent / completed whole (HTTP 200,
+chat requests through `client.StreamClient` and counts them: sent / completed whole (HTTP 200,
 [DONE], `completion_tokens == max_tokens`) / failed with a clear error / lost (ended short
 without an error). Scenarios:
 
@@ -30,7 +30,9 @@ from typing import Any
 
 import httpx
 
-from benchmarks.common import RequestRecord, StreamClient, markdown_table, run_async
+from benchmarks.client import StreamClient
+from benchmarks.records import RequestRecord
+from benchmarks.report import markdown_table, run_async
 
 
 def _free_port() -> int:
