@@ -15,7 +15,7 @@ import pytest
 zmq = pytest.importorskip("zmq")
 import zmq.asyncio  # noqa: E402
 
-from dynamo_vllm.kv_subscriber import END_SEQ, KvEventSubscriber  # noqa: E402
+from dynamo_core.engines.zmq_kv_events import END_SEQ, KvEventSubscriber  # noqa: E402
 
 TOPIC = "kv"
 

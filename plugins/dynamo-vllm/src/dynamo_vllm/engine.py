@@ -34,7 +34,7 @@ from dynamo_vllm.sampling import sampling_kwargs, structured_output_kwargs
 if TYPE_CHECKING:
     from vllm.v1.engine.async_llm import AsyncLLM
 
-    from dynamo_vllm.kv_subscriber import KvEventSubscriber
+    from dynamo_core.engines.zmq_kv_events import KvEventSubscriber
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +109,7 @@ class VllmEngine(Engine):
         from vllm.usage.usage_lib import UsageContext
 
         from dynamo_vllm.engine_args import engine_args, serving_config
-        from dynamo_vllm.kv_subscriber import KvEventSubscriber
+        from dynamo_core.engines.zmq_kv_events import KvEventSubscriber
 
         self._vllm = {
             "params": SamplingParams, "prompt": _engine_input(TokensPrompt), "delta": RequestOutputKind.DELTA,

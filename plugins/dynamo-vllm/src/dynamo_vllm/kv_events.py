@@ -17,10 +17,11 @@ size and without LoRA, are reported: that is what dynamo's token-only block hash
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import msgspec
 
+from dynamo_core.engines.kv_mirror import KvCacheMirror  # noqa: F401 - the engine and tests use it from here
 from dynamo_core.protocols.kv_events import KvBlock, KvCleared, KvEvent, KvRemoved, KvStored
 
 log = logging.getLogger(__name__)
@@ -121,65 +122,3 @@ class KvEventTranslator:
         blocks = [KvBlock(engine_hash(event.block_hashes[i]), tokens[i * size : (i + 1) * size]) for i in range(count)]
         parent = None if event.parent_block_hash is None else engine_hash(event.parent_block_hash)
         return KvStored(parent_hash=parent, blocks=blocks)
-
-
-class KvCacheMirror:
-    """The blocks vLLM holds, as its events describe them: answers `Engine.kv_snapshot()`.
-
-    vLLM cannot list its cache, so a router that connects late (or resynchronises after a gap)
-    would otherwise see only blocks stored after it arrived.
-    """
-
-    def __init__(self) -> None:
-        # hash -> (parent, tokens). Tuples of ints, which CPython's collector stops tracking:
-        # the mirror holds every cached block (hundreds of thousands on a large GPU), and as
-        # lists they would make each full collection walk them all.
-        self._blocks: dict[int, tuple[int | None, tuple[int, ...]]] = {}
-
-    def __len__(self) -> int:
-        return len(self._blocks)
-
-    def apply(self, events: Sequence[KvEvent]) -> None:
-        blocks = self._blocks
-        for event in events:
-            if isinstance(event, KvStored):
-                parent = event.parent_hash
-                for block in event.blocks:
-                    # A re-report of a cached block (vLLM's "full" report mode) keeps its entry.
-                    if block.block_hash not in blocks:
-                        blocks[block.block_hash] = (parent, tuple(block.token_ids))
-                    parent = block.block_hash
-            elif isinstance(event, KvRemoved):
-                for block_hash in event.block_hashes:
-                    blocks.pop(block_hash, None)
-            elif isinstance(event, KvCleared):
-                blocks.clear()
-
-    def snapshot(self) -> list[KvStored]:
-        """Every block reachable from a root, parents first, chains merged into one event.
-
-        A block whose parent was evicted before it cannot be placed by a router (nor matched by
-        any prompt, since matching walks from the root), so it is left out.
-        """
-        children: dict[int | None, list[int]] = {}
-        for block_hash, (parent, _) in self._blocks.items():
-            if parent is None or parent in self._blocks:
-                children.setdefault(parent, []).append(block_hash)
-        out: list[KvStored] = []
-        for chain_parent, chain in self._chains(children):
-            out.append(KvStored(parent_hash=chain_parent, blocks=[KvBlock(h, list(self._blocks[h][1])) for h in chain]))
-        return out
-
-    @staticmethod
-    def _chains(children: dict[int | None, list[int]]) -> Iterator[tuple[int | None, list[int]]]:
-        """Depth-first runs of blocks, each run a parent's child followed by its descendants for
-        as long as each has exactly one child."""
-        stack: list[int | None] = [None]
-        while stack:
-            parent = stack.pop()
-            for head in children.get(parent, ()):
-                chain = [head]
-                while len(children.get(chain[-1], ())) == 1:
-                    chain.append(children[chain[-1]][0])
-                stack.append(chain[-1])
-                yield parent, chain
