@@ -1,5 +1,5 @@
-"""What the vLLM GPU tests share: engine flags for workers that share one GPU, the random
-model, HTTP calls, and `dynamo` child processes whose output is kept."""
+"""What the GPU tests share: engine flags for workers that share one GPU (vLLM's and SGLang's),
+the random model, HTTP calls, and `dynamo` child processes whose output is kept."""
 
 from __future__ import annotations
 
@@ -21,6 +21,16 @@ ENGINE_FLAGS = [
     "--max-model-len", "4096",
     "--enforce-eager",  # starts faster; the benchmark script measures with CUDA graphs
     "--enable-log-requests",  # vLLM logs "Aborted request(s) ..." for the cancellation check
+]
+# SGLang on the image's wheel set (shared/gpu/sglang-0.5.15.md): triton attention and pytorch
+# sampling (flashinfer's JIT kernels are not carried), no grammar backend unless xgrammar is;
+# a small static memory fraction so several engines share the GPU.
+SGLANG_ENGINE_FLAGS = [
+    "--mem-fraction-static", "0.15",
+    "--context-length", "4096",
+    "--attention-backend", "triton",
+    "--sampling-backend", "pytorch",
+    "--disable-cuda-graph",  # starts faster; the benchmark script measures with CUDA graphs
 ]
 START_TIMEOUT_S = 600
 DYNAMO = [sys.executable, "-m", "dynamo_core.cli.main"]

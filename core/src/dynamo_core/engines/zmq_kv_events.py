@@ -79,14 +79,16 @@ class KvEventSubscriber:
             await dealer.send_multipart([b"", first.to_bytes(8, "big")])
             while True:
                 frames = await asyncio.wait_for(dealer.recv_multipart(), REPLAY_TIMEOUT_S)
-                if len(frames) != 4 or frames[2] == END_SEQ:
+                # `[b"", seq, payload]` as SGLang's (and vLLM's) ROUTER sends it, or with the
+                # topic before seq: the last two frames are the batch either way.
+                if len(frames) not in (3, 4) or frames[-2] == END_SEQ:
                     break
-                seq = int.from_bytes(frames[2], "big")
+                seq = int.from_bytes(frames[-2], "big")
                 if seq < expected or seq >= end:
                     continue
                 if seq > expected:  # older batches have left the replay buffer
                     on_lost(expected, seq)
-                self._deliver(handle, frames[3], seq)
+                self._deliver(handle, frames[-1], seq)
                 expected = seq + 1
         except asyncio.TimeoutError:
             log.warning("%s did not answer the KV event replay request", self.engine)
