@@ -1,23 +1,28 @@
 """Disaggregated prefill/decode with SGLang workers: SGLang's NIXL transfer moves the KV.
 
 A frontend and an aggregated SGLang worker answer a greedy request whole; then an SGLang
-prefill worker and decode worker join (all on one GPU) and the aggregated worker leaves, so the
-same request is split: the frontend sends it to both at once with the prefill worker's
-bootstrap host/port and a fresh room, SGLang's prefill engine computes the prompt and its
-decode engine receives the KV over NIXL and generates. The texts must agree, and the frontend
-must have counted a disaggregated request with no fallback.
+prefill worker and decode worker join (all on one GPU). First the adapters alone: the same
+request goes to both workers' request planes at once, as dynamo's `DisaggParams` with the
+prefill worker's bootstrap host/port and a fresh room; SGLang's prefill engine computes the
+prompt and its decode engine receives the KV over NIXL and generates the same greedy tokens as
+the aggregated worker. Then through the frontend, once the aggregated worker has left: the
+frontend must split the request itself and answer the same text.
 
 Skipped without SGLang, NIXL or a CUDA GPU.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
+import random
 import re
 import shutil
 import sys
 import time
 from pathlib import Path
+
+import msgspec
 
 import pytest
 
@@ -51,6 +56,69 @@ def _wait_for_count(base: str, count: int) -> None:
         time.sleep(0.5)
 
 
+def _generate_records(discovery: Path) -> dict[str, object]:
+    """The live workers' `generate` instance records by role, read from file discovery."""
+    from dynamo_core.protocols.discovery import InstanceRecord
+    from dynamo_core.runtime.discovery import _record_decoder
+
+    found = {}
+    for path in discovery.rglob("*.rec"):
+        record = msgspec.msgpack.decode(_record_decoder.decode(path.read_bytes()).value, type=InstanceRecord)
+        if record.endpoint == "generate" and record.model is not None:
+            found[record.model.role] = record
+    return found
+
+
+def _bootstrap(prefill_record, prefill_log: str) -> dict:
+    card = prefill_record.model
+    published = getattr(card, "disagg_bootstrap", None)
+    if published:
+        return dict(published)
+    host, port = re.search(r"SGLang bootstrap server for prefill: (\S+):(\d+)", prefill_log).groups()
+    return {"bootstrap_host": host, "bootstrap_port": int(port)}
+
+
+async def _token_ids(address: str, request) -> list[int]:
+    from dynamo_core.protocols.engine import EngineOutput
+    from dynamo_core.runtime.request_plane import RequestPlaneClient
+
+    client = RequestPlaneClient()
+    tokens: list[int] = []
+    async for item in client.call(address, "generate", msgspec.msgpack.encode(request)):
+        out = msgspec.msgpack.decode(item, type=EngineOutput)
+        assert out.error is None, out.error
+        tokens += out.token_ids
+    return tokens
+
+
+def _agg_request(prompt: list[int]):
+    from dynamo_core.protocols.engine import PreprocessedRequest, SamplingOptions, StopConditions
+
+    return PreprocessedRequest(request_id="agg-direct", model="m", token_ids=prompt,
+                               stop=StopConditions(max_tokens=16, ignore_eos=True), sampling=SamplingOptions(temperature=0.0))
+
+
+def _split_directly(records: dict, bootstrap: dict, prompt: list[int]) -> tuple[list[int], list[int]]:
+    """Send one request to the prefill and the decode worker at once, as the frontend does."""
+    from dynamo_core.protocols.engine import (
+        DisaggParams, KvTransferParams, PreprocessedRequest, SamplingOptions, StopConditions)
+
+    room = random.randrange(2**63)
+    kv = KvTransferParams(worker_id=records["prefill"].instance_id, hold_id="pd-direct", num_tokens=len(prompt),
+                          block_size=16, engine_params={**bootstrap, "bootstrap_room": room})
+
+    def half(phase: str) -> PreprocessedRequest:
+        return PreprocessedRequest(request_id="pd-direct", model="m", token_ids=prompt,
+                                   stop=StopConditions(max_tokens=16, ignore_eos=True),
+                                   sampling=SamplingOptions(temperature=0.0), disagg=DisaggParams(phase=phase, kv=kv))
+
+    async def both():
+        return await asyncio.gather(_token_ids(records["prefill"].address, half("prefill")),
+                                    _token_ids(records["decode"].address, half("decode")))
+
+    return asyncio.run(both())
+
+
 def test_sglang_prefill_and_decode_workers_move_kv_with_nixl(tmp_path_factory):
     model = model_dir(tmp_path_factory)
     tmp = tmp_path_factory.mktemp("disagg")
@@ -68,10 +136,18 @@ def test_sglang_prefill_and_decode_workers_move_kv_with_nixl(tmp_path_factory):
         prompt = [(t * 7919) % (VOCAB_SIZE - 10) + 5 for t in range(300)]
         ask = dict(model=model.name, prompt=prompt, max_tokens=16, temperature=0, extra_body={"ignore_eos": True})
         whole = client.completions.create(**ask)
+        whole_ids = asyncio.run(_token_ids(_generate_records(tmp / "discovery")["agg"].address, _agg_request(prompt)))
 
         children.append(Child([*worker, "--mode", "prefill"], env, tmp / "prefill.log"))
         children.append(Child([*worker, "--mode", "decode"], env, tmp / "decode.log"))
         print(f"prefill and decode workers up in {wait_for_instances(base, 3, children):.0f} s", flush=True)
+        records = _generate_records(tmp / "discovery")
+        bootstrap = _bootstrap(records["prefill"], children[2].output())
+        prefilled, decoded = _split_directly(records, bootstrap, prompt)
+        print(f"direct split through {bootstrap}: prefill answered {prefilled}, decode {decoded}; "
+              f"aggregated {whole_ids}", flush=True)
+        assert decoded == whole_ids  # greedy through SGLang's NIXL-moved KV = greedy computed whole
+
         children[1].stop()  # the aggregated worker leaves: only the split path remains
         _wait_for_count(base, 2)
         split = client.completions.create(**ask)

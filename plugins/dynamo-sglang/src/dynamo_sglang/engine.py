@@ -130,8 +130,11 @@ class SglangEngine(Engine):
             self._translator = KvEventTranslator(self._page_size)
             self._subscriber.start(self._on_kv_batch, self._on_kv_events_lost)
         engine_info = EngineInfo(block_size=self._page_size, kv_capacity_blocks=self._total_pages, context_length=context_length)
-        if self._context.role == "prefill" and "disagg_bootstrap" in EngineInfo.__struct_fields__:
-            engine_info.disagg_bootstrap = disagg.bootstrap_info(self._context.host, args.disaggregation_bootstrap_port)
+        if self._context.role == "prefill":
+            bootstrap = disagg.bootstrap_info(self._context.host, args.disaggregation_bootstrap_port)
+            log.info("SGLang bootstrap server for prefill: %s:%d", bootstrap["bootstrap_host"], bootstrap["bootstrap_port"])
+            if "disagg_bootstrap" in EngineInfo.__struct_fields__:  # the frontend's concurrent-split contract
+                engine_info.disagg_bootstrap = bootstrap
         return engine_info
 
     def _start_tokenizer_loop(self) -> None:
