@@ -70,7 +70,7 @@ bench_one() {  # bench_one RUN SIDE
   server=$!
   until curl -sf "http://127.0.0.1:$PORT/v1/models" | grep -q "\"$NAME\""; do
     if ! kill -0 "$server" 2>/dev/null; then echo "server exited"; tail -50 "$log"; return 1; fi
-    if [ $(( $(date +%s) - started )) -ge 480 ]; then echo "server not up in 480 s"; return 1; fi
+    if [ $(( $(date +%s) - started )) -ge "${START_LIMIT_S:-480}" ]; then echo "server not up in ${START_LIMIT_S:-480} s"; return 1; fi
     sleep 2
   done
   echo "run $run: $side up in $(( $(date +%s) - started )) s" | tee -a "$log"

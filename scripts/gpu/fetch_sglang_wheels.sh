@@ -44,6 +44,8 @@ WHEELS=(
   # dynamo-core's serving path, the GPU tests and profiling (bench_engine.sh with PROFILE=1)
   litestar==2.25.0 litestar-htmx==0.5.0 multipart==2.0.1 polyfactory==3.5.0 faker==40.54.0
   rich-click==1.9.9 httptools==0.9.0 pytest-asyncio==1.5.0 py-spy==0.4.3
+  # the random test model's tokenizer (tests/tokenizer_fixture.py reads its sentencepiece model)
+  mistral-common==1.13.1
 )
 # shellcheck disable=SC2206
 WHEELS+=(${EXTRA:-})

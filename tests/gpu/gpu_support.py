@@ -24,9 +24,11 @@ ENGINE_FLAGS = [
 ]
 # SGLang on the image's wheel set (shared/gpu/sglang-0.5.15.md): triton attention and pytorch
 # sampling (flashinfer's JIT kernels are not carried), no grammar backend unless xgrammar is;
-# a small static memory fraction so several engines share the GPU.
+# a small static memory fraction so several engines share the GPU, and a fixed KV pool: SGLang
+# sizes its pool from the memory free when it starts, so engines starting together would race.
 SGLANG_ENGINE_FLAGS = [
     "--mem-fraction-static", "0.15",
+    "--max-total-tokens", "65536",
     "--context-length", "4096",
     "--attention-backend", "triton",
     "--sampling-backend", "pytorch",

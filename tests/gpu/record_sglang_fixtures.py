@@ -76,7 +76,7 @@ def _replay(ctx, endpoint: str) -> list[list]:
     answered = []
     while dealer.poll(5000):
         frames = dealer.recv_multipart()
-        seq = int.from_bytes(frames[2], "big", signed=True) if len(frames) > 2 else None
+        seq = int.from_bytes(frames[-2], "big", signed=True) if len(frames) >= 3 else None  # [b"", seq, payload]
         answered.append([len(frames), seq, base64.b64encode(frames[-1]).decode()])
         if seq == -1:
             break

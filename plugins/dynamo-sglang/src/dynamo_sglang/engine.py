@@ -138,19 +138,18 @@ class SglangEngine(Engine):
         return engine_info
 
     def _start_tokenizer_loop(self) -> None:
-        """Start SGLang's output loop now, keeping the worker's SIGTERM/SIGINT handling: SGLang
-        installs its own SIGTERM handler on the loop (it would exit the process without the
-        worker deregistering), so the handlers the worker set are put back."""
+        """Start SGLang's output loop now, keeping the worker's SIGTERM handling: SGLang puts its
+        own SIGTERM handler on the loop (it would exit the process without the worker draining
+        and deregistering), so the worker's is put back. SGLang's SIGQUIT handler stays: its
+        scheduler sends SIGQUIT when it dies, and the worker must then exit too."""
         loop = asyncio.get_running_loop()
-        handlers = getattr(loop, "_signal_handlers", {})
-        saved = {sig: handlers.get(sig) for sig in (signal.SIGTERM, signal.SIGQUIT)}
+        saved = getattr(loop, "_signal_handlers", {}).get(signal.SIGTERM)
         self._engine.tokenizer_manager.auto_create_handle_loop()
-        for sig, handle in saved.items():
-            with contextlib.suppress(Exception):
-                if handle is not None:
-                    loop.add_signal_handler(sig, handle._callback, *handle._args)
-                else:
-                    loop.remove_signal_handler(sig)
+        with contextlib.suppress(Exception):
+            if saved is not None:
+                loop.add_signal_handler(signal.SIGTERM, saved._callback, *saved._args)
+            else:
+                loop.remove_signal_handler(signal.SIGTERM)
 
     def _scheduler_info(self) -> dict[str, Any]:
         try:
