@@ -85,12 +85,19 @@ class DisaggregatingClient:
 
     async def _disaggregated(self, model: ServedModel, request: PreprocessedRequest) -> AsyncIterator[EngineOutput]:
         rendezvous = model.bootstrap_prefill_states()
+        first = None
         if rendezvous:
-            prefill_id = self._engine.select_worker(model, _phase(request, "prefill", None), rendezvous)
-            async for output in self._concurrent(model, request, prefill_id):
-                yield output
-            return
-        first = await self._prefill(model, request)
+            try:
+                prefill_id = self._engine.select_worker(model, _phase(request, "prefill", None), rendezvous)
+            except ServiceUnavailableError as exc:
+                log.warning("no prefill worker for request %s (%s); serving it on a decode worker alone",
+                            request.request_id, exc)
+            else:
+                async for output in self._concurrent(model, request, prefill_id):
+                    yield output
+                return
+        else:
+            first = await self._prefill(model, request)
         if first is None:
             metrics.DISAGG_FALLBACKS.labels(model.name, "prefill_failed").inc()
             async for output in self._engine.generate(model, request):
@@ -134,28 +141,10 @@ class DisaggregatingClient:
         next_output = asyncio.ensure_future(anext(decode))
         finished = False
         try:
-            # Until the client has seen a token, a failed prefill (or a decode worker without
-            # the KV) costs the request nothing: it is served whole instead.
-            fallback = None
-            first = None
-            await asyncio.wait([next_output, prefill], return_when=asyncio.FIRST_COMPLETED)
-            if not next_output.done() and prefill.result() is not None:
-                fallback = "prefill_failed"
-            else:
-                try:
-                    first = await next_output
-                except StopAsyncIteration:
-                    finished = True
-                    return
-                except (ServiceUnavailableError, EngineError):
-                    if not (prefill.done() and prefill.result() is not None):
-                        raise
-                    fallback = "prefill_failed"
-                else:
-                    if first.kv_pull is not None and first.kv_pull.failed is not None:
-                        log.warning("decode worker could not get the KV of request %s (%s); serving it whole",
-                                    request.request_id, first.kv_pull.failed)
-                        fallback = "decode_kv_failed"
+            first, fallback = await _first_decode_output(request, next_output, prefill)
+            if first is None and fallback is None:
+                finished = True  # the decode side ended without a delta
+                return
             if fallback is not None:
                 metrics.DISAGG_FALLBACKS.labels(model.name, fallback).inc()
                 await _close_stream(next_output, decode)
@@ -164,18 +153,15 @@ class DisaggregatingClient:
                 async for output in self._engine.generate(model, request):
                     yield output
                 return
-            output = first
-            while True:
-                if output.kv_pull is not None:
-                    _record_pull(model.name, output.kv_pull)
-                    output.kv_pull = None
-                    self._release(model, held)  # the decode worker has the KV
+            assert first is not None
+            if first.kv_pull is not None:
+                _record_pull(model.name, first.kv_pull)
+                first.kv_pull = None
+            self._release(model, held)  # the decode worker has the KV (or computed it)
+            yield first
+            async for output in decode:
                 yield output
-                try:
-                    output = await anext(decode)
-                except StopAsyncIteration:
-                    finished = True
-                    return
+            finished = True
         finally:
             await _close_stream(next_output, decode)
             if not finished:
@@ -282,6 +268,30 @@ class DisaggregatingClient:
             await asyncio.wait(list(self._background), timeout=2)
         if self._releases:
             await asyncio.wait(list(self._releases), timeout=2)
+
+
+async def _first_decode_output(
+    request: PreprocessedRequest, next_output: asyncio.Future, prefill: asyncio.Future
+) -> tuple[EngineOutput | None, str | None]:
+    """The decode side's first delta, or why the request is served whole instead: until the
+    client has seen a token, a failed prefill (or a decode worker without the KV) costs the
+    request nothing. (None, None): the decode stream ended empty."""
+    await asyncio.wait([next_output, prefill], return_when=asyncio.FIRST_COMPLETED)
+    if not next_output.done() and prefill.result() is not None:
+        return None, "prefill_failed"
+    try:
+        first = await next_output
+    except StopAsyncIteration:
+        return None, None
+    except (ServiceUnavailableError, EngineError):
+        if prefill.done() and prefill.result() is not None:
+            return None, "prefill_failed"  # the decode side failed because the prefill did
+        raise
+    if first.kv_pull is not None and first.kv_pull.failed is not None:
+        log.warning("decode worker could not get the KV of request %s (%s); serving it whole",
+                    request.request_id, first.kv_pull.failed)
+        return None, "decode_kv_failed"
+    return first, None
 
 
 async def _close_stream(pending: asyncio.Future, stream: AsyncIterator[EngineOutput]) -> None:
