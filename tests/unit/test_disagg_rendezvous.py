@@ -12,12 +12,11 @@ from prometheus_client import REGISTRY
 
 from dynamo_core.frontend.disagg import DisaggregatingClient
 from dynamo_core.frontend.engine_client import EngineClient
-from dynamo_core.frontend.model_registry import ModelRegistry, ServedModel
-from dynamo_core.plugins import get_registry
+from dynamo_core.frontend.model_registry import ServedModel
 from dynamo_core.protocols.engine import PreprocessedRequest, SamplingOptions, StopConditions
 from dynamo_core.runtime.discovery import DiscoveryConfig
-from dynamo_core.runtime.transports import TransportClients
 from dynamo_core.worker.worker import Worker, WorkerConfig
+from in_process import start_frontend_registry
 
 PROMPT = [(i * 7919) % 30000 + 1 for i in range(100)]
 
@@ -44,11 +43,7 @@ async def _deployment(tmp_path, prefill: dict, decode: dict | None = None):
     ]
     for worker in workers:
         await worker.start()
-    clients = TransportClients(None)
-    discovery = get_registry().get("discovery", "file").create(config)
-    registry = ModelRegistry(discovery, clients, "dynamo", get_registry().get("router", "round-robin").create,
-                             argparse.Namespace())
-    await registry.start()
+    registry, clients, discovery = await start_frontend_registry(config)
     client = DisaggregatingClient(EngineClient(clients), clients, min_prompt_tokens=32)
     try:
         for _ in range(100):
