@@ -101,3 +101,23 @@ async def test_a_request_sglang_cannot_express_is_an_error_before_sglang():
     adapter, replay = engine("stream_cached")
     outs = [o async for o in adapter.generate(request(stop=StopConditions(max_tokens=8, min_tokens=2)))]
     assert outs[0].finish_reason == FinishReason.ERROR and "min_tokens=2" in outs[0].error and replay.calls == []
+
+
+async def test_the_decode_sides_first_delta_reports_the_pages_it_got():
+    params = {"bootstrap_host": "127.0.0.1", "bootstrap_port": 25001, "bootstrap_room": 7}
+    kv = KvTransferParams(worker_id="p", hold_id="r1", num_tokens=40, block_size=16, engine_params=params)
+    adapter, _ = engine("stream_cached", role="decode")
+    outs = [o async for o in adapter.generate(request(disagg=DisaggParams(phase="decode", kv=kv)))]
+    assert outs[0].kv_pull is not None and outs[0].kv_pull.blocks == 3 and outs[0].kv_pull.failed is None
+    assert all(o.kv_pull is None for o in outs[1:])
+
+
+async def test_a_decode_side_that_got_no_kv_says_so_before_any_token():
+    """SGLang aborts a decode request whose transfer failed: the frontend then serves it whole."""
+    params = {"bootstrap_host": "127.0.0.1", "bootstrap_port": 25001, "bootstrap_room": 7}
+    kv = KvTransferParams(worker_id="p", hold_id="r1", num_tokens=40, block_size=16, engine_params=params)
+    adapter, replay = engine("stream_abort", role="decode")
+    replay.chunks = [dict(replay.chunks[-1], output_ids=[])]  # the abort alone, as a failed transfer ends
+    outs = [o async for o in adapter.generate(request(disagg=DisaggParams(phase="decode", kv=kv)))]
+    assert len(outs) == 1 and outs[0].finish_reason == FinishReason.ERROR
+    assert outs[0].kv_pull is not None and outs[0].kv_pull.failed == "SGLang aborted the request: Aborted"

@@ -17,7 +17,7 @@ from dynamo_core.frontend import metrics
 from dynamo_core.frontend.errors import EngineError, ServiceUnavailableError
 from dynamo_core.frontend.model_registry import WHOLE_REQUEST_ROLES, ServedModel
 from dynamo_core.protocols.engine import EngineOutput, PreprocessedRequest, merge_outputs
-from dynamo_core.routers.base import NoWorkerAvailableError
+from dynamo_core.routers.base import NoWorkerAvailableError, WorkerState
 from dynamo_core.runtime.request_plane import ConnectionLostError, RemoteError
 from dynamo_core.runtime.transports import TransportClients
 from dynamo_core.worker.worker import GENERATE_ENDPOINT
@@ -36,27 +36,41 @@ class EngineClient:
     def __init__(self, client: TransportClients):
         self._client = client
 
-    async def generate(self, model: ServedModel, request: PreprocessedRequest) -> AsyncIterator[EngineOutput]:
+    def select_worker(self, model: ServedModel, request: PreprocessedRequest, workers: list[WorkerState]) -> str:
+        """The worker among `workers` that the router of the request's phase picks."""
+        phase = request.disagg.phase if request.disagg is not None else None
+        try:
+            return model.router_of(phase or WHOLE_REQUEST_ROLES[0]).select_worker(request, workers)
+        except NoWorkerAvailableError as exc:
+            raise ServiceUnavailableError(str(exc)) from exc
+
+    async def generate(
+        self, model: ServedModel, request: PreprocessedRequest, worker_id: str | None = None
+    ) -> AsyncIterator[EngineOutput]:
+        """Stream the request's deltas from a routed worker, or from `worker_id` alone (picked
+        by `select_worker`; a rendezvous names it, so it is never replaced)."""
         payload = _request_encoder.encode(request)
         failed: set[str] = set()
         phase = request.disagg.phase if request.disagg is not None else None
         roles = (phase,) if phase in ("prefill", "decode") else WHOLE_REQUEST_ROLES
         kind = f"{phase} worker" if phase else "worker"
         router = model.router_of(roles[0])
+        pinned = worker_id
         while True:
             workers = model.worker_states(exclude=failed, roles=roles)
+            if pinned is not None and failed:
+                raise ServiceUnavailableError(f"{kind} {pinned} of model '{model.name}' failed this request")
             if not workers:
                 if failed:
                     raise ServiceUnavailableError(
                         f"all {len(failed)} {kind}(s) of model '{model.name}' failed this request; try again"
                     )
                 raise ServiceUnavailableError(f"no {kind} is serving model '{model.name}' right now")
-            try:
-                worker_id = router.select_worker(request, workers)
-            except NoWorkerAvailableError as exc:
-                raise ServiceUnavailableError(str(exc)) from exc
+            worker_id = pinned if pinned is not None else self.select_worker(model, request, workers)
             handle = model.workers.get(worker_id)
             if handle is None:
+                if pinned is not None:
+                    raise ServiceUnavailableError(f"{kind} {pinned} of model '{model.name}' is gone")
                 raise EngineError(f"router picked unknown worker {worker_id!r}")
             handle.state.in_flight += 1
             output_tokens = 0

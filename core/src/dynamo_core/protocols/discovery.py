@@ -26,6 +26,8 @@ class ModelCard(msgspec.Struct, omit_defaults=True, kw_only=True):
     tool_call_parser: str | None = None
     # Whether the engine honours `PreprocessedRequest.guided` (structured output).
     structured_output: bool = False
+    # Prefill workers with a rendezvous handoff: their engine's `EngineInfo.disagg_bootstrap`.
+    disagg_bootstrap: dict | None = None
 
 
 class InstanceRecord(msgspec.Struct, omit_defaults=True, kw_only=True):

@@ -161,6 +161,7 @@ class Worker:
             reasoning_parser=config.reasoning_parser,
             tool_call_parser=config.tool_call_parser,
             structured_output=self.engine.supports_structured_output,
+            disagg_bootstrap=info.disagg_bootstrap if config.role == "prefill" else None,
         )
         self.record = InstanceRecord(
             instance_id=self.worker_id,

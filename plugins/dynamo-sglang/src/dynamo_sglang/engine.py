@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from dynamo_core.engines.base import Engine, EngineContext
 from dynamo_core.engines.kv_mirror import KvCacheMirror
-from dynamo_core.protocols.engine import EngineInfo, EngineOutput, FinishReason, PreprocessedRequest
+from dynamo_core.protocols.engine import EngineInfo, EngineOutput, FinishReason, KvPullReport, PreprocessedRequest
 from dynamo_core.protocols.kv_events import KvCleared, KvStored, LoadMetrics
 from dynamo_sglang import disagg
 from dynamo_sglang.availability import require_sglang
@@ -79,6 +79,7 @@ class SglangEngine(Engine):
         self._subscriber: KvEventSubscriber | None = None
         self._page_size = DEFAULT_PAGE_SIZE
         self._total_pages = 0
+        self._bytes_per_page = 0
         self._in_flight = 0
 
     @classmethod
@@ -121,6 +122,7 @@ class SglangEngine(Engine):
         self._engine = SglEngine(server_args=args)
         self._start_tokenizer_loop()
         self._page_size = int(args.page_size or 1)
+        self._bytes_per_page = self._kv_bytes_per_page()
         info = self._scheduler_info()
         self._total_pages = int(info.get("max_total_num_tokens") or 0) // self._page_size
         context_length = int(getattr(self._engine.tokenizer_manager, "context_len", 0) or info.get("max_req_input_len") or 0)
@@ -131,10 +133,9 @@ class SglangEngine(Engine):
             self._subscriber.start(self._on_kv_batch, self._on_kv_events_lost)
         engine_info = EngineInfo(block_size=self._page_size, kv_capacity_blocks=self._total_pages, context_length=context_length)
         if self._context.role == "prefill":
-            bootstrap = disagg.bootstrap_info(self._context.host, args.disaggregation_bootstrap_port)
-            log.info("SGLang bootstrap server for prefill: %s:%d", bootstrap["bootstrap_host"], bootstrap["bootstrap_port"])
-            if "disagg_bootstrap" in EngineInfo.__struct_fields__:  # the frontend's concurrent-split contract
-                engine_info.disagg_bootstrap = bootstrap
+            # The frontend sends both halves of a request at once to meet here (rendezvous handoff).
+            engine_info.disagg_bootstrap = disagg.bootstrap_info(self._context.host, args.disaggregation_bootstrap_port)
+            log.info("SGLang bootstrap server for prefill: %(bootstrap_host)s:%(bootstrap_port)d", engine_info.disagg_bootstrap)
         return engine_info
 
     def _start_tokenizer_loop(self) -> None:
@@ -172,16 +173,19 @@ class SglangEngine(Engine):
             yield EngineOutput(finish_reason=FinishReason.ERROR, error=str(exc))
             return
         top_logprobs = request.output.logprobs
+        phase = request.disagg.phase if request.disagg is not None else None
         rid = request.request_id
         self._in_flight += 1
         finished = False
+        first = True
         stream = None
         try:
             stream = await self._engine.async_generate(
                 input_ids=list(request.token_ids), sampling_params=params, stream=True, rid=rid, **extra)
-            first = True
             async for chunk in stream:
                 output = engine_output(chunk, first=first, top_logprobs=top_logprobs)
+                if first and phase == "decode":
+                    output.kv_pull = self._pull_report(request, output)
                 first = False
                 finished = output.finish_reason is not None
                 yield output
@@ -190,7 +194,10 @@ class SglangEngine(Engine):
         except Exception as exc:  # a rejected request (ValueError) or a failed engine
             finished = True  # SGLang has already dropped it
             log.warning("request %s failed in SGLang: %s", rid, exc)
-            yield EngineOutput(finish_reason=FinishReason.ERROR, error=f"SGLang: {exc}")
+            failed = EngineOutput(finish_reason=FinishReason.ERROR, error=f"SGLang: {exc}")
+            if phase == "decode" and first:
+                failed.kv_pull = KvPullReport(failed=failed.error)  # the frontend serves it whole
+            yield failed
         finally:
             self._in_flight -= 1
             if not finished:
@@ -200,6 +207,27 @@ class SglangEngine(Engine):
             if stream is not None:
                 with contextlib.suppress(Exception):
                     await stream.aclose()
+
+    def _pull_report(self, request: PreprocessedRequest, first: EngineOutput) -> KvPullReport:
+        """What the decode side's first delta says about the KV it got through the room: the
+        prompt's pages, or why it got none (SGLang aborts a request whose transfer failed before
+        any token; the frontend then serves the request whole). SGLang does not time it."""
+        if first.finish_reason is FinishReason.ERROR and not first.token_ids:
+            return KvPullReport(failed=first.error or "SGLang ended the request without a token")
+        pages = -(-len(request.token_ids) // self._page_size)
+        return KvPullReport(blocks=pages, bytes=pages * self._bytes_per_page, seconds=None)
+
+    def _kv_bytes_per_page(self) -> int:
+        """Bytes of one KV page over all layers (for the transfer metrics); 0 if unknown."""
+        try:
+            config = self._engine.tokenizer_manager.model_config
+            hf = config.hf_text_config
+            heads = config.get_num_kv_heads(1)
+            head_dim = getattr(config, "head_dim", None) or hf.hidden_size // hf.num_attention_heads
+            itemsize = 1 if "fp8" in str(self._engine.server_args.kv_cache_dtype) else config.dtype.itemsize
+            return 2 * config.num_hidden_layers * heads * head_dim * itemsize * self._page_size
+        except Exception:  # noqa: BLE001 - metrics only: an SGLang that moved these is still served
+            return 0
 
     def load_metrics(self, worker_id: str) -> LoadMetrics:
         snapshots: list[Any] = []
