@@ -28,7 +28,7 @@ import transformers.utils.chat_template_utils as hf_chat_template_utils
 import dynamo_core.frontend.chat_template as chat_template_module
 from dynamo_core.frontend.chat_template import ChatTemplateError, TemplateError, render_chat_template
 from dynamo_core.frontend.errors import BadRequestError
-from dynamo_core.frontend.preprocessor import tokenize_for_endpoint
+from dynamo_core.frontend.prompt_encoding import tokenize_for_endpoint
 from dynamo_core.protocols.openai import TokenizeRequest
 from dynamo_core.tokenizer import TokenizerBundle, load_tokenizer
 

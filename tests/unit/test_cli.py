@@ -124,3 +124,27 @@ def test_an_aggregated_worker_does_not_need_the_transfer_backend_it_would_not_us
     finally:
         worker.terminate()
         worker.wait(30)
+
+
+def test_serve_children_get_the_configuration_serve_itself_would_build(tmp_path):
+    """A worker and a frontend started from `serve`'s argv configure themselves exactly as
+    `serve` would configure them in one process: each shared option reaches the child."""
+    from dynamo_core.cli.configs import frontend_config_from, worker_config_from
+
+    template = tmp_path / "t.jinja"
+    template.write_text("{{ messages }}")
+    parser = cli.build_serve_parser("mocker", "least-loaded")
+    ns = parser.parse_args([
+        "--engine", "mocker", "--router", "least-loaded", "--namespace", "n1", "--discovery", "file",
+        "--file-discovery-dir", str(tmp_path / "d"), "--lease-ttl", "7", "--request-plane", "nats",
+        "--event-plane", "nats", "--nats-url", "nats://127.0.0.1:4999", "--model", str(tmp_path),
+        "--model-name", "m", "--chat-template", str(template), "--reasoning-parser", "deepseek_r1",
+        "--http-port", "9123", "--preprocess-workers", "0", "--disagg-min-prompt-tokens", "99",
+        "--speedup-ratio", "5", "--no-prefix-caching",
+    ])
+    worker_parser = cli.build_worker_parser("mocker")
+    worker_ns = worker_parser.parse_args(worker_argv(ns, parser)[1:])
+    assert worker_config_from(worker_ns, worker_parser) == worker_config_from(ns, parser)
+    frontend_parser = cli.build_frontend_parser("least-loaded")
+    frontend_ns = frontend_parser.parse_args(frontend_argv(ns, parser)[1:])
+    assert frontend_config_from(frontend_ns, frontend_parser) == frontend_config_from(ns, parser)

@@ -12,7 +12,7 @@ from prometheus_client import REGISTRY
 
 from dynamo_core.frontend.disagg import DisaggregatingClient
 from dynamo_core.frontend.engine_client import EngineClient
-from dynamo_core.frontend.model_registry import ServedModel
+from dynamo_core.frontend.served_model import ServedModel
 from dynamo_core.protocols.engine import PreprocessedRequest, SamplingOptions, StopConditions
 from dynamo_core.runtime.discovery import DiscoveryConfig
 from dynamo_core.worker.worker import Worker, WorkerConfig

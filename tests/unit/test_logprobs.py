@@ -5,7 +5,7 @@ from __future__ import annotations
 import msgspec
 
 from dynamo_core.frontend.logprobs import TokenTexts
-from dynamo_core.frontend.postprocessor import ChoiceDelta
+from dynamo_core.frontend.stages import ChoiceDelta
 from dynamo_core.protocols.engine import TokenLogprob
 from dynamo_core.tokenizer import BUILTIN_TOKENIZER, load_tokenizer
 

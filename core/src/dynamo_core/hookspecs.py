@@ -7,18 +7,26 @@ Plugins are distributions with an entry point in the ``dynamo`` group, e.g.::
 
 The module named there defines functions decorated with ``dynamo_core.hookimpl``. The core's
 own engines, routers and discovery backends register through exactly these hooks
-(``dynamo_core.builtins``); nothing built in takes a side door.
+(the modules of ``dynamo_core.builtins.DEFAULT_PLUGINS``); nothing built in takes a side door.
 """
 
 from __future__ import annotations
 
 import argparse
+from typing import Any, Protocol
 
 import pluggy
 
 hookspec = pluggy.HookspecMarker("dynamo")
 # Plugin authors decorate their implementations with this (also importable as `dynamo_core.hookimpl`).
 hookimpl = pluggy.HookimplMarker("dynamo")
+
+
+class OptionGroup(Protocol):
+    """Where an options hook adds its flags: an ``argparse`` argument group (what
+    ``ArgumentParser.add_argument_group`` returns), named here by the one method hooks call."""
+
+    def add_argument(self, *name_or_flags: str, **kwargs: Any) -> argparse.Action: ...
 
 # ---------------------------------------------------------------------------------------------
 # Engines
@@ -36,7 +44,7 @@ def dynamo_engines() -> list["dynamo_core.engines.base.EngineSpec"]:  # noqa: F8
 
 
 @hookspec
-def dynamo_engine_options(engine: str, group: argparse._ArgumentGroup) -> None:
+def dynamo_engine_options(engine: str, group: OptionGroup) -> None:
     """Add command-line options for ``engine`` to ``group``, if this package provides it.
 
     Called by ``dynamo worker`` and ``dynamo serve`` after ``--engine`` is known, so that
@@ -62,7 +70,7 @@ def dynamo_routers() -> list["dynamo_core.routers.base.RouterSpec"]:  # noqa: F8
 
 
 @hookspec
-def dynamo_router_options(router: str, group: argparse._ArgumentGroup) -> None:
+def dynamo_router_options(router: str, group: OptionGroup) -> None:
     """Add command-line options for ``router`` to ``group``, if this package provides it.
 
     Same contract as ``dynamo_engine_options``; values reach the factory as

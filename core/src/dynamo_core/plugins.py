@@ -1,16 +1,20 @@
-"""The plugin manager: loads every ``dynamo`` entry point and indexes what each provides."""
+"""The plugin manager: registers the built-ins, loads every ``dynamo`` entry point, checks
+that each hook a plugin implements exists, and indexes what each provides."""
 
 from __future__ import annotations
 
 import functools
-import importlib.metadata
+import importlib
 from dataclasses import dataclass
 from typing import Any
 
 import pluggy
 
 from dynamo_core import hookspecs
-from dynamo_core.hookspecs import hookimpl  # noqa: F401  (kept for plugins written before dynamo_core.hookimpl)
+from dynamo_core.builtins import DEFAULT_PLUGINS
+from dynamo_core.errors import ConfigError
+
+CORE_DISTRIBUTION = "dynamo-core"  # what `dynamo plugins` names as the built-ins' provider
 
 # Well-known plugin names and the distribution that provides them, so that a missing plugin
 # produces an error telling the user what to install.
@@ -34,16 +38,16 @@ class PluginNotInstalledError(LookupError):
         super().__init__(f"{kind} '{name}' is not installed{hint} (installed: {have})")
 
 
+class PluginHookError(ConfigError):
+    """A plugin implements a hook that does not exist (a misspelt name, or a hook of a newer core)."""
+
+
 @dataclass(frozen=True)
 class Registration:
     kind: str  # engine | router | discovery | transfer
     name: str
     distribution: str
     spec: Any
-
-
-def _distribution_of(plugin: object, dist_by_plugin: dict[int, str]) -> str:
-    return dist_by_plugin.get(id(plugin), "unknown")
 
 
 class PluginRegistry:
@@ -59,13 +63,14 @@ class PluginRegistry:
     def __init__(self, pm: pluggy.PluginManager):
         self.pm = pm
         dist_by_plugin = {id(p): d.project_name for p, d in pm.list_plugin_distinfo()}
+        dist_by_plugin.update({id(pm.get_plugin(name)): CORE_DISTRIBUTION for name in DEFAULT_PLUGINS})
         self._by_kind: dict[str, dict[str, Registration]] = {k: {} for k in self._HOOKS}
         for kind, hook_name in self._HOOKS.items():
             hook = getattr(pm.hook, hook_name)
             for impl in hook.get_hookimpls():
                 for spec in impl.function() or []:
                     existing = self._by_kind[kind].get(spec.name)
-                    dist = _distribution_of(impl.plugin, dist_by_plugin)
+                    dist = dist_by_plugin.get(id(impl.plugin), "unknown")
                     if existing is not None:
                         raise RuntimeError(
                             f"{kind} '{spec.name}' is provided twice: by {existing.distribution} and {dist}"
@@ -86,23 +91,33 @@ class PluginRegistry:
 
 
 def create_plugin_manager(load_entrypoints: bool = True) -> pluggy.PluginManager:
+    """The built-ins of ``DEFAULT_PLUGINS``, then (unless told not to) every ``dynamo`` entry
+    point. A plugin implementing a hook that no spec declares is a ``PluginHookError`` here,
+    at start-up, rather than an implementation that is never called."""
     pm = pluggy.PluginManager("dynamo")
     pm.add_hookspecs(hookspecs)
+    for name in DEFAULT_PLUGINS:
+        pm.register(importlib.import_module(name), name=name)
     if load_entrypoints:
         pm.load_setuptools_entrypoints("dynamo")
-    # The core's built-ins come in through the `dynamo` entry point in its own pyproject;
-    # register them directly too when running from a tree without installed metadata.
-    from dynamo_core import builtins
-
-    if not pm.is_registered(builtins) and pm.get_plugin("core") is None:
-        pm.register(builtins, name="core")
+    check_hooks(pm)
     return pm
+
+
+def check_hooks(pm: pluggy.PluginManager) -> None:
+    """Raise ``PluginHookError`` naming each plugin hook that matches no spec (pluggy's
+    ``check_pending``, with the plugin's distribution and the hooks that do exist)."""
+    try:
+        pm.check_pending()
+    except pluggy.PluginValidationError as exc:
+        dist = {id(p): f"{d.project_name} {d.version}" for p, d in pm.list_plugin_distinfo()}.get(id(exc.plugin))
+        where = pm.get_name(exc.plugin) or repr(exc.plugin)
+        known = ", ".join(sorted(n for n, caller in vars(pm.hook).items() if caller.spec is not None))
+        raise PluginHookError(
+            f"plugin {where}{f' ({dist})' if dist else ''}: {exc}; the hooks are: {known}"
+        ) from None
 
 
 @functools.lru_cache(maxsize=1)
 def get_registry() -> PluginRegistry:
     return PluginRegistry(create_plugin_manager())
-
-
-def installed_distributions() -> dict[str, str]:
-    return {d.metadata["Name"]: d.version for d in importlib.metadata.distributions()}

@@ -57,7 +57,7 @@ def test_vllms_own_parser_round_trips_through_dynamo_serve():
     ns = serve.parse_args(["--gpu-memory-utilization", "0.3", "--max-model-len", "2k", "--enforce-eager",
                            "--block-size", "32", "-tp", "1", "--kv-cache-memory-bytes", "1G",
                            "--no-enable-prefix-caching", "--hf-overrides", '{"rope_theta": 10000}'])
-    passed = core_options.group_args(serve, core_options.ENGINE_GROUP_TITLE, ns)
+    passed = core_options.child_args(serve, ns, serve)
     worker_ns = serve.parse_args(passed)
     argv = vllm_argv(core_options.group_namespace(serve, core_options.ENGINE_GROUP_TITLE, worker_ns))
     args = engine_args("/models/m", argv)

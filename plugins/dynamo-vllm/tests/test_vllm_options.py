@@ -102,16 +102,16 @@ def test_a_bad_value_fails_at_parse_time_with_vllms_own_check(argv, message, cap
 
 
 def test_dynamo_serve_passes_the_options_to_its_workers_unchanged():
-    """`dynamo serve` turns the engine group back into flags (core's `group_args`); a worker
+    """`dynamo serve` turns the engine group back into flags (core's `child_args`); a worker
     parses them again and must rebuild the same vLLM command line."""
     serve_parser, _ = worker_like_parser()
     given = ["--gpu-memory-utilization", "0.3", "--no-enable-prefix-caching", "--block-size", "32",
              "--max-model-len", "2k", "--hf-token", "hf_abc", "--disable-log-stats",
              "--hf-overrides", '{"a": {"b": 1}}', "--cudagraph-capture-sizes", "8", "16"]
     ns = serve_parser.parse_args(given)
-    passed = core_options.group_args(serve_parser, core_options.ENGINE_GROUP_TITLE, ns)
-
     worker_parser, _ = worker_like_parser()
+    passed = core_options.child_args(serve_parser, ns, worker_parser)
+
     worker_ns = worker_parser.parse_args(passed)
     engine_options = core_options.group_namespace(worker_parser, core_options.ENGINE_GROUP_TITLE, worker_ns)
     assert vllm_argv(engine_options) == vllm_argv(ns)
@@ -131,7 +131,7 @@ def test_nothing_given_means_vllms_defaults():
     parser, _ = worker_like_parser()
     ns = parser.parse_args([])
     assert vllm_argv(ns) == [] and given_flags(ns) == set()
-    assert core_options.group_args(parser, core_options.ENGINE_GROUP_TITLE, ns) == []
+    assert core_options.child_args(parser, ns, parser) == []
 
 
 def test_help_lists_vllms_options(capsys):

@@ -11,7 +11,9 @@ import sys
 
 from dynamo_core import __version__
 from dynamo_core.cli import options
-from dynamo_core.plugins import PluginNotInstalledError, get_registry
+from dynamo_core.cli.configs import frontend_config_from, worker_config_from
+from dynamo_core.cli.parsers import build_frontend_parser, build_serve_parser, build_worker_parser, preparse
+from dynamo_core.plugins import PluginHookError, PluginNotInstalledError, get_registry
 
 log = logging.getLogger("dynamo_core.cli")
 
@@ -43,133 +45,13 @@ def run_async(coro) -> None:
     asyncio.run(coro)
 
 
-def _preparse(argv: list[str], *names: str) -> argparse.Namespace:
-    pre = argparse.ArgumentParser(add_help=False)
-    if "engine" in names:
-        options.add_engine_option(pre)
-    if "router" in names:
-        options.add_router_option(pre)
-    ns, _ = pre.parse_known_args(argv)
-    return ns
-
-
-def _discovery_config(ns: argparse.Namespace):
-    from dynamo_core.runtime.discovery import DiscoveryConfig
-
-    extra = {"etcd_endpoints": ns.etcd_endpoints} if ns.etcd_endpoints else {}
-    return DiscoveryConfig(lease_ttl_s=ns.lease_ttl, file_dir=ns.file_discovery_dir, extra=extra)
-
-
-# ---------------------------------------------------------------------------------------------
-# parsers
-# ---------------------------------------------------------------------------------------------
-
-
-def build_worker_parser(engine: str | None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="dynamo worker", description="Run one worker: host an engine and register it in discovery."
-    )
-    options.add_engine_option(parser)
-    options.add_model_options(parser)
-    parser.add_argument(
-        "--mode", choices=["agg", "prefill", "decode"], default=os.environ.get("DYN_WORKER_MODE", "agg"),
-        help="agg: whole requests; prefill: compute prompts and hold their KV for decode workers; decode: pull "
-             "that KV and generate, or serve short prompts whole (env DYN_WORKER_MODE; default: %(default)s)",
-    )
-    options.add_transfer_option(parser)
-    parser.add_argument("--host", default=os.environ.get("DYN_WORKER_HOST", "127.0.0.1"),
-                        help="address of the worker's request-plane server (default: %(default)s)")
-    parser.add_argument("--port", type=int, default=0, help="port of the request-plane server (default: any free one)")
-    options.add_discovery_options(parser)
-    options.add_plugin_options(parser, engine=engine, router=None)
-    return parser
-
-
-def build_frontend_parser(router: str | None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="dynamo frontend", description="Run the OpenAI-compatible HTTP frontend and router."
-    )
-    options.add_router_option(parser)
-    options.add_http_options(parser)
-    options.add_disagg_frontend_option(parser)
-    options.add_discovery_options(parser)
-    options.add_plugin_options(parser, engine=None, router=router)
-    return parser
-
-
-def build_serve_parser(engine: str | None, router: str | None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="dynamo serve",
-        description="Run a frontend and N workers on this machine; Ctrl-C stops them all.",
-    )
-    options.add_engine_option(parser)
-    options.add_router_option(parser)
-    parser.add_argument("--workers", type=int, default=int(os.environ.get("DYN_WORKERS", "1")),
-                        help="number of worker processes (default: %(default)s)")
-    group = parser.add_argument_group("disaggregated serving")
-    group.add_argument("--disagg", action="store_true",
-                       help="run prefill and decode workers (--prefill-workers, --decode-workers) instead of --workers")
-    # None when not given, so that serve can tell them from defaults (1 each with --disagg).
-    group.add_argument("--prefill-workers", type=int, default=None, help="with --disagg: prefill workers (default: 1)")
-    group.add_argument("--decode-workers", type=int, default=None, help="with --disagg: decode workers (default: 1)")
-    options.add_transfer_option(group)
-    options.add_disagg_frontend_option(group)
-    options.add_model_options(parser)
-    options.add_http_options(parser)
-    options.add_discovery_options(parser)
-    options.add_plugin_options(parser, engine=engine, router=router)
-    return parser
-
-
 # ---------------------------------------------------------------------------------------------
 # commands
 # ---------------------------------------------------------------------------------------------
 
 
-def worker_config_from(ns: argparse.Namespace, parser: argparse.ArgumentParser):
-    from dynamo_core.worker.worker import WorkerConfig
-
-    return WorkerConfig(
-        engine=ns.engine,
-        model_path=ns.model,
-        model_name=ns.model_name,
-        chat_template=options.read_chat_template(ns.chat_template),
-        reasoning_parser=ns.reasoning_parser,
-        tool_call_parser=ns.tool_call_parser,
-        namespace=ns.namespace,
-        role=getattr(ns, "mode", "agg"),
-        transfer=ns.transfer,
-        discovery=ns.discovery,
-        discovery_config=_discovery_config(ns),
-        host=getattr(ns, "host", "127.0.0.1"),
-        port=getattr(ns, "port", 0),
-        engine_options=options.group_namespace(parser, options.ENGINE_GROUP_TITLE, ns),
-        request_plane=ns.request_plane,
-        event_plane=ns.event_plane,
-        nats_url=ns.nats_url or None,
-    )
-
-
-def frontend_config_from(ns: argparse.Namespace, parser: argparse.ArgumentParser):
-    from dynamo_core.frontend.app import FrontendConfig
-
-    return FrontendConfig(
-        http_host=ns.http_host,
-        http_port=ns.http_port,
-        preprocess_workers=ns.preprocess_workers,
-        preprocess_min_chars=ns.preprocess_min_chars,
-        disagg_min_prompt_tokens=ns.disagg_min_prompt_tokens,
-        namespace=ns.namespace,
-        router=ns.router,
-        router_options=options.group_namespace(parser, options.ROUTER_GROUP_TITLE, ns),
-        discovery=ns.discovery,
-        discovery_config=_discovery_config(ns),
-        nats_url=ns.nats_url or None,
-    )
-
-
 def cmd_worker(argv: list[str]) -> int:
-    pre = _preparse(argv, "engine")
+    pre = preparse(argv, "engine")
     parser = build_worker_parser(pre.engine)
     ns = parser.parse_args(argv)
     setup_logging("worker")
@@ -190,7 +72,7 @@ def cmd_worker(argv: list[str]) -> int:
 
 
 def cmd_frontend(argv: list[str]) -> int:
-    pre = _preparse(argv, "router")
+    pre = preparse(argv, "router")
     parser = build_frontend_parser(pre.router)
     ns = parser.parse_args(argv)
     setup_logging("frontend")
@@ -201,7 +83,7 @@ def cmd_frontend(argv: list[str]) -> int:
 
 
 def cmd_serve(argv: list[str]) -> int:
-    pre = _preparse(argv, "engine", "router")
+    pre = preparse(argv, "engine", "router")
     parser = build_serve_parser(pre.engine, pre.router)
     ns = parser.parse_args(argv)
     if ns.workers < 1:
@@ -298,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return command[0](argv[1:])
-    except PluginNotInstalledError as exc:
+    except (PluginNotInstalledError, PluginHookError) as exc:
         print(f"dynamo: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

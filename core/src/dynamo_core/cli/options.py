@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Collection
 
 from dynamo_core.frontend.reasoning import REASONING_PARSERS
 from dynamo_core.frontend.tool_parsers import TOOL_PARSERS
@@ -201,23 +202,38 @@ def add_plugin_options(parser: argparse.ArgumentParser, *, engine: str | None, r
         hooks.dynamo_router_options(router=router, group=group)
 
 
-def group_args(parser: argparse.ArgumentParser, title: str, ns: argparse.Namespace) -> list[str]:
-    """Turn the parsed values of one option group back into flags (to pass to a child)."""
+def child_args(
+    source: argparse.ArgumentParser,
+    ns: argparse.Namespace,
+    target: argparse.ArgumentParser,
+    always: Collection[str] = (),
+    skip: Collection[str] = (),
+) -> list[str]:
+    """The values `source` parsed into `ns`, as flags of the options that `target` (a child's
+    parser) declares too, in `source`'s order: how `dynamo serve` starts its children from the
+    one declaration of each option. An option goes only when its value differs from its default
+    (a child computes the same default from the same environment), except the dests in `always`
+    (set ones go anyway, so `ps` shows what a child is); dests in `skip` never go. The model
+    directory goes as an absolute path."""
+    declared = {action.dest for action in target._actions if action.option_strings}
     args: list[str] = []
-    for group in parser._action_groups:
-        if group.title != title:
+    for action in source._actions:
+        dest = action.dest
+        if not action.option_strings or dest not in declared or dest in skip or dest == "help":
             continue
-        for action in group._group_actions:
-            value = getattr(ns, action.dest, None)
-            if value == action.default or not action.option_strings:
-                continue
-            flag = action.option_strings[-1] if action.option_strings[-1].startswith("--") else action.option_strings[0]
-            if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
-                args.append(flag)
-            elif isinstance(value, list):
-                args += [flag, *map(str, value)]
-            else:
-                args += [flag, str(value)]
+        value = getattr(ns, dest, None)
+        if dest == "model" and value:
+            args += [action.option_strings[-1], os.path.abspath(value)]
+            continue
+        if value == action.default and not (dest in always and value not in (None, "")):
+            continue
+        flag = action.option_strings[-1] if action.option_strings[-1].startswith("--") else action.option_strings[0]
+        if action.nargs == 0:  # store_true / store_false: the flag alone says it
+            args.append(flag)
+        elif isinstance(value, list):
+            args += [flag, *map(str, value)]
+        else:
+            args += [flag, str(value)]
     return args
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import shutil
@@ -20,6 +21,7 @@ import urllib.error
 import urllib.request
 
 from dynamo_core.cli import options
+from dynamo_core.cli.parsers import build_frontend_parser, build_worker_parser
 from dynamo_core.runtime.children import die_with_parent
 
 log = logging.getLogger("dynamo_core.serve")
@@ -38,36 +40,24 @@ def _dynamo_command() -> list[str]:
     return [sys.executable, "-m", "dynamo_core.cli.main"]
 
 
-def _shared_runtime_args(ns: argparse.Namespace) -> list[str]:
-    args = ["--namespace", ns.namespace, "--discovery", ns.discovery, "--lease-ttl", str(ns.lease_ttl)]
-    if ns.file_discovery_dir:
-        args += ["--file-discovery-dir", ns.file_discovery_dir]
-    if ns.etcd_endpoints:
-        args += ["--etcd-endpoints", ns.etcd_endpoints]
-    if ns.nats_url:
-        args += ["--nats-url", ns.nats_url]
-    return args
+@functools.lru_cache(maxsize=8)
+def _child_parser(command: str, plugin: str) -> argparse.ArgumentParser:
+    """A child's own parser (built once: an engine's options may take a while to mirror)."""
+    return build_worker_parser(plugin) if command == "worker" else build_frontend_parser(plugin)
 
 
 def worker_argv(ns: argparse.Namespace, parser: argparse.ArgumentParser, mode: str = "agg") -> list[str]:
-    args = ["worker", "--engine", ns.engine, *_shared_runtime_args(ns)]
-    if mode != "agg":
-        args += ["--mode", mode, "--transfer", ns.transfer]
-    args += ["--request-plane", ns.request_plane, "--event-plane", ns.event_plane]
-    if ns.model:
-        args += ["--model", os.path.abspath(ns.model)]
-    for flag in ("--model-name", "--chat-template", "--reasoning-parser", "--tool-call-parser"):
-        value = getattr(ns, flag[2:].replace("-", "_"))
-        if value:
-            args += [flag, value]
-    return args + options.group_args(parser, options.ENGINE_GROUP_TITLE, ns)
+    """`dynamo worker` with the serve options a worker declares; prefill and decode workers
+    get their mode and the transfer backend, aggregated ones neither."""
+    target = _child_parser("worker", ns.engine)
+    if mode == "agg":
+        return ["worker", *options.child_args(parser, ns, target, always={"engine"}, skip={"transfer"})]
+    return ["worker", *options.child_args(parser, ns, target, always={"engine", "transfer"}), "--mode", mode]
 
 
 def frontend_argv(ns: argparse.Namespace, parser: argparse.ArgumentParser) -> list[str]:
-    args = ["frontend", "--router", ns.router, "--http-host", ns.http_host, "--http-port", str(ns.http_port)]
-    args += ["--preprocess-workers", str(ns.preprocess_workers), "--preprocess-min-chars", str(ns.preprocess_min_chars)]
-    args += ["--disagg-min-prompt-tokens", str(ns.disagg_min_prompt_tokens)]
-    return args + _shared_runtime_args(ns) + options.group_args(parser, options.ROUTER_GROUP_TITLE, ns)
+    """`dynamo frontend` with the serve options a frontend declares."""
+    return ["frontend", *options.child_args(parser, ns, _child_parser("frontend", ns.router), always={"router"})]
 
 
 def worker_roles(ns: argparse.Namespace) -> list[str]:
@@ -183,7 +173,7 @@ def _fetch(url: str) -> str | None:
 
 async def _serve_in_process(ns: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     """`--discovery mem`: frontend and workers share this process and its in-memory store."""
-    from dynamo_core.cli.main import frontend_config_from, worker_config_from
+    from dynamo_core.cli.configs import frontend_config_from, worker_config_from
     from dynamo_core.frontend.app import run_frontend
     from dynamo_core.worker.worker import Worker
 

@@ -6,20 +6,20 @@ max_tokens, usage): whatever text the last message holds is what the "model" say
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 from dynamo_core.engines.base import Engine, EngineContext
+from dynamo_core.hookspecs import OptionGroup
 from dynamo_core.protocols.engine import EngineInfo, EngineOutput, FinishReason, PreprocessedRequest, TokenLogprob
 from dynamo_core.protocols.kv_events import LoadMetrics
 
 DEFAULT_CONTEXT_LENGTH = 32768
 
 
-def add_echo_options(group: argparse._ArgumentGroup) -> None:
+def add_echo_options(group: OptionGroup) -> None:
     group.add_argument(
         "--echo-delay-ms", type=float, default=0.0, metavar="MS",
         help="pause between streamed tokens (default: %(default)s)",

@@ -1,4 +1,9 @@
-"""The frontend process: a Litestar app over the model registry, served by uvicorn."""
+"""The frontend process: a Litestar app over the model registry, served by uvicorn.
+
+The route handlers are module-level functions that read the app's `ServingState`; the
+generation endpoints' serving path is `completions.py`. `create_app` builds the state and
+wires its start and stop to the app's lifespan.
+"""
 
 from __future__ import annotations
 
@@ -13,14 +18,16 @@ from litestar import Litestar, Request, Response, get, post
 from litestar.params import FromPath
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from dynamo_core.frontend import metrics, prompt_pool
+from dynamo_core.frontend import metrics
 from dynamo_core.frontend.completions import ServingState, chat_completions, completions, decode_body, find_model
 from dynamo_core.frontend.disagg import DisaggregatingClient
 from dynamo_core.frontend.engine_client import EngineClient
 from dynamo_core.frontend.errors import BadRequestError, openai_error_handler
 from dynamo_core.frontend.model_registry import ModelRegistry
 from dynamo_core.frontend.openapi import api, build_openapi
-from dynamo_core.frontend.preprocessor import prepare_chat, prepare_completion, tokenize_for_endpoint
+from dynamo_core.frontend.preprocessor import prepare_chat, prepare_completion
+from dynamo_core.frontend.prompt_encoding import tokenize_for_endpoint
+from dynamo_core.frontend.prompt_pool import PromptPool
 from dynamo_core.plugins import get_registry
 from dynamo_core.protocols.openai import (
     ChatCompletion,
@@ -98,7 +105,133 @@ def _json_response(payload, status_code: int = 200) -> Response:
     return Response(_json.encode(payload), status_code=status_code, media_type="application/json")
 
 
+def _serving(request: Request) -> ServingState:
+    return request.app.state.serving
+
+
+# ---------------------------------------------------------------------------------------------
+# route handlers: each reads the app's `ServingState` from `request.app.state.serving`
+# ---------------------------------------------------------------------------------------------
+
+
+@post(
+    "/v1/chat/completions", summary="Create a chat completion", status_code=200,
+    opt=api(request=ChatCompletionRequest, response=ChatCompletion, stream=ChatCompletionChunk, errors=_GENERATION_ERRORS),
+)
+async def chat(request: Request) -> Response:
+    return await chat_completions(_serving(request), await request.body())
+
+
+@post(
+    "/v1/completions", summary="Create a text completion", status_code=200,
+    opt=api(request=CompletionRequest, response=Completion, stream=Completion, errors=_GENERATION_ERRORS),
+)
+async def text(request: Request) -> Response:
+    return await completions(_serving(request), await request.body())
+
+
+@get("/v1/models", summary="List served models", opt=api(response=ModelList))
+async def list_models(request: Request) -> Response:
+    data = [
+        ModelObject(id=m.name, created=m.created, max_model_len=m.card.context_length)
+        for m in sorted(_serving(request).registry.models.values(), key=lambda m: m.name)
+    ]
+    return _json_response(ModelList(data=data))
+
+
+@get("/v1/models/{model_id:path}", summary="One served model", opt=api(response=ModelObject, errors=(404, 503)))
+async def get_model(request: Request, model_id: FromPath[str]) -> Response:
+    model = find_model(_serving(request), model_id.lstrip("/"))
+    return _json_response(ModelObject(id=model.name, created=model.created, max_model_len=model.card.context_length))
+
+
+@post(
+    "/tokenize", summary="Token ids of a prompt, or of chat messages as the chat endpoint renders them", status_code=200,
+    opt=api(request=TokenizeRequest, response=TokenizeResponse, errors=_MODEL_ERRORS),
+)
+async def tokenize(request: Request) -> Response:
+    req = decode_body(_tokenize_decoder, await request.body())
+    model = find_model(_serving(request), req.model)
+    tokens = tokenize_for_endpoint(model, req)
+    return _json_response(TokenizeResponse(tokens=tokens, count=len(tokens), max_model_len=model.card.context_length))
+
+
+@post(
+    "/detokenize", summary="Text of token ids", status_code=200,
+    opt=api(request=DetokenizeRequest, response=DetokenizeResponse, errors=_MODEL_ERRORS),
+)
+async def detokenize(request: Request) -> Response:
+    req = decode_body(_detokenize_decoder, await request.body())
+    model = find_model(_serving(request), req.model)
+    vocab = model.tokenizer.vocab_size
+    if any(t < 0 or t >= vocab for t in req.tokens):
+        raise BadRequestError(f"token ids must lie in [0, {vocab})", param="tokens")
+    return _json_response(DetokenizeResponse(prompt=model.tokenizer.decode(req.tokens, skip_special_tokens=False)))
+
+
+@get("/health", summary="200 while at least one worker serves; 503 otherwise", opt=api(response=Health, extra=((503, Health),)))
+async def health(request: Request) -> Response:
+    instances = [
+        HealthInstance(
+            m.name, h.record.instance_id, h.record.address, h.record.pid, h.role, h.state.in_flight,
+            h.state.load.active_kv_blocks if h.state.load is not None else None,
+        )
+        for m in _serving(request).registry.models.values()
+        for h in m.workers.values()
+    ]
+    if instances:
+        return _json_response(Health("healthy", instances))
+    return _json_response(Health("unhealthy", [], "no worker has registered; start one with `dynamo worker`"), 503)
+
+
+@get("/live", summary="200 while the process runs", opt=api(response=Live))
+async def live() -> Response:
+    return _json_response(Live())
+
+
+@get("/metrics", summary="Prometheus metrics", opt=api(media_type="text/plain"))
+async def prometheus_metrics(request: Request) -> Response:
+    for model in _serving(request).registry.models.values():
+        metrics.WORKERS.labels(model.name).set(len(model.workers))
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+
+@post(
+    "/debug/routing", summary="Per-worker routing scores for a chat or completions body", status_code=200,
+    opt=api(request=(ChatCompletionRequest, CompletionRequest), response=RoutingScores, errors=_MODEL_ERRORS),
+)
+async def debug_routing(request: Request) -> Response:
+    # Decode and convert through `decode_body`, so malformed JSON or fields are a 400 naming
+    # the param (they were 500s: msgspec errors reached the catch-all handler).
+    body = await request.body() or b"{}"
+    raw = decode_body(_any_decoder, body)
+    if not isinstance(raw, dict) or "model" not in raw:
+        raise BadRequestError("body must be a chat or completions request with 'model'", param="model")
+    is_chat = "messages" in raw
+    req = decode_body(_routing_chat_decoder if is_chat else _routing_completion_decoder, body)
+    state = _serving(request)
+    model = find_model(state, req.model)
+    choices = await (prepare_chat if is_chat else prepare_completion)(model, req, "debug", state.prompt_pool)
+    routed = choices[0].request
+    scores = model.router.debug_scores(routed, model.worker_states())
+    return _json_response(RoutingScores(model.name, len(routed.token_ids), scores))
+
+
+# Our own document from the structs (see frontend/openapi.py), in place of Litestar's schema
+# and docs UI (its /openapi/* pages), which would describe handlers that take a raw Request.
+@get("/openapi.json", summary="This OpenAPI 3.1 document", opt=api(response=dict[str, Any]))
+async def openapi_json(request: Request) -> Response:
+    return Response(request.app.state.openapi_document, media_type="application/json")
+
+
+ROUTES = [
+    chat, text, list_models, get_model, tokenize, detokenize, health, live, prometheus_metrics, debug_routing, openapi_json,
+]
+
+
 def create_app(config: FrontendConfig, discovery: DiscoveryBackend | None = None) -> Litestar:
+    """The app and its serving state: registry (watching discovery), engine client (request
+    plane, disaggregation) and prompt pool, started and stopped with the app."""
     plugins = get_registry()
     router_spec = plugins.get("router", config.router)
     owns_discovery = discovery is None
@@ -106,126 +239,26 @@ def create_app(config: FrontendConfig, discovery: DiscoveryBackend | None = None
     client = TransportClients(config.nats_url)
     registry = ModelRegistry(discovery, client, config.namespace, router_spec.create, config.router_options)
     engine = DisaggregatingClient(EngineClient(client), client, config.disagg_min_prompt_tokens)
-    state = ServingState(registry=registry, engine=engine)
-
-    @post(
-        "/v1/chat/completions", summary="Create a chat completion", status_code=200,
-        opt=api(request=ChatCompletionRequest, response=ChatCompletion, stream=ChatCompletionChunk, errors=_GENERATION_ERRORS),
-    )
-    async def chat(request: Request) -> Response:
-        return await chat_completions(state, await request.body())
-
-    @post(
-        "/v1/completions", summary="Create a text completion", status_code=200,
-        opt=api(request=CompletionRequest, response=Completion, stream=Completion, errors=_GENERATION_ERRORS),
-    )
-    async def text(request: Request) -> Response:
-        return await completions(state, await request.body())
-
-    @get("/v1/models", summary="List served models", opt=api(response=ModelList))
-    async def list_models() -> Response:
-        data = [
-            ModelObject(id=m.name, created=m.created, max_model_len=m.card.context_length)
-            for m in sorted(registry.models.values(), key=lambda m: m.name)
-        ]
-        return _json_response(ModelList(data=data))
-
-    @get("/v1/models/{model_id:path}", summary="One served model", opt=api(response=ModelObject, errors=(404, 503)))
-    async def get_model(model_id: FromPath[str]) -> Response:
-        model = find_model(state, model_id.lstrip("/"))
-        return _json_response(ModelObject(id=model.name, created=model.created, max_model_len=model.card.context_length))
-
-    @post(
-        "/tokenize", summary="Token ids of a prompt, or of chat messages as the chat endpoint renders them", status_code=200,
-        opt=api(request=TokenizeRequest, response=TokenizeResponse, errors=_MODEL_ERRORS),
-    )
-    async def tokenize(request: Request) -> Response:
-        req = decode_body(_tokenize_decoder, await request.body())
-        model = find_model(state, req.model)
-        tokens = tokenize_for_endpoint(model, req)
-        return _json_response(TokenizeResponse(tokens=tokens, count=len(tokens), max_model_len=model.card.context_length))
-
-    @post(
-        "/detokenize", summary="Text of token ids", status_code=200,
-        opt=api(request=DetokenizeRequest, response=DetokenizeResponse, errors=_MODEL_ERRORS),
-    )
-    async def detokenize(request: Request) -> Response:
-        req = decode_body(_detokenize_decoder, await request.body())
-        model = find_model(state, req.model)
-        vocab = model.tokenizer.vocab_size
-        if any(t < 0 or t >= vocab for t in req.tokens):
-            raise BadRequestError(f"token ids must lie in [0, {vocab})", param="tokens")
-        return _json_response(DetokenizeResponse(prompt=model.tokenizer.decode(req.tokens, skip_special_tokens=False)))
-
-    @get("/health", summary="200 while at least one worker serves; 503 otherwise", opt=api(response=Health, extra=((503, Health),)))
-    async def health() -> Response:
-        instances = [
-            HealthInstance(
-                m.name, h.record.instance_id, h.record.address, h.record.pid, h.role, h.state.in_flight,
-                h.state.load.active_kv_blocks if h.state.load is not None else None,
-            )
-            for m in registry.models.values()
-            for h in m.workers.values()
-        ]
-        if instances:
-            return _json_response(Health("healthy", instances))
-        return _json_response(Health("unhealthy", [], "no worker has registered; start one with `dynamo worker`"), 503)
-
-    @get("/live", summary="200 while the process runs", opt=api(response=Live))
-    async def live() -> Response:
-        return _json_response(Live())
-
-    @get("/metrics", summary="Prometheus metrics", opt=api(media_type="text/plain"))
-    async def prometheus_metrics() -> Response:
-        for model in registry.models.values():
-            metrics.WORKERS.labels(model.name).set(len(model.workers))
-        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
-
-    @post(
-        "/debug/routing", summary="Per-worker routing scores for a chat or completions body", status_code=200,
-        opt=api(request=(ChatCompletionRequest, CompletionRequest), response=RoutingScores, errors=_MODEL_ERRORS),
-    )
-    async def debug_routing(request: Request) -> Response:
-        # Decode and convert through `decode_body`, so malformed JSON or fields are a 400 naming
-        # the param (they were 500s: msgspec errors reached the catch-all handler).
-        body = await request.body() or b"{}"
-        raw = decode_body(_any_decoder, body)
-        if not isinstance(raw, dict) or "model" not in raw:
-            raise BadRequestError("body must be a chat or completions request with 'model'", param="model")
-        is_chat = "messages" in raw
-        req = decode_body(_routing_chat_decoder if is_chat else _routing_completion_decoder, body)
-        model = find_model(state, req.model)
-        choices = await (prepare_chat if is_chat else prepare_completion)(model, req, "debug")
-        request = choices[0].request
-        scores = model.router.debug_scores(request, model.worker_states())
-        return _json_response(RoutingScores(model.name, len(request.token_ids), scores))
+    pool = PromptPool(config.preprocess_workers, config.preprocess_min_chars) if config.preprocess_workers > 0 else None
+    state = ServingState(registry=registry, engine=engine, prompt_pool=pool)
 
     async def on_startup() -> None:
-        await prompt_pool.start(config.preprocess_workers, config.preprocess_min_chars)
+        if pool is not None:
+            pool.start()
         await registry.start()
         freeze_heap("frontend started")
 
     async def on_shutdown() -> None:
         await registry.stop()
-        await prompt_pool.stop()
+        if pool is not None:
+            await pool.close()
         await engine.close()
         await client.close()
         if owns_discovery:
             await discovery.close()
 
-    # Our own document from the structs (see frontend/openapi.py), in place of Litestar's schema
-    # and docs UI (its /openapi/* pages), which would describe handlers that take a raw Request.
-    openapi_document = b""
-
-    @get("/openapi.json", summary="This OpenAPI 3.1 document", opt=api(response=dict[str, Any]))
-    async def openapi_json() -> Response:
-        return Response(openapi_document, media_type="application/json")
-
     app = Litestar(
-        route_handlers=[
-            chat, text, list_models, get_model, tokenize, detokenize, health, live, prometheus_metrics, debug_routing,
-            openapi_json,
-        ],
+        route_handlers=ROUTES,
         on_startup=[on_startup],
         on_shutdown=[on_shutdown],
         exception_handlers={Exception: openai_error_handler},
@@ -234,7 +267,7 @@ def create_app(config: FrontendConfig, discovery: DiscoveryBackend | None = None
         debug=False,
     )
     app.state.serving = state
-    openapi_document = msgspec.json.encode(build_openapi(app, title="dynamo", version="0.1.0"))
+    app.state.openapi_document = msgspec.json.encode(build_openapi(app, title="dynamo", version="0.1.0"))
     return app
 
 

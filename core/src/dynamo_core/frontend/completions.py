@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 import msgspec
@@ -27,9 +27,12 @@ from dynamo_core.frontend.errors import (
 )
 from dynamo_core.frontend.chat_output import ChatOutput
 from dynamo_core.frontend.logprobs import TokenTexts
-from dynamo_core.frontend.model_registry import ModelRegistry, ServedModel
-from dynamo_core.frontend.postprocessor import ChoiceDelta, UsageCounter, run_choices
-from dynamo_core.frontend.preprocessor import PreparedChoice, prepare_chat, prepare_completion
+from dynamo_core.frontend.model_registry import ModelRegistry
+from dynamo_core.frontend.postprocessor import run_choices
+from dynamo_core.frontend.preprocessor import prepare_chat, prepare_completion
+from dynamo_core.frontend.prompt_pool import PromptPool
+from dynamo_core.frontend.served_model import ServedModel
+from dynamo_core.frontend.stages import ChoiceDelta, PreparedChoice, UsageCounter
 from dynamo_core.frontend.structured import tool_plan
 from dynamo_core.protocols.openai import (
     ChatChoice,
@@ -64,8 +67,12 @@ SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 @dataclass
 class ServingState:
+    """What the HTTP handlers serve from: one per frontend app."""
+
     registry: ModelRegistry
     engine: DisaggregatingClient
+    # Processes that template and tokenize long prompts (`--preprocess-workers`); None: a thread.
+    prompt_pool: PromptPool | None = None
 
 
 def decode_body(decoder: msgspec.json.Decoder, body: bytes):
@@ -159,6 +166,43 @@ async def _start(state: ServingState, model: ServedModel, choices: list[Prepared
     return usage, tracker, first, deltas
 
 
+def _event_stream(
+    opening: list[msgspec.Struct],
+    first: ChoiceDelta | None,
+    deltas: AsyncIterator[ChoiceDelta],
+    chunk_of: Callable[[ChoiceDelta], msgspec.Struct | None],
+    usage: UsageCounter,
+    tracker: _Tracker,
+    usage_chunk: Callable[[Usage], msgspec.Struct] | None,
+) -> Stream:
+    """The SSE response both generation endpoints stream: the `opening` chunks, one chunk per
+    delta that says something, the usage chunk when asked for, an error event if the stream
+    fails, then `[DONE]`. Whatever happens, the engine streams are closed and the request's
+    metrics recorded."""
+
+    async def events() -> AsyncIterator[bytes]:
+        status = "ok"
+        try:
+            for chunk in opening:
+                yield _sse(chunk)
+            async for delta in _chain(first, deltas):
+                tracker.on_delta(delta)
+                chunk = chunk_of(delta)
+                if chunk is not None:
+                    yield _sse(chunk)
+            if usage_chunk is not None:
+                yield _sse(usage_chunk(_usage(usage)))
+        except Exception as exc:
+            status = type(exc).__name__
+            yield _sse_error(exc)
+        finally:
+            await deltas.aclose()
+            tracker.finish(status, usage)
+        yield _DONE
+
+    return Stream(events(), media_type="text/event-stream", headers=SSE_HEADERS)
+
+
 def _stop_list(stop) -> list[str]:
     if stop is None:
         return []
@@ -175,20 +219,21 @@ async def chat_completions(state: ServingState, body: bytes) -> Response:
     model = find_model(state, req.model)
     request_id = f"chatcmpl-{uuid.uuid4().hex}"
     plan = tool_plan(req, model.card)
-    choices = await prepare_chat(model, req, request_id, tool_guided=plan.guided, body_chars=len(body))
+    choices = await prepare_chat(model, req, request_id, state.prompt_pool, tool_guided=plan.guided, body_chars=len(body))
     usage, tracker, first, deltas = await _start(state, model, choices, _stop_list(req.stop), "chat")
     created = int(time.time())
     token_texts = model.token_texts if req.logprobs else None
     if req.stream:
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
-        return Stream(
-            _chat_stream(
-                request_id, created, model.name, req.n, first, deltas, usage, tracker, include_usage, token_texts,
-                [ChatOutput(model.card.reasoning_parser, plan) for _ in range(req.n)],
-            ),
-            media_type="text/event-stream",
-            headers=SSE_HEADERS,
-        )
+        outputs = [ChatOutput(model.card.reasoning_parser, plan) for _ in range(req.n)]
+        # OpenAI opens each choice with the assistant role.
+        opening = [
+            ChatCompletionChunk(request_id, created, model.name, [ChatChunkChoice(i, Delta(role="assistant", content=""))])
+            for i in range(req.n)
+        ]
+        usage_chunk = (lambda u: ChatCompletionChunk(request_id, created, model.name, [], usage=u)) if include_usage else None
+        chunks = _chat_chunks(request_id, created, model.name, token_texts, outputs)
+        return _event_stream(opening, first, deltas, chunks, usage, tracker, usage_chunk)
     results = await _collect(first, deltas, tracker, usage)
     choices_out = []
     for i in range(req.n):
@@ -265,38 +310,26 @@ def _chat_delta(output: ChatOutput, text: str, last: bool) -> Delta:
     return Delta(content=piece.content or None, reasoning_content=piece.reasoning or None, tool_calls=calls or None)
 
 
-async def _chat_stream(
-    request_id: str, created: int, model: str, n: int, first, deltas, usage: UsageCounter, tracker: _Tracker,
-    include_usage: bool, token_texts: TokenTexts | None, outputs: list[ChatOutput],
-) -> AsyncIterator[bytes]:
-    status = "ok"
-    try:
-        for i in range(n):  # OpenAI opens each choice with the assistant role
-            yield _sse(ChatCompletionChunk(request_id, created, model, [ChatChunkChoice(i, Delta(role="assistant", content=""))]))
-        async for delta in _chain(first, deltas):
-            tracker.on_delta(delta)
-            logprobs = ChatLogprobs(token_texts.chat(delta)) if token_texts is not None and delta.logprobs else None
-            output = outputs[delta.index]
-            finish = delta.finish_reason
-            if output.passthrough:
-                message = Delta(content=delta.text or None)
-            else:
-                message = _chat_delta(output, delta.text, finish is not None)
-                finish = output.finish_reason(finish) if finish is not None else None
-            if finish is None and logprobs is None and message.content is None and message.reasoning_content is None \
-                    and message.tool_calls is None:
-                continue
-            chunk = ChatCompletionChunk(request_id, created, model, [ChatChunkChoice(delta.index, message, finish, logprobs)])
-            yield _sse(chunk)
-        if include_usage:
-            yield _sse(ChatCompletionChunk(request_id, created, model, [], usage=_usage(usage)))
-    except Exception as exc:
-        status = type(exc).__name__
-        yield _sse_error(exc)
-    finally:
-        await deltas.aclose()
-        tracker.finish(status, usage)
-    yield _DONE
+def _chat_chunks(
+    request_id: str, created: int, model: str, token_texts: TokenTexts | None, outputs: list[ChatOutput]
+) -> Callable[[ChoiceDelta], ChatCompletionChunk | None]:
+    """A choice delta as a chat chunk through its choice's output parsers (None: nothing to say yet)."""
+
+    def chunk_of(delta: ChoiceDelta) -> ChatCompletionChunk | None:
+        logprobs = ChatLogprobs(token_texts.chat(delta)) if token_texts is not None and delta.logprobs else None
+        output = outputs[delta.index]
+        finish = delta.finish_reason
+        if output.passthrough:
+            message = Delta(content=delta.text or None)
+        else:
+            message = _chat_delta(output, delta.text, finish is not None)
+            finish = output.finish_reason(finish) if finish is not None else None
+        if finish is None and logprobs is None and message.content is None and message.reasoning_content is None \
+                and message.tool_calls is None:
+            return None
+        return ChatCompletionChunk(request_id, created, model, [ChatChunkChoice(delta.index, message, finish, logprobs)])
+
+    return chunk_of
 
 
 # ---------------------------------------------------------------------------------------------
@@ -308,20 +341,17 @@ async def completions(state: ServingState, body: bytes) -> Response:
     req: CompletionRequest = decode_body(_completion_decoder, body)
     model = find_model(state, req.model)
     request_id = f"cmpl-{uuid.uuid4().hex}"
-    choices = await prepare_completion(model, req, request_id)
+    choices = await prepare_completion(model, req, request_id, state.prompt_pool)
     echo_text = {c.index: _echo_prefix(model, c) for c in choices} if req.echo else {}
     usage, tracker, first, deltas = await _start(state, model, choices, _stop_list(req.stop), "completions")
     created = int(time.time())
     token_texts = model.token_texts if req.logprobs is not None else None
     if req.stream:
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
-        return Stream(
-            _completion_stream(
-                request_id, created, model.name, echo_text, first, deltas, usage, tracker, include_usage, token_texts
-            ),
-            media_type="text/event-stream",
-            headers=SSE_HEADERS,
-        )
+        opening = [Completion(request_id, created, model.name, [CompletionChoice(i, text)]) for i, text in echo_text.items()]
+        usage_chunk = (lambda u: Completion(request_id, created, model.name, [], usage=u)) if include_usage else None
+        chunks = _completion_chunks(request_id, created, model.name, echo_text, token_texts)
+        return _event_stream(opening, first, deltas, chunks, usage, tracker, usage_chunk)
     results = await _collect(first, deltas, tracker, usage)
     choices_out = []
     for c in choices:
@@ -343,30 +373,18 @@ def _echo_prefix(model: ServedModel, choice: PreparedChoice) -> str:
     return model.tokenizer.decode(choice.prompt_token_ids)
 
 
-async def _completion_stream(
-    request_id: str, created: int, model: str, echo_text: dict[int, str], first, deltas, usage: UsageCounter,
-    tracker: _Tracker, include_usage: bool, token_texts: TokenTexts | None,
-) -> AsyncIterator[bytes]:
-    status = "ok"
+def _completion_chunks(
+    request_id: str, created: int, model: str, echo_text: dict[int, str], token_texts: TokenTexts | None
+) -> Callable[[ChoiceDelta], Completion | None]:
+    """A choice delta as a completions chunk (None: nothing to say yet)."""
     offsets = {index: len(text) for index, text in echo_text.items()}  # text offsets for logprobs
-    try:
-        for index, text in echo_text.items():
-            yield _sse(Completion(request_id, created, model, [CompletionChoice(index, text)]))
-        async for delta in _chain(first, deltas):
-            tracker.on_delta(delta)
-            logprobs = None
-            if token_texts is not None and delta.logprobs:
-                logprobs, offsets[delta.index] = token_texts.completion(delta, offsets.get(delta.index, 0))
-            if not delta.text and delta.finish_reason is None and logprobs is None:
-                continue
-            choice = CompletionChoice(delta.index, delta.text, delta.finish_reason, logprobs)
-            yield _sse(Completion(request_id, created, model, [choice]))
-        if include_usage:
-            yield _sse(Completion(request_id, created, model, [], usage=_usage(usage)))
-    except Exception as exc:
-        status = type(exc).__name__
-        yield _sse_error(exc)
-    finally:
-        await deltas.aclose()
-        tracker.finish(status, usage)
-    yield _DONE
+
+    def chunk_of(delta: ChoiceDelta) -> Completion | None:
+        logprobs = None
+        if token_texts is not None and delta.logprobs:
+            logprobs, offsets[delta.index] = token_texts.completion(delta, offsets.get(delta.index, 0))
+        if not delta.text and delta.finish_reason is None and logprobs is None:
+            return None
+        return Completion(request_id, created, model, [CompletionChoice(delta.index, delta.text, delta.finish_reason, logprobs)])
+
+    return chunk_of

@@ -33,7 +33,7 @@ import msgspec
 from dynamo_core.frontend import metrics
 from dynamo_core.frontend.engine_client import EngineClient
 from dynamo_core.frontend.errors import EngineError, ServiceUnavailableError
-from dynamo_core.frontend.model_registry import ServedModel
+from dynamo_core.frontend.served_model import ServedModel
 from dynamo_core.protocols.engine import (
     DisaggParams,
     EngineOutput,
@@ -44,7 +44,7 @@ from dynamo_core.protocols.engine import (
     merge_outputs,
 )
 from dynamo_core.runtime.transports import TransportClients
-from dynamo_core.worker.worker import KV_RELEASE_ENDPOINT
+from dynamo_core.protocols.names import KV_RELEASE_ENDPOINT
 
 log = logging.getLogger(__name__)
 

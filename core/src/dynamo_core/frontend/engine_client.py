@@ -15,12 +15,12 @@ import msgspec
 
 from dynamo_core.frontend import metrics
 from dynamo_core.frontend.errors import EngineError, ServiceUnavailableError
-from dynamo_core.frontend.model_registry import WHOLE_REQUEST_ROLES, ServedModel
+from dynamo_core.frontend.served_model import ServedModel
 from dynamo_core.protocols.engine import EngineOutput, PreprocessedRequest, merge_outputs
 from dynamo_core.routers.base import NoWorkerAvailableError, WorkerState
 from dynamo_core.runtime.request_plane import ConnectionLostError, RemoteError
 from dynamo_core.runtime.transports import TransportClients
-from dynamo_core.worker.worker import GENERATE_ENDPOINT
+from dynamo_core.protocols.names import GENERATE_ENDPOINT, WHOLE_REQUEST_ROLES
 
 log = logging.getLogger(__name__)
 

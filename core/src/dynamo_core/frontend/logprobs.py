@@ -14,7 +14,7 @@ import json
 import re
 from collections.abc import Sequence
 
-from dynamo_core.frontend.postprocessor import ChoiceDelta
+from dynamo_core.frontend.stages import ChoiceDelta
 from dynamo_core.protocols.engine import TokenLogprob
 from dynamo_core.protocols.openai import ChatTokenLogprob, CompletionLogprobs, TopLogprob
 from dynamo_core.tokenizer import TokenizerBundle, byte_symbols

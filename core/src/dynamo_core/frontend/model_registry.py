@@ -8,130 +8,28 @@ keeps one event-plane subscription that feeds the model's router with KV events 
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
-import functools
 import logging
-import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import msgspec
 
-from dynamo_core.protocols.discovery import InstanceRecord, ModelCard
+from dynamo_core.frontend.served_model import ServedModel, WorkerHandle
+from dynamo_core.protocols.discovery import InstanceRecord
 from dynamo_core.protocols.kv_events import KvEventBatch, KvSnapshot, LoadMetrics
+from dynamo_core.protocols.names import MODEL_FILES_ENDPOINT
 from dynamo_core.routers.base import Router, RouterContext, WorkerState
 from dynamo_core.runtime.discovery import DiscoveryBackend, WatchEventKind
 from dynamo_core.runtime.gc_heap import freeze_heap
+from dynamo_core.runtime.model_files import fetch_model_files, local_copy_matches
 from dynamo_core.runtime.request_plane import RequestPlaneError
 from dynamo_core.runtime.transports import TransportClients
-from dynamo_core.runtime.model_files import MODEL_FILES_ENDPOINT, fetch_model_files, local_copy_matches
-from dynamo_core.tokenizer import BUILTIN_TOKENIZER, TokenizerBundle, load_tokenizer
-
-if TYPE_CHECKING:
-    from dynamo_core.frontend.logprobs import TokenTexts
+from dynamo_core.tokenizer import BUILTIN_TOKENIZER, load_tokenizer
 
 log = logging.getLogger(__name__)
 
 _record_decoder = msgspec.msgpack.Decoder(InstanceRecord)
 RESUBSCRIBE_DELAY_S = 0.5
-
-
-# Which workers take which requests: whole (aggregated) requests go to agg and decode workers,
-# the prefill phase of a disaggregated request to prefill workers, its decode phase to decode
-# workers (they can pull KV; agg workers cannot).
-WHOLE_REQUEST_ROLES = ("agg", "decode")
-# Counted in `role_counts` beside the roles: prefill workers with a rendezvous handoff.
-BOOTSTRAP_PREFILL = "prefill+bootstrap"
-
-
-@dataclass
-class WorkerHandle:
-    record: InstanceRecord
-    state: WorkerState
-    subscription: asyncio.Task | None = None
-
-    @property
-    def role(self) -> str:
-        return self.record.model.role if self.record.model is not None else "agg"
-
-    @property
-    def disagg_bootstrap(self) -> dict | None:
-        """A prefill worker's rendezvous (`EngineInfo.disagg_bootstrap`); None: it answers first."""
-        return self.record.model.disagg_bootstrap if self.record.model is not None else None
-
-
-@dataclass
-class ServedModel:
-    name: str
-    card: ModelCard
-    tokenizer: TokenizerBundle
-    router: Router  # routes whole requests and decode phases (agg and decode workers)
-    # What `load_tokenizer` loaded `tokenizer` from (before the card's chat template), so the
-    # prompt pool's processes can load the same; None: the pool cannot serve this model.
-    tokenizer_source: str | None = None
-    created: int = field(default_factory=lambda: int(time.time()))
-    workers: dict[str, WorkerHandle] = field(default_factory=dict)
-    # Routes prefill phases among prefill workers: a router of its own, so that a KV-aware
-    # router indexes and scores prefill workers apart from decode workers.
-    prefill_router: Router | None = None
-    router_context: RouterContext | None = None
-    router_factory: Callable[[RouterContext], Router] | None = None
-    # Live workers per role, kept with `workers`: asked on every request (`has_role`).
-    role_counts: collections.Counter[str] = field(default_factory=collections.Counter)
-
-    @functools.cached_property
-    def encoded_card(self) -> bytes:
-        """The card as msgpack, for the prompt pool's processes (sent with every job)."""
-        return msgspec.msgpack.encode(self.card)
-
-    @functools.cached_property
-    def token_texts(self) -> TokenTexts:
-        """Token ids as logprobs show them (built on the first request that asks)."""
-        from dynamo_core.frontend.logprobs import TokenTexts
-
-        return TokenTexts(self.tokenizer)
-
-    def worker_states(
-        self, exclude: set[str] | frozenset[str] = frozenset(), roles: tuple[str, ...] = WHOLE_REQUEST_ROLES
-    ) -> list[WorkerState]:
-        return [h.state for wid, h in self.workers.items() if wid not in exclude and h.role in roles]
-
-    def has_role(self, role: str) -> bool:
-        return self.role_counts[role] > 0
-
-    def bootstrap_prefill_states(self) -> list[WorkerState]:
-        """The prefill workers that hand KV over through a rendezvous (`disagg_bootstrap`)."""
-        if not self.role_counts[BOOTSTRAP_PREFILL]:
-            return []
-        return [h.state for h in self.workers.values() if h.role == "prefill" and h.disagg_bootstrap is not None]
-
-    def add_worker(self, handle: WorkerHandle) -> None:
-        self.workers[handle.state.worker_id] = handle
-        self.role_counts[handle.role] += 1
-        if handle.role == "prefill" and handle.disagg_bootstrap is not None:
-            self.role_counts[BOOTSTRAP_PREFILL] += 1
-
-    def remove_worker(self, worker_id: str) -> WorkerHandle | None:
-        handle = self.workers.pop(worker_id, None)
-        if handle is not None:
-            self.role_counts[handle.role] -= 1
-            if handle.role == "prefill" and handle.disagg_bootstrap is not None:
-                self.role_counts[BOOTSTRAP_PREFILL] -= 1
-        return handle
-
-    def router_of(self, role: str) -> Router:
-        """The router of the pool a worker of `role` belongs to (made on first use)."""
-        if role != "prefill":
-            return self.router
-        if self.prefill_router is None:
-            assert self.router_context is not None and self.router_factory is not None
-            self.prefill_router = self.router_factory(self.router_context)
-        return self.prefill_router
-
-
-RouterFactory = Callable[[RouterContext], Router]
 
 
 class ModelRegistry:
@@ -140,7 +38,7 @@ class ModelRegistry:
         discovery: DiscoveryBackend,
         client: TransportClients,
         namespace: str,
-        router_factory: RouterFactory,
+        router_factory: Callable[[RouterContext], Router],
         router_options,
     ):
         self._discovery = discovery

@@ -10,31 +10,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
 
 from dynamo_core.frontend.detokenizer import IncrementalDetokenizer
 from dynamo_core.frontend.errors import EngineError
-from dynamo_core.frontend.preprocessor import PreparedChoice
+from dynamo_core.frontend.stages import ChoiceDelta, PreparedChoice, UsageCounter
 from dynamo_core.frontend.stop_strings import StopStringMatcher
-from dynamo_core.protocols.engine import EngineOutput, FinishReason, TokenLogprob
+from dynamo_core.protocols.engine import EngineOutput, FinishReason
 from dynamo_core.tokenizer import TokenizerBundle
-
-
-@dataclass
-class ChoiceDelta:
-    index: int
-    text: str
-    finish_reason: str | None = None
-    token_ids: list[int] = field(default_factory=list)
-    logprobs: list[float] | None = None  # per token in `token_ids`, when asked for
-    top_logprobs: list[list[TokenLogprob]] | None = None
-
-
-@dataclass
-class UsageCounter:
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    cached_tokens: int = 0
 
 
 _FINISH_TEXT = {

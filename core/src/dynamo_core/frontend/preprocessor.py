@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import TypeVar
 
-import msgspec
 
-from dynamo_core.frontend import prompt_pool
-from dynamo_core.frontend.chat_template import ChatTemplateError, render_chat_template
 from dynamo_core.frontend.errors import BadRequestError
-from dynamo_core.frontend.model_registry import ServedModel
+from dynamo_core.frontend.prompt_encoding import encode_completion_prompts, render_and_encode_chat
+from dynamo_core.frontend.prompt_pool import PromptPool
+from dynamo_core.frontend.served_model import ServedModel
+from dynamo_core.frontend.stages import PreparedChoice
 from dynamo_core.frontend.structured import guided_decoding
 from dynamo_core.protocols.engine import (
     GuidedDecoding,
@@ -26,8 +25,7 @@ from dynamo_core.protocols.engine import (
     SamplingOptions,
     StopConditions,
 )
-from dynamo_core.protocols.openai import ChatCompletionRequest, CompletionRequest, _SamplingFields
-from dynamo_core.tokenizer import TokenizerBundle
+from dynamo_core.protocols.openai import ChatCompletionRequest, CompletionRequest, SamplingFields
 
 # Without a prompt pool, prompts longer than this (characters) are templated and tokenized in
 # a thread, which helps little (`tokenizers` holds the GIL while it encodes). With a pool
@@ -40,24 +38,19 @@ T = TypeVar("T")
 
 
 async def _where_it_pays(
-    model: ServedModel, chars: int, pooled: Callable[[prompt_pool.PromptPool], Awaitable[T]], here: Callable[[], T]
+    model: ServedModel, pool: PromptPool | None, chars: int, pooled: Callable[[PromptPool], Awaitable[T]],
+    here: Callable[[], T],
 ) -> T:
     """Template and encode a prompt of `chars` characters in the prompt pool, a thread, or on
-    the loop (see OFF_LOOP_PROMPT_CHARS)."""
-    pool = prompt_pool.pool_for(model)
+    the loop (see OFF_LOOP_PROMPT_CHARS). The pool serves only models whose tokenizer another
+    process can load (`tokenizer_source`)."""
+    if model.tokenizer_source is None:
+        pool = None
     if pool is not None and chars > pool.min_chars:
         return await pooled(pool)
     if pool is None and chars > OFF_LOOP_PROMPT_CHARS:
         return await asyncio.to_thread(here)
     return here()
-
-
-@dataclass
-class PreparedChoice:
-    index: int
-    request: PreprocessedRequest
-    prompt_token_ids: list[int]
-    prompt_text: str | None = None  # completions `echo`
 
 
 def _stop_strings(stop: str | list[str] | None) -> list[str]:
@@ -91,7 +84,7 @@ def _max_tokens(model: ServedModel, prompt_len: int, requested: int | None, para
     return requested
 
 
-def _sampling(req: _SamplingFields, seed_offset: int) -> SamplingOptions:
+def _sampling(req: SamplingFields, seed_offset: int) -> SamplingOptions:
     return SamplingOptions(
         temperature=req.temperature,
         top_p=req.top_p,
@@ -105,7 +98,7 @@ def _sampling(req: _SamplingFields, seed_offset: int) -> SamplingOptions:
     )
 
 
-def _stop_conditions(model: ServedModel, req: _SamplingFields, max_tokens: int) -> StopConditions:
+def _stop_conditions(model: ServedModel, req: SamplingFields, max_tokens: int) -> StopConditions:
     if req.min_tokens > max_tokens:
         raise BadRequestError("'min_tokens' must not exceed 'max_tokens'", param="min_tokens")
     return StopConditions(
@@ -114,51 +107,6 @@ def _stop_conditions(model: ServedModel, req: _SamplingFields, max_tokens: int) 
         min_tokens=req.min_tokens,
         ignore_eos=req.ignore_eos,
     )
-
-
-def _render_and_encode_messages(bundle: TokenizerBundle, req, messages: list[dict]) -> list[int]:
-    """The chat template over `messages` (the request's, as plain data), with the request's
-    tools, documents and template options, tokenized; a template error is the client's 400.
-    Chat requests and `/tokenize` with messages go through here alike."""
-    try:
-        prompt = render_chat_template(
-            bundle,
-            messages,
-            tools=req.tools,
-            documents=req.documents,
-            add_generation_prompt=req.add_generation_prompt and not req.continue_final_message,
-            continue_final_message=req.continue_final_message,
-            template_kwargs=req.chat_template_kwargs,
-        )
-    except ChatTemplateError as exc:
-        raise BadRequestError(str(exc), param="messages") from exc
-    # The template already placed BOS where the model wants it.
-    return bundle.encode(prompt, add_special_tokens=False)
-
-
-def _render_and_encode(model: ServedModel, req: ChatCompletionRequest) -> tuple[list[int], list[int] | None]:
-    bundle = model.tokenizer
-    messages = [msgspec.to_builtins(m) for m in req.messages]
-    token_ids = _render_and_encode_messages(bundle, req, messages)
-    last_ids = None
-    if model.card.wants_last_message_tokens:
-        content = messages[-1].get("content") or ""
-        if isinstance(content, list):
-            content = "\n".join(p.get("text", "") for p in content if p.get("type") == "text")
-        last_ids = bundle.encode(content, add_special_tokens=False)
-    return token_ids, last_ids
-
-
-def tokenize_for_endpoint(model: ServedModel, req) -> list[int]:
-    """`POST /tokenize`: a prompt, or chat messages through the same template path as chat."""
-    bundle = model.tokenizer
-    if (req.prompt is None) == (req.messages is None):
-        raise BadRequestError("give exactly one of 'prompt' and 'messages'", param="prompt")
-    if req.prompt is not None:
-        return bundle.encode(req.prompt, add_special_tokens=req.add_special_tokens)
-    if not req.messages:
-        raise BadRequestError("'messages' must contain at least one message", param="messages")
-    return _render_and_encode_messages(bundle, req, [msgspec.to_builtins(m) for m in req.messages])
 
 
 def _chat_prompt_chars(req: ChatCompletionRequest) -> int:
@@ -179,10 +127,10 @@ def _completion_prompt_chars(prompt) -> int:
 
 
 async def prepare_chat(
-    model: ServedModel, req: ChatCompletionRequest, request_id: str, tool_guided: GuidedDecoding | None = None,
-    body_chars: int | None = None,
+    model: ServedModel, req: ChatCompletionRequest, request_id: str, pool: PromptPool | None = None,
+    tool_guided: GuidedDecoding | None = None, body_chars: int | None = None,
 ) -> list[PreparedChoice]:
-    """`tool_guided`: the constraint that `tool_choice` puts on the output (see structured.py).
+    """`pool`: the frontend's prompt pool, if it has one. `tool_guided`: the constraint that `tool_choice` puts on the output (see structured.py).
     `body_chars`: the request body's size, the measure of the template's work (tools and
     documents render too) that decides where it is done; else the messages' text is counted."""
     if not req.messages:
@@ -193,8 +141,8 @@ async def prepare_chat(
     guided = guided or tool_guided
     _stop_strings(req.stop)  # validate before the expensive part
     token_ids, last_ids = await _where_it_pays(
-        model, body_chars if body_chars is not None else _chat_prompt_chars(req),
-        lambda pool: pool.render_and_encode(model, req), lambda: _render_and_encode(model, req),
+        model, pool, body_chars if body_chars is not None else _chat_prompt_chars(req),
+        lambda pool: pool.render_and_encode_chat(model, req), lambda: render_and_encode_chat(model, req),
     )
     requested = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
     param = "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens"
@@ -223,41 +171,15 @@ async def prepare_chat(
     return choices
 
 
-def _completion_prompts(model: ServedModel, prompt) -> list[tuple[list[int], str | None]]:
-    """Each prompt as (token ids, its text when given as text)."""
-    vocab = model.tokenizer.vocab_size
-    if isinstance(prompt, str):
-        prompts: list = [prompt]
-    elif prompt and all(isinstance(p, int) for p in prompt):
-        prompts = [prompt]
-    elif all(isinstance(p, str) for p in prompt) or all(isinstance(p, list) for p in prompt):
-        prompts = list(prompt)
-    else:
-        raise BadRequestError(
-            "'prompt' must be a string, a list of strings, a list of token ids or a list of lists of token ids",
-            param="prompt",
-        )
-    if not prompts:
-        raise BadRequestError("'prompt' must not be empty", param="prompt")
-    out = []
-    for item in prompts:
-        if isinstance(item, str):
-            out.append((model.tokenizer.encode(item, add_special_tokens=True), item))
-        else:
-            if not item:
-                raise BadRequestError("a token-id prompt must not be empty", param="prompt")
-            if any(t < 0 or t >= vocab for t in item):
-                raise BadRequestError(f"token ids in 'prompt' must lie in [0, {vocab})", param="prompt")
-            out.append((list(item), None))
-    return out
-
-
-async def prepare_completion(model: ServedModel, req: CompletionRequest, request_id: str) -> list[PreparedChoice]:
+async def prepare_completion(
+    model: ServedModel, req: CompletionRequest, request_id: str, pool: PromptPool | None = None
+) -> list[PreparedChoice]:
     _stop_strings(req.stop)
     guided = guided_decoding(req, model.card)
     prompts = await _where_it_pays(
-        model, _completion_prompt_chars(req.prompt),
-        lambda pool: pool.completion_prompts(model, req.prompt), lambda: _completion_prompts(model, req.prompt),
+        model, pool, _completion_prompt_chars(req.prompt),
+        lambda pool: pool.encode_completion_prompts(model, req.prompt),
+        lambda: encode_completion_prompts(model, req.prompt),
     )
     choices: list[PreparedChoice] = []
     for p, (token_ids, text) in enumerate(prompts):

@@ -5,16 +5,16 @@ BPE vocabulary on one core) and Jinja rendering is pure Python, so `asyncio.to_t
 stalls every stream the frontend's loop serves. A `PromptPool` does that work in other
 processes instead. Each process loads a model's tokenizer once, from the source the frontend
 loaded it from (`ServedModel.tokenizer_source`) with the card's chat-template override on top,
-and runs the preprocessor's own `_render_and_encode` / `_completion_prompts`, so the token ids
-and the 400s are exactly those the loop would have produced.
+and runs the same `prompt_encoding` functions as the loop, so the token ids and the 400s are
+exactly those the loop would have produced.
 
 The processes are spawned, not forked: the frontend runs uvloop and threads, whose state a
 fork would copy half-way. Requests and cards cross as msgpack bytes, token ids come back as
 lists of ints, and a `BadRequestError` comes back field by field (an exception pickles with
 its first argument only, which would lose `param` and `code`).
 
-The frontend owns one pool (`start`/`stop` from its startup and shutdown); the preprocessor
-asks `pool_for(model)` at the places where it moves a prompt off the loop.
+The frontend's serving state owns one pool (`start`/`close` from its startup and shutdown) and
+hands it to the preprocessor, which decides per prompt whether to send it here.
 """
 
 from __future__ import annotations
@@ -29,17 +29,17 @@ import signal
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 import msgspec
 
 from dynamo_core.frontend.errors import BadRequestError, ServiceUnavailableError
+from dynamo_core.frontend.prompt_encoding import encode_completion_prompts, render_and_encode_chat
+from dynamo_core.frontend.served_model import ServedModel
 from dynamo_core.protocols.discovery import ModelCard
-from dynamo_core.protocols.openai import ChatCompletionRequest
+from dynamo_core.protocols.openai import ChatCompletionRequest, CompletionPrompt
+from dynamo_core.runtime.children import die_with_parent
 from dynamo_core.tokenizer import TokenizerBundle, load_tokenizer
-
-if TYPE_CHECKING:
-    from dynamo_core.frontend.model_registry import ServedModel
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -64,7 +64,7 @@ class _Refusal:
 
 @dataclasses.dataclass(frozen=True)
 class _WorkerModel:
-    """The part of a `ServedModel` that the preprocessor's encoding functions read."""
+    """The part of a `ServedModel` that `prompt_encoding` reads (a `PromptModel`)."""
 
     card: ModelCard
     tokenizer: TokenizerBundle
@@ -73,15 +73,12 @@ class _WorkerModel:
 def _init_worker() -> None:
     # Ctrl-C reaches the whole process group; the frontend decides when its pool stops.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    from dynamo_core.runtime.children import die_with_parent  # as `serve` does for its own children
-
-    die_with_parent()  # no orphans if the frontend is killed outright
+    die_with_parent()  # no orphans if the frontend is killed outright (as `serve` does for its children)
 
 
 def _warm() -> int:
-    """Import what a job needs (most of a first job's time); return this process's pid."""
-    import dynamo_core.frontend.preprocessor  # noqa: F401
-
+    """Start the process (importing this module imports what a job needs, most of a first
+    job's time); return its pid."""
     return os.getpid()
 
 
@@ -96,21 +93,15 @@ def _refusal(exc: BadRequestError) -> _Refusal:
 
 
 def _chat_job(source: str, card: bytes, request: bytes) -> tuple[list[int], list[int] | None] | _Refusal:
-    from dynamo_core.frontend.preprocessor import _render_and_encode
-
-    model: Any = _worker_model(source, card)  # duck-typed: only .card and .tokenizer are read
     try:
-        return _render_and_encode(model, _chat_decoder.decode(request))
+        return render_and_encode_chat(_worker_model(source, card), _chat_decoder.decode(request))
     except BadRequestError as exc:
         return _refusal(exc)
 
 
-def _completion_job(source: str, card: bytes, prompt: Any) -> list[tuple[list[int], str | None]] | _Refusal:
-    from dynamo_core.frontend.preprocessor import _completion_prompts
-
-    model: Any = _worker_model(source, card)
+def _completion_job(source: str, card: bytes, prompt: CompletionPrompt) -> list[tuple[list[int], str | None]] | _Refusal:
     try:
-        return _completion_prompts(model, prompt)
+        return encode_completion_prompts(_worker_model(source, card), prompt)
     except BadRequestError as exc:
         return _refusal(exc)
 
@@ -129,6 +120,7 @@ class PromptPool:
         self.workers = workers
         self.min_chars = min_chars  # prompts longer than this (characters) come here
         self._executor: ProcessPoolExecutor | None = None
+        self._warming: asyncio.Task | None = None
 
     def _get_executor(self) -> ProcessPoolExecutor:
         # Created on first use. Processes are spawned by `submit`, which runs on the loop's
@@ -153,16 +145,31 @@ class PromptPool:
             return
         log.info("prompt pool ready: %d process(es), pids %s", self.workers, sorted(set(pids)))
 
-    async def render_and_encode(self, model: ServedModel, req: ChatCompletionRequest) -> tuple[list[int], list[int] | None]:
-        """`preprocessor._render_and_encode(model, req)`, run in a worker."""
-        return await self._run(_chat_job, model, _encoder.encode(req))
+    def start(self) -> None:
+        """Warm the processes in the background (the frontend's startup)."""
+        if self._warming is None:
+            self._warming = asyncio.create_task(self.warm(), name="prompt-pool-warm")
 
-    async def completion_prompts(self, model: ServedModel, prompt: Any) -> list[tuple[list[int], str | None]]:
-        """`preprocessor._completion_prompts(model, prompt)`, run in a worker."""
+    async def render_and_encode_chat(
+        self, model: ServedModel, req: ChatCompletionRequest
+    ) -> tuple[list[int], list[int] | None]:
+        """`prompt_encoding.render_and_encode_chat(model, req)`, run in a worker."""
+        try:
+            request = _encoder.encode(req)
+        except OverflowError:
+            # An int beyond 64 bits in a free-form field (tool schemas, template kwargs), which
+            # msgpack cannot carry: render this one in a thread instead (it was a 500).
+            return await asyncio.to_thread(render_and_encode_chat, model, req)
+        return await self._run(_chat_job, model, request)
+
+    async def encode_completion_prompts(
+        self, model: ServedModel, prompt: CompletionPrompt
+    ) -> list[tuple[list[int], str | None]]:
+        """`prompt_encoding.encode_completion_prompts(model, prompt)`, run in a worker."""
         return await self._run(_completion_job, model, prompt)
 
     async def _run(self, job: Callable[[str, bytes, Any], T | _Refusal], model: ServedModel, payload: Any) -> T:
-        assert model.tokenizer_source is not None, "pool_for() hands out the pool only for such models"
+        assert model.tokenizer_source is not None, "the preprocessor sends only such models here"
         card = model.encoded_card
         loop = asyncio.get_running_loop()
         # A worker that died (killed, out of memory) breaks the whole executor: replace it and
@@ -186,39 +193,11 @@ class PromptPool:
             broken.shutdown(wait=False, cancel_futures=True)
 
     async def close(self) -> None:
+        """Stop the processes (the frontend's shutdown)."""
+        warming, self._warming = self._warming, None
+        if warming is not None:
+            warming.cancel()
         executor, self._executor = self._executor, None
         if executor is not None:
             # Joining waits for a job in progress; off the loop, so shutdown can go on.
             await asyncio.to_thread(executor.shutdown, wait=True, cancel_futures=True)
-
-
-_pool: PromptPool | None = None
-_warming: asyncio.Task | None = None
-
-
-def pool_for(model: ServedModel) -> PromptPool | None:
-    """The frontend's pool, when it has one and another process can load `model`'s tokenizer."""
-    return _pool if _pool is not None and model.tokenizer_source is not None else None
-
-
-async def start(workers: int, min_chars: int = 8192) -> PromptPool | None:
-    """Give this process a pool of `workers` processes (none for 0) for prompts of more than
-    `min_chars` characters and warm it in the background; called by the frontend's startup."""
-    global _pool, _warming
-    await stop()
-    if workers < 1:
-        return None
-    _pool = PromptPool(workers, min_chars)
-    _warming = asyncio.create_task(_pool.warm(), name="prompt-pool-warm")
-    return _pool
-
-
-async def stop() -> None:
-    """Stop the pool's processes (the frontend's shutdown)."""
-    global _pool, _warming
-    pool, warming = _pool, _warming
-    _pool = _warming = None
-    if warming is not None:
-        warming.cancel()
-    if pool is not None:
-        await pool.close()

@@ -20,10 +20,10 @@ from typing import Any, Literal
 from dynamo_core.frontend.errors import BadRequestError
 from dynamo_core.protocols.discovery import ModelCard
 from dynamo_core.protocols.engine import GuidedDecoding
-from dynamo_core.protocols.openai import ChatCompletionRequest, _SamplingFields
+from dynamo_core.protocols.openai import ChatCompletionRequest, SamplingFields
 
 
-def guided_decoding(req: _SamplingFields, card: ModelCard) -> GuidedDecoding | None:
+def guided_decoding(req: SamplingFields, card: ModelCard) -> GuidedDecoding | None:
     """The request's output constraint, or None; a 400 for a malformed or unsupported one."""
     asked: list[tuple[str, GuidedDecoding]] = []
     fmt = req.response_format

@@ -49,7 +49,7 @@ class ResponseFormat(msgspec.Struct, omit_defaults=True, kw_only=True):
     json_schema: JsonSchemaFormat | None = None
 
 
-class _SamplingFields(msgspec.Struct, omit_defaults=True, kw_only=True):
+class SamplingFields(msgspec.Struct, omit_defaults=True, kw_only=True):
     """Parameters shared by chat and text completions."""
 
     model: str
@@ -77,7 +77,7 @@ class _SamplingFields(msgspec.Struct, omit_defaults=True, kw_only=True):
     guided_grammar: str | None = None
 
 
-class ChatCompletionRequest(_SamplingFields, kw_only=True):
+class ChatCompletionRequest(SamplingFields, kw_only=True):
     messages: list[ChatMessage]
     max_completion_tokens: NonNegInt | None = None
     logprobs: bool = False
@@ -97,7 +97,7 @@ class ChatCompletionRequest(_SamplingFields, kw_only=True):
 CompletionPrompt = str | list[str | int | list[int]]
 
 
-class CompletionRequest(_SamplingFields, kw_only=True):
+class CompletionRequest(SamplingFields, kw_only=True):
     prompt: CompletionPrompt
     echo: bool = False
     logprobs: Annotated[int, msgspec.Meta(ge=0, le=20)] | None = None

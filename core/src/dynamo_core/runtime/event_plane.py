@@ -31,11 +31,12 @@ from dynamo_core.protocols.kv_events import (
     KvStored,
     LoadMetrics,
 )
-from dynamo_core.runtime.request_plane import RequestPlaneClient
+from dynamo_core.protocols.names import EVENTS_ENDPOINT
+from dynamo_core.protocols.discovery import InstanceRecord
+from dynamo_core.runtime.plane import ClientOf, EventSource, PlaneConfig, RequestClient, Unpublish
 
 log = logging.getLogger(__name__)
 
-EVENTS_ENDPOINT = "events"
 LOAD_ONLY = b"load"  # the subscription payload that asks for load reports alone
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(EventPlaneMessage)
@@ -139,7 +140,20 @@ def decode_message(payload: bytes) -> EventPlaneMessage:
     return _decoder.decode(payload)
 
 
-async def subscribe(client: RequestPlaneClient, address: str, load_only: bool = False) -> AsyncIterator[EventPlaneMessage]:
+async def subscribe(client: RequestClient, address: str, load_only: bool = False) -> AsyncIterator[EventPlaneMessage]:
     """The subscriber's side: decode the worker's event stream."""
     async for payload in client.call(address, EVENTS_ENDPOINT, LOAD_ONLY if load_only else b""):
         yield _decoder.decode(payload)
+
+
+# The embedded (`tcp`) event plane as an `EventPlaneSpec`: the stream rides on the worker's
+# request plane (its `events` endpoint, whichever plane that is), so publishing starts nothing.
+
+
+async def publish_embedded(source: EventSource, config: PlaneConfig) -> Unpublish | None:
+    return None
+
+
+async def subscribe_embedded(client_of: ClientOf, record: InstanceRecord, load_only: bool) -> AsyncIterator[EventPlaneMessage]:
+    async for message in subscribe(client_of(record.transport), record.address, load_only):
+        yield message

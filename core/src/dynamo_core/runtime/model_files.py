@@ -17,7 +17,6 @@ import msgspec
 
 from dynamo_core.protocols.discovery import ModelFileChunk
 
-MODEL_FILES_ENDPOINT = "model_files"
 TOKENIZER_FILES = (
     "tokenizer.json",
     "tokenizer_config.json",

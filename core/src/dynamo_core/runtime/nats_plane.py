@@ -40,8 +40,10 @@ import nats
 from nats.aio.client import Client as NatsConnection
 from nats.aio.msg import Msg
 
+from dynamo_core.protocols.discovery import InstanceRecord
 from dynamo_core.protocols.kv_events import EventPlaneMessage, KvEventBatch, KvSnapshot
-from dynamo_core.runtime.request_plane import ConnectionLostError, Data, End, Handler, RemoteError
+from dynamo_core.runtime.plane import EventSource, Handler, PlaneConfig, RequestClient, RequestServer, Unpublish
+from dynamo_core.runtime.request_plane import ConnectionLostError, Data, End, RemoteError
 
 log = logging.getLogger(__name__)
 
@@ -186,7 +188,7 @@ class _ReplyBatcher:
         await self._publish_pending()
 
 
-class NatsRequestServer:
+class NatsRequestServer(RequestServer):
     def __init__(self, url: str, prefix: str):
         self._url, self.prefix = url, prefix
         self._nc: NatsConnection | None = None
@@ -316,7 +318,7 @@ class _ReplyInbox:
                 queue.put_nowait(None)
 
 
-class NatsRequestClient:
+class NatsRequestClient(RequestClient):
     def __init__(self, url: str):
         self._url = url
         self._nc: NatsConnection | None = None
@@ -324,7 +326,7 @@ class NatsRequestClient:
         self._lock = asyncio.Lock()
         self._open: dict[str, set[asyncio.Queue]] = {}  # prefix -> queues of its open streams
 
-    def fail_streams(self, prefix: str) -> None:
+    def worker_gone(self, prefix: str) -> None:
         """End every open stream to `prefix` now (discovery says that worker is gone)."""
         for queue in self._open.get(prefix, ()):
             queue.put_nowait(None)
@@ -341,11 +343,6 @@ class NatsRequestClient:
                 await replies.start()
                 self._nc, self._replies = nc, replies
             return self._nc, self._replies
-
-    async def call(self, prefix: str, endpoint: str, payload: bytes) -> AsyncIterator[bytes]:
-        async for batch in self.call_batched(prefix, endpoint, payload):
-            for item in batch:
-                yield item
 
     async def call_batched(self, prefix: str, endpoint: str, payload: bytes) -> AsyncIterator[list[bytes]]:
         """Stream response items, every item already received yielded together."""
@@ -466,3 +463,36 @@ async def subscribe_events(nc: NatsConnection, subject: str) -> AsyncIterator[Ev
     finally:
         with contextlib.suppress(Exception):
             await sub.unsubscribe()
+
+
+async def publish_events(source: EventSource, config: PlaneConfig) -> Unpublish:
+    """Worker side of the `nats` event plane: republish `source`'s payloads on the worker's
+    subject and answer snapshot requests; returns what closes the connection again."""
+    nc = await connect(nats_url(config.nats_url), f"worker {config.worker_id} events")
+    forwarder = NatsEventForwarder(nc, events_subject(config.namespace, config.worker_id), source.snapshot_payload)
+    await forwarder.start()
+    pending: set[asyncio.Task] = set()
+
+    def forward(payload: bytes) -> None:
+        task = asyncio.ensure_future(forwarder.forward(payload))
+        pending.add(task)
+        task.add_done_callback(pending.discard)
+
+    source.add_listener(forward)
+
+    async def unpublish() -> None:
+        with contextlib.suppress(Exception):
+            await nc.close()
+
+    return unpublish
+
+
+async def subscribe_worker_events(
+    client_of: Callable[[str], RequestClient], record: InstanceRecord, load_only: bool
+) -> AsyncIterator[EventPlaneMessage]:
+    """Frontend side of the `nats` event plane: the worker's subject, on the frontend's NATS
+    connection (a subject carries everything, so `load_only` cannot filter)."""
+    client = client_of("nats")
+    assert isinstance(client, NatsRequestClient)
+    async for message in subscribe_events(await client.connection(), events_subject(record.namespace, record.instance_id)):
+        yield message

@@ -20,9 +20,11 @@ import itertools
 import logging
 import socket
 import struct
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
 import msgspec
+
+from dynamo_core.runtime.plane import Handler, RequestClient, RequestServer
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +74,6 @@ class UnknownEndpointError(RemoteError):
     pass
 
 
-Handler = Callable[[bytes], AsyncIterator[bytes]]
 
 
 class _FrameWriter:
@@ -135,7 +136,7 @@ async def _read_frame(reader: asyncio.StreamReader) -> Frame:
 # ---------------------------------------------------------------------------------------------
 
 
-class RequestPlaneServer:
+class RequestPlaneServer(RequestServer):
     """Serves named endpoints; each ``Call`` runs its handler in a task of its own."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0):
@@ -275,7 +276,7 @@ class _Connection:
             await self._reader_task
 
 
-class RequestPlaneClient:
+class RequestPlaneClient(RequestClient):
     """Opens streams to worker endpoints, reusing one connection per worker address."""
 
     def __init__(self, connect_timeout_s: float = 5.0):
@@ -309,15 +310,7 @@ class RequestPlaneClient:
         finally:
             del self._connecting[address]
 
-    async def call(self, address: str, endpoint: str, payload: bytes) -> AsyncIterator[bytes]:
-        """Stream the endpoint's response items. Closing the iterator early cancels the call."""
-        async for batch in self.call_batched(address, endpoint, payload):
-            for item in batch:
-                yield item
-
     async def call_batched(self, address: str, endpoint: str, payload: bytes) -> AsyncIterator[list[bytes]]:
-        """Like `call`, but yields every item already received at once: a consumer that falls
-        behind catches up in one step instead of one wake-up per item."""
         conn = await self._connection(address)
         stream_id, queue = conn.open_stream(endpoint, payload)
         finished = False

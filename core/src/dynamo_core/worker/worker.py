@@ -23,18 +23,23 @@ from dynamo_core.plugins import get_registry
 from dynamo_core.protocols.discovery import InstanceRecord, ModelCard
 from dynamo_core.protocols.engine import EngineOutput, FinishReason, PreprocessedRequest
 from dynamo_core.runtime.discovery import DiscoveryBackend, DiscoveryConfig
-from dynamo_core.runtime.event_plane import EVENTS_ENDPOINT, EventPublisher
+from dynamo_core.protocols.names import (
+    BACKEND_COMPONENT,
+    EVENTS_ENDPOINT,
+    GENERATE_ENDPOINT,
+    KV_RELEASE_ENDPOINT,
+    MODEL_FILES_ENDPOINT,
+    ROLES,
+)
+from dynamo_core.runtime.event_plane import EventPublisher
 from dynamo_core.runtime.gc_heap import freeze_heap
-from dynamo_core.runtime.model_files import MODEL_FILES_ENDPOINT, serve_model_files, tokenizer_digest
-from dynamo_core.runtime.request_plane import RequestPlaneServer
+from dynamo_core.runtime.model_files import serve_model_files, tokenizer_digest
+from dynamo_core.runtime.plane import PlaneConfig, Unpublish
+from dynamo_core.runtime.transports import event_plane_spec, request_plane
 from dynamo_core.tokenizer import BUILTIN_TOKENIZER
 
 log = logging.getLogger(__name__)
 
-GENERATE_ENDPOINT = "generate"
-KV_RELEASE_ENDPOINT = "kv_release"  # prefill workers: free the KV held under a hold id
-ROLES = ("agg", "prefill", "decode")
-BACKEND_COMPONENT = "backend"
 LOAD_REPORT_INTERVAL_S = 0.05
 LOAD_HEARTBEAT_S = 1.0
 
@@ -84,20 +89,15 @@ class Worker:
             config.discovery_config
         )
         self._owns_discovery = discovery is None
-        if config.request_plane == "nats":
-            from dynamo_core.runtime.nats_plane import NatsRequestServer, nats_url
-
-            prefix = f"{config.namespace}.instance.{self.worker_id}"
-            self._server = NatsRequestServer(nats_url(config.nats_url), prefix)
-        elif config.request_plane == "tcp":
-            self._server = RequestPlaneServer(config.host, config.port)
-        else:
-            raise ValueError(f"unknown request plane '{config.request_plane}' (tcp, nats)")
-        if config.event_plane not in ("tcp", "nats"):
-            raise ValueError(f"unknown event plane '{config.event_plane}' (tcp, nats)")
+        self._plane_config = PlaneConfig(
+            host=config.host, port=config.port, nats_url=config.nats_url, namespace=config.namespace,
+            worker_id=self.worker_id,
+        )
+        self._server = request_plane(config.request_plane).create_server(self._plane_config)
+        self._event_plane = event_plane_spec(config.event_plane)
         if config.role not in ROLES:
             raise WorkerConfigError(f"unknown worker mode '{config.role}' ({', '.join(ROLES)})")
-        self._nats_events = None
+        self._unpublish: Unpublish | None = None  # stops the event plane's publishing
         self.transfer = None  # the KV-transfer agent of prefill and decode workers
         self.engine: Engine | None = None
         self.events: EventPublisher | None = None
@@ -144,8 +144,7 @@ class Worker:
         if config.model_path:
             self._server.register(MODEL_FILES_ENDPOINT, serve_model_files(config.model_path))
         address = await self._server.start()
-        if config.event_plane == "nats":
-            await self._start_nats_events()
+        self._unpublish = await self._event_plane.publish(self.events, self._plane_config)
         card = ModelCard(
             served_name=name,
             tokenizer=str(Path(config.model_path).resolve()) if config.model_path else BUILTIN_TOKENIZER,
@@ -196,23 +195,6 @@ class Worker:
         self.engine.release_kv(payload.decode())
         yield b""
 
-    async def _start_nats_events(self) -> None:
-        from dynamo_core.runtime.nats_plane import NatsEventForwarder, connect, events_subject, nats_url
-
-        assert self.events is not None
-        nc = await connect(nats_url(self.config.nats_url), f"worker {self.worker_id} events")
-        forwarder = NatsEventForwarder(nc, events_subject(self.config.namespace, self.worker_id), self.events.snapshot_payload)
-        await forwarder.start()
-        pending: set[asyncio.Task] = set()
-
-        def forward(payload: bytes) -> None:
-            task = asyncio.ensure_future(forwarder.forward(payload))
-            pending.add(task)
-            task.add_done_callback(pending.discard)
-
-        self.events.add_listener(forward)
-        self._nats_events = nc
-
     async def _generate(self, payload: bytes) -> AsyncIterator[bytes]:
         assert self.engine is not None
         request = _request_decoder.decode(payload)
@@ -259,9 +241,8 @@ class Worker:
             await self.engine.stop()
         if self.transfer is not None:
             await self.transfer.close()
-        if self._nats_events is not None:
-            with contextlib.suppress(Exception):
-                await self._nats_events.close()
+        if self._unpublish is not None:
+            await self._unpublish()
         if self._owns_discovery:
             await self._discovery.close()
 

@@ -8,10 +8,10 @@ plugin has: a `dynamo` entry point (see pyproject.toml), hook implementations ma
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Sequence
 
 from dynamo_core import hookimpl
+from dynamo_core.hookspecs import OptionGroup
 from dynamo_core.protocols.engine import PreprocessedRequest
 from dynamo_core.routers.base import Router, RouterContext, RouterSpec, WorkerState
 
@@ -58,7 +58,7 @@ def dynamo_routers() -> list[RouterSpec]:
 
 
 @hookimpl
-def dynamo_router_options(router: str, group: argparse._ArgumentGroup) -> None:
+def dynamo_router_options(router: str, group: OptionGroup) -> None:
     if router == "shortest-backlog":
         group.add_argument(
             "--backlog-count-requests", action="store_true",

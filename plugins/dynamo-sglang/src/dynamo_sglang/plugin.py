@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import argparse
-
 from dynamo_core import hookimpl
 from dynamo_core.engines.base import Engine, EngineContext, EngineSpec
+from dynamo_core.hookspecs import OptionGroup
 
 
 def _create(context: EngineContext) -> Engine:
@@ -21,7 +20,7 @@ def dynamo_engines() -> list[EngineSpec]:
 
 
 @hookimpl
-def dynamo_engine_options(engine: str, group: argparse._ArgumentGroup) -> None:
+def dynamo_engine_options(engine: str, group: OptionGroup) -> None:
     if engine != "sglang":
         return
     from dynamo_sglang.server_args import server_arg_parser

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import argparse
 import os
 
 from dynamo_core import hookimpl
+from dynamo_core.hookspecs import OptionGroup
 from dynamo_core.routers.base import Router, RouterContext, RouterSpec
 
 from dynamo_router_kv.config import DEFAULT_OVERLAP_WEIGHT, DEFAULT_TEMPERATURE, DEFAULT_TTL_S
@@ -32,7 +32,7 @@ def _env_float(name: str, default: float) -> float:
 
 
 @hookimpl
-def dynamo_router_options(router: str, group: argparse._ArgumentGroup) -> None:
+def dynamo_router_options(router: str, group: OptionGroup) -> None:
     if router != "kv":
         return
     group.add_argument(

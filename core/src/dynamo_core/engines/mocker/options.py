@@ -7,6 +7,7 @@ import argparse
 import msgspec
 
 from dynamo_core.engines.mocker.timing import H100_LLAMA_8B, TimingProfile
+from dynamo_core.hookspecs import OptionGroup
 
 
 class MockerConfigError(ValueError):
@@ -85,7 +86,7 @@ def _flag(field_name: str) -> str:
     return field_name.replace("_", "-")
 
 
-def add_mocker_options(group: argparse._ArgumentGroup) -> None:
+def add_mocker_options(group: OptionGroup) -> None:
     d, t = MockerConfig(), H100_LLAMA_8B
     add = group.add_argument
     add("--block-size", type=int, default=d.block_size, help="tokens per KV block (default: %(default)s)")
