@@ -63,3 +63,23 @@ def test_the_mirror_answers_snapshots_from_sglangs_events():
     mirror.apply(translate(batch(["BlockRemoved", [8], "GPU"])))
     snapshot = mirror.snapshot()
     assert [[b.block_hash for b in s.blocks] for s in snapshot] == [[(-5) & MASK, 7]]
+
+
+class ListSink:
+    def __init__(self) -> None:
+        self.published: list = []
+
+    def publish(self, events) -> None:
+        self.published.append(list(events))
+
+
+def test_the_relay_publishes_translated_batches_and_clears_on_a_lost_stretch():
+    from dynamo_core.engines.kv_mirror import KvEventRelay
+
+    sink = ListSink()
+    relay = KvEventRelay("SGLang", translate, sink)
+    relay.on_batch(batch(stored([-5], None, list(range(16)))))
+    relay.on_batch(batch(["BlockMoved", [1], "GPU"]))  # nothing dynamo reports: nothing published
+    assert len(sink.published) == 1 and len(relay.mirror) == 1
+    relay.on_lost(3, 5)
+    assert sink.published[-1] == [KvCleared()] and len(relay.mirror) == 0

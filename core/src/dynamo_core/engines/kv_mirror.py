@@ -1,14 +1,50 @@
-"""A mirror of an engine's KV cache built from its own events, for `Engine.kv_snapshot()`.
+"""What engine plugins that relay their engine's own KV events share (vLLM, SGLang).
 
-Engines that publish KV events but cannot enumerate their cache (vLLM, SGLang) keep one: it
-applies the translated events and answers snapshots, parents first.
+- `KvCacheMirror`: the cache as the events describe it, for `Engine.kv_snapshot()` (these
+  engines cannot enumerate their caches).
+- `KvEventRelay`: a published batch in, translated events out to the worker's sink through the
+  mirror; a lost stretch of batches becomes a cleared cache, so routers resynchronise.
+- `stored_event` and `decode_events`: the pieces of an engine's wire format translation that
+  do not depend on the engine (per-block hashes and tokens into one `KvStored`; a msgpack batch
+  decoded event by event, so an unknown event kind skips only itself).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
+import msgspec
+
+from dynamo_core.engines.base import KvEventSink
 from dynamo_core.protocols.kv_events import KvBlock, KvCleared, KvEvent, KvRemoved, KvStored
+
+log = logging.getLogger(__name__)
+
+
+def stored_event(hashes: Sequence[Any], parent: Any, tokens: Sequence[int], block_size: int,
+                 fold: Callable[[Any], int]) -> KvStored | None:
+    """One `KvStored` for consecutive blocks of `block_size` tokens, each hash covering the next
+    block's tokens (a short tail is no block); `fold` turns the engine's hashes into dynamo's
+    64-bit ints. None when no full block is described."""
+    count = min(len(hashes), len(tokens) // block_size)
+    if count == 0:
+        return None
+    blocks = [KvBlock(fold(hashes[i]), list(tokens[i * block_size : (i + 1) * block_size])) for i in range(count)]
+    return KvStored(parent_hash=None if parent is None else fold(parent), blocks=blocks)
+
+
+def decode_events(payload: bytes, batch: msgspec.msgpack.Decoder, event: msgspec.msgpack.Decoder, engine: str) -> list:
+    """The events of one published batch (`batch` decodes it with its events as `msgspec.Raw`),
+    in order; events `event` does not know are dropped."""
+    events = []
+    for raw in batch.decode(payload).events:
+        try:
+            events.append(event.decode(raw))
+        except msgspec.ValidationError as exc:
+            log.debug("skipping a %s KV event dynamo does not know: %s", engine, exc)
+    return events
 
 
 class KvCacheMirror:
@@ -71,3 +107,26 @@ class KvCacheMirror:
                     chain.append(children[chain[-1]][0])
                 stack.append(chain[-1])
                 yield parent, chain
+
+
+class KvEventRelay:
+    """An engine's published KV event batches to the worker's event sink, through a mirror."""
+
+    def __init__(self, engine: str, translate: Callable[[bytes], list[KvEvent]], sink: KvEventSink):
+        self.engine = engine
+        self.mirror = KvCacheMirror()
+        self._translate = translate
+        self._sink = sink
+
+    def on_batch(self, payload: bytes) -> None:
+        events = self._translate(payload)
+        if events:
+            self.mirror.apply(events)
+            self._sink.publish(events)
+
+    def on_lost(self, first: int, end: int) -> None:
+        # What those batches stored is unknown: start over from an empty view of the cache.
+        log.warning("%s KV event batches %d..%d are lost; reporting the cache as cleared", self.engine, first, end - 1)
+        events = [KvCleared()]
+        self.mirror.apply(events)
+        self._sink.publish(events)

@@ -30,9 +30,9 @@ from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 from dynamo_core.engines.base import Engine, EngineContext
-from dynamo_core.engines.kv_mirror import KvCacheMirror
+from dynamo_core.engines.kv_mirror import KvEventRelay
 from dynamo_core.protocols.engine import EngineInfo, EngineOutput, FinishReason, KvPullReport, PreprocessedRequest
-from dynamo_core.protocols.kv_events import KvCleared, KvStored, LoadMetrics
+from dynamo_core.protocols.kv_events import KvStored, LoadMetrics
 from dynamo_sglang import disagg
 from dynamo_sglang.availability import require_sglang
 from dynamo_sglang.kv_events import KvEventTranslator, decode_batch
@@ -74,8 +74,7 @@ class SglangEngine(Engine):
         self.supports_structured_output = self._grammar != "none"
         self._kv_events_enabled = "--disable-radix-cache" not in given  # no prefix cache, no events
         self._engine: Any = None
-        self._mirror = KvCacheMirror()
-        self._translator: KvEventTranslator | None = None
+        self._relay: KvEventRelay | None = None  # SGLang's batches -> the worker's events
         self._subscriber: KvEventSubscriber | None = None
         self._page_size = DEFAULT_PAGE_SIZE
         self._total_pages = 0
@@ -129,8 +128,10 @@ class SglangEngine(Engine):
         log.info("SGLang up: page size %d, %d KV pages, context %d, grammar backend %s, role %s",
                  self._page_size, self._total_pages, context_length, args.grammar_backend, self._context.role)
         if self._subscriber is not None:
-            self._translator = KvEventTranslator(self._page_size)
-            self._subscriber.start(self._on_kv_batch, self._on_kv_events_lost)
+            translator = KvEventTranslator(self._page_size)
+            self._relay = KvEventRelay("SGLang", lambda payload: translator.translate(decode_batch(payload)),
+                                       self._context.kv_events)
+            self._subscriber.start(self._relay.on_batch, self._relay.on_lost)
         engine_info = EngineInfo(block_size=self._page_size, kv_capacity_blocks=self._total_pages, context_length=context_length)
         if self._context.role == "prefill":
             # The frontend sends both halves of a request at once to meet here (rendezvous handoff).
@@ -238,21 +239,7 @@ class SglangEngine(Engine):
                             total_pages=self._total_pages)
 
     def kv_snapshot(self) -> list[KvStored]:
-        return self._mirror.snapshot()
-
-    def _on_kv_batch(self, payload: bytes) -> None:
-        assert self._translator is not None
-        events = self._translator.translate(decode_batch(payload))
-        if events:
-            self._mirror.apply(events)
-            self._context.kv_events.publish(events)
-
-    def _on_kv_events_lost(self, first: int, end: int) -> None:
-        # What those batches stored is unknown: start over from an empty view of the cache.
-        log.warning("SGLang KV event batches %d..%d are lost; reporting the cache as cleared", first, end - 1)
-        events = [KvCleared()]
-        self._mirror.apply(events)
-        self._context.kv_events.publish(events)
+        return self._relay.mirror.snapshot() if self._relay is not None else []
 
     async def stop(self) -> None:
         if self._subscriber is not None:

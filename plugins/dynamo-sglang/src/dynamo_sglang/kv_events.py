@@ -16,14 +16,12 @@ engine's page size, are reported: that is what dynamo's token-only block hashes 
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 
 import msgspec
 
-from dynamo_core.protocols.kv_events import KvBlock, KvCleared, KvEvent, KvRemoved, KvStored
-
-log = logging.getLogger(__name__)
+from dynamo_core.engines.kv_mirror import decode_events, stored_event
+from dynamo_core.protocols.kv_events import KvCleared, KvEvent, KvRemoved, KvStored
 
 _MASK64 = (1 << 64) - 1
 GPU_MEDIUM = "GPU"
@@ -62,13 +60,7 @@ _event_decoder = msgspec.msgpack.Decoder(SglangKvEvent)
 
 def decode_batch(payload: bytes) -> list[SglangKvEvent]:
     """The events of one published batch, in order; events of unknown kinds are dropped."""
-    events: list[SglangKvEvent] = []
-    for raw in _batch_decoder.decode(payload).events:
-        try:
-            events.append(_event_decoder.decode(raw))
-        except msgspec.ValidationError as exc:
-            log.debug("skipping an SGLang KV event dynamo does not know: %s", exc)
-    return events
+    return decode_events(payload, _batch_decoder, _event_decoder, "SGLang")
 
 
 def engine_hash(value: int) -> int:
@@ -99,13 +91,6 @@ class KvEventTranslator:
     def _stored(self, event: BlockStored) -> KvStored | None:
         if event.medium not in (None, GPU_MEDIUM) or event.lora_id is not None:
             return None  # host/disk tiers are not GPU cache; LoRA pages hash differently
-        size = self.page_size
-        if event.block_size != size:
+        if event.block_size != self.page_size:
             return None
-        count = min(len(event.block_hashes), len(event.token_ids) // size)
-        if count == 0:
-            return None
-        tokens = event.token_ids
-        blocks = [KvBlock(engine_hash(event.block_hashes[i]), tokens[i * size : (i + 1) * size]) for i in range(count)]
-        parent = None if event.parent_block_hash is None else engine_hash(event.parent_block_hash)
-        return KvStored(parent_hash=parent, blocks=blocks)
+        return stored_event(event.block_hashes, event.parent_block_hash, event.token_ids, self.page_size, engine_hash)
