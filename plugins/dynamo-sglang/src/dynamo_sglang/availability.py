@@ -4,20 +4,16 @@ from __future__ import annotations
 
 import importlib.util
 
-from dynamo_core.plugins import PluginNotInstalledError
+from dynamo_core.plugins import EngineUnavailableError
 
 INSTALL_HINT = "pip install 'dynamo-sglang[sglang]' (or pip install 'sglang>=0.5.15'; Python 3.12, CUDA)"
 
 
-class SglangUnavailableError(PluginNotInstalledError):
-    """`--engine sglang` was asked for, but SGLang is missing or cannot load.
-
-    A `PluginNotInstalledError`, so the CLI reports it as one line and exits with status 2.
-    """
+class SglangUnavailableError(EngineUnavailableError):
+    """`--engine sglang` was asked for, but SGLang is missing or cannot load (one line from the CLI, status 2)."""
 
     def __init__(self, reason: str):
-        LookupError.__init__(self, f"engine 'sglang' {reason}")
-        self.kind, self.name, self.available = "engine", "sglang", []
+        super().__init__("sglang", reason)
 
 
 def sglang_installed() -> bool:
