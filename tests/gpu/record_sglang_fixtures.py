@@ -20,7 +20,6 @@ The CPU tests load OUT_FILE from plugins/dynamo-sglang/tests/fixtures/sglang_0.5
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import os

@@ -35,18 +35,10 @@ openai = pytest.importorskip("openai")
 
 sys.path.insert(0, str(Path(__file__).parent))
 from conftest import free_port  # noqa: E402  (tests/, put on the path by its conftest)
-from gpu_support import SGLANG_ENGINE_FLAGS, Child, call, model_dir, wait_for_instances  # noqa: E402
+from gpu_support import SGLANG_ENGINE_FLAGS, Child, call, metric, model_dir, wait_for_instances  # noqa: E402
 from random_llama import VOCAB_SIZE  # noqa: E402
 
 pytestmark = [pytest.mark.gpu, pytest.mark.timeout(1200)]
-
-
-def _metric(base: str, name: str, **labels: str) -> float:
-    total = 0.0
-    for line in call(f"{base}/metrics").splitlines():
-        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
 
 
 def _wait_for_count(base: str, count: int) -> None:
@@ -154,7 +146,7 @@ def test_sglang_prefill_and_decode_workers_move_kv_with_nixl(tmp_path_factory):
         print(f"aggregated: {whole.choices[0].text!r}\nprefill -> NIXL -> decode: {split.choices[0].text!r}")
         print(f"usage: {split.usage.model_dump()}")
         assert split.usage.prompt_tokens == 300 and split.usage.completion_tokens == 16
-        assert _metric(base, "dynamo_frontend_disagg_requests_total") >= 1
+        assert metric(base, "dynamo_frontend_disagg_requests_total") >= 1
         # Greedy through a transferred KV cache continues as through a computed one.
         assert split.choices[0].text == whole.choices[0].text
 
