@@ -4,6 +4,9 @@
   engines cannot enumerate their caches).
 - `KvEventRelay`: a published batch in, translated events out to the worker's sink through the
   mirror; a lost stretch of batches becomes a cleared cache, so routers resynchronise.
+- `EventTranslator`: the loop over an engine's decoded `BlockStored` / `BlockRemoved` /
+  `AllBlocksCleared` events (vLLM's names, which SGLang shares); each engine says which of
+  its stored and removed events dynamo reports, and how.
 - `stored_event` and `decode_events`: the pieces of an engine's wire format translation that
   do not depend on the engine (per-block hashes and tokens into one `KvStored`; a msgpack batch
   decoded event by event, so an unknown event kind skips only itself).
@@ -33,6 +36,32 @@ def stored_event(hashes: Sequence[Any], parent: Any, tokens: Sequence[int], bloc
         return None
     blocks = [KvBlock(fold(hashes[i]), list(tokens[i * block_size : (i + 1) * block_size])) for i in range(count)]
     return KvStored(parent_hash=None if parent is None else fold(parent), blocks=blocks)
+
+
+class EventTranslator:
+    """Decoded engine events in, dynamo's events out, in order; kinds it does not know are skipped."""
+
+    def translate(self, events: Sequence[Any]) -> list[KvEvent]:
+        out: list[KvEvent] = []
+        for event in events:
+            kind = type(event).__name__
+            if kind == "BlockStored":
+                translated: KvEvent | None = self.stored(event)
+            elif kind == "BlockRemoved":
+                translated = self.removed(event)
+            elif kind == "AllBlocksCleared":
+                translated = KvCleared()
+            else:
+                translated = None
+            if translated is not None:
+                out.append(translated)
+        return out
+
+    def stored(self, event: Any) -> KvStored | None:
+        raise NotImplementedError
+
+    def removed(self, event: Any) -> KvRemoved | None:
+        raise NotImplementedError
 
 
 def decode_events(payload: bytes, batch: msgspec.msgpack.Decoder, event: msgspec.msgpack.Decoder, engine: str) -> list:

@@ -16,12 +16,10 @@ engine's page size, are reported: that is what dynamo's token-only block hashes 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import msgspec
 
-from dynamo_core.engines.kv_mirror import decode_events, stored_event
-from dynamo_core.protocols.kv_events import KvCleared, KvEvent, KvRemoved, KvStored
+from dynamo_core.engines.kv_mirror import EventTranslator, decode_events, stored_event
+from dynamo_core.protocols.kv_events import KvRemoved, KvStored
 
 _MASK64 = (1 << 64) - 1
 GPU_MEDIUM = "GPU"
@@ -68,27 +66,18 @@ def engine_hash(value: int) -> int:
     return value & _MASK64
 
 
-class KvEventTranslator:
+class KvEventTranslator(EventTranslator):
     """Turns decoded SGLang events into dynamo events for an engine of `page_size` tokens a page."""
 
     def __init__(self, page_size: int):
         self.page_size = page_size
 
-    def translate(self, events: Sequence[SglangKvEvent]) -> list[KvEvent]:
-        out: list[KvEvent] = []
-        for event in events:
-            if isinstance(event, BlockStored):
-                stored = self._stored(event)
-                if stored is not None:
-                    out.append(stored)
-            elif isinstance(event, BlockRemoved):
-                if event.medium in (None, GPU_MEDIUM) and event.block_hashes:
-                    out.append(KvRemoved(block_hashes=[engine_hash(h) for h in event.block_hashes]))
-            elif isinstance(event, AllBlocksCleared):
-                out.append(KvCleared())
-        return out
+    def removed(self, event: BlockRemoved) -> KvRemoved | None:
+        if event.medium not in (None, GPU_MEDIUM) or not event.block_hashes:
+            return None
+        return KvRemoved(block_hashes=[engine_hash(h) for h in event.block_hashes])
 
-    def _stored(self, event: BlockStored) -> KvStored | None:
+    def stored(self, event: BlockStored) -> KvStored | None:
         if event.medium not in (None, GPU_MEDIUM) or event.lora_id is not None:
             return None  # host/disk tiers are not GPU cache; LoRA pages hash differently
         if event.block_size != self.page_size:

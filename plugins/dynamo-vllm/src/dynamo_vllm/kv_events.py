@@ -16,12 +16,10 @@ size and without LoRA, are reported: that is what dynamo's token-only block hash
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import msgspec
 
-from dynamo_core.engines.kv_mirror import decode_events, stored_event
-from dynamo_core.protocols.kv_events import KvCleared, KvEvent, KvRemoved, KvStored
+from dynamo_core.engines.kv_mirror import EventTranslator, decode_events, stored_event
+from dynamo_core.protocols.kv_events import KvRemoved, KvStored
 
 _MASK64 = (1 << 64) - 1
 GPU_MEDIUM = "GPU"
@@ -73,7 +71,7 @@ def engine_hash(value: int | bytes) -> int:
     return value & _MASK64
 
 
-class KvEventTranslator:
+class KvEventTranslator(EventTranslator):
     """Turns decoded vLLM events into dynamo events for an engine of `block_size` tokens a block."""
 
     def __init__(self, block_size: int, group_idx: int = 0):
@@ -83,21 +81,12 @@ class KvEventTranslator:
     def _reported(self, medium: str | None, group_idx: int | None) -> bool:
         return (medium is None or medium == GPU_MEDIUM) and (group_idx is None or group_idx == self.group_idx)
 
-    def translate(self, events: Sequence[VllmKvEvent]) -> list[KvEvent]:
-        out: list[KvEvent] = []
-        for event in events:
-            if isinstance(event, BlockStored):
-                stored = self._stored(event)
-                if stored is not None:
-                    out.append(stored)
-            elif isinstance(event, BlockRemoved):
-                if self._reported(event.medium, event.group_idx) and event.block_hashes:
-                    out.append(KvRemoved(block_hashes=[engine_hash(h) for h in event.block_hashes]))
-            elif isinstance(event, AllBlocksCleared):
-                out.append(KvCleared())
-        return out
+    def removed(self, event: BlockRemoved) -> KvRemoved | None:
+        if not self._reported(event.medium, event.group_idx) or not event.block_hashes:
+            return None
+        return KvRemoved(block_hashes=[engine_hash(h) for h in event.block_hashes])
 
-    def _stored(self, event: BlockStored) -> KvStored | None:
+    def stored(self, event: BlockStored) -> KvStored | None:
         if not self._reported(event.medium, event.group_idx):
             return None
         if event.lora_id is not None or event.lora_name is not None:
