@@ -20,7 +20,7 @@ set -euo pipefail
 
 cd "$(git rev-parse --show-toplevel)"
 WHL=.whl-sglang
-PART_BYTES=$((55 * 1000 * 1000))   # one part per call, leaving room for the working tree
+PART_BYTES=$((58 * 1000 * 1000))   # one part per call, leaving room for the working tree (64 MiB in all)
 
 WHEELS=(
   # the engine
