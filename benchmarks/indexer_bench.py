@@ -38,8 +38,8 @@ import random
 import sys
 import time
 import tracemalloc
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 from dynamo_core.protocols.engine import PreprocessedRequest, StopConditions
 from dynamo_core.protocols.kv_events import KvBlock, KvEventBatch, KvSnapshot, KvStored
@@ -48,6 +48,10 @@ from dynamo_router_kv.config import KvRouterConfig
 from dynamo_router_kv.hashing import prompt_block_hashes
 from dynamo_router_kv.indexer import KvIndexer
 from dynamo_router_kv.router import KvRouter
+
+if __package__ in (None, ""):  # run as `python benchmarks/indexer_bench.py`, as docs/benchmarks.md does
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.stats import percentile  # noqa: E402
 
 VOCAB = range(32_000)
 
@@ -110,12 +114,6 @@ def make_workload(args: argparse.Namespace) -> Workload:
         tokens = [t for b in blocks for t in b]
         typical.append(tokens + rng.choices(VOCAB, k=args.prompt_tokens - len(tokens)))
     return Workload(runs, typical, full_prompts, worker_ids)
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    """Nearest-rank percentile, q in 0..100."""
-    ordered = sorted(values)
-    return ordered[max(1, math.ceil(q / 100 * len(ordered))) - 1]
 
 
 def _fresh_int(value: int) -> int:

@@ -29,17 +29,11 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from benchmarks.common import (
-    add_run_options,
-    gc_collections,
-    prometheus_value,
-    report,
-    RequestRecord,
-    StreamClient,
-    process_cpu_seconds,
-    run_async,
-    summarize,
-)
+from benchmarks.client import StreamClient
+from benchmarks.prometheus import gc_collections, process_cpu_seconds, prometheus_value
+from benchmarks.records import RequestRecord
+from benchmarks.report import add_run_options, report, run_async
+from benchmarks.stats import summarize
 
 CHAT_PATH = "/v1/chat/completions"
 

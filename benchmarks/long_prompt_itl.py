@@ -36,14 +36,10 @@ from typing import Any
 
 import msgspec
 
-from benchmarks.common import (
-    add_run_options,
-    report,
-    RequestRecord,
-    StreamClient,
-    percentile,
-    run_async,
-)
+from benchmarks.client import StreamClient
+from benchmarks.records import RequestRecord
+from benchmarks.report import add_run_options, report, run_async
+from benchmarks.stats import percentile
 from benchmarks.loadgen import CHAT_PATH, Calibration, PromptFactory, calibrate, prompt_tokens_of, run_level
 
 LONG_SEED = 1_000_003  # long prompts draw their words apart from the short ones

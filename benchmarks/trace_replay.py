@@ -33,15 +33,10 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import (
-    add_run_options,
-    report,
-    RequestRecord,
-    StreamClient,
-    percentile,
-    run_async,
-    summarize,
-)
+from benchmarks.client import StreamClient
+from benchmarks.records import RequestRecord
+from benchmarks.report import add_run_options, report, run_async
+from benchmarks.stats import percentile, summarize
 
 COMPLETIONS_PATH = "/v1/completions"
 TRACE_BLOCK_TOKENS = 512  # the block size the trace's hash ids were computed over

@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable
 
 import numpy as np
 
-from benchmarks.common import run_async
+from benchmarks.report import run_async
 from dynamo_core.transfer import TransferConfig, TransferError, create_transfer_agent
 from dynamo_core.transfer.peer import region_bytes, start_peer, stop_owner
 

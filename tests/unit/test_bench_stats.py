@@ -14,17 +14,11 @@ import pytest
 # The benchmarks are scripts of the repository, not an installed distribution.
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from benchmarks.common import (  # noqa: E402
-    RequestRecord,
-    SseAccountant,
-    StreamClient,
-    append_json_lines,
-    gc_collections,
-    markdown_table,
-    percentile,
-    prometheus_value,
-    summarize,
-)
+from benchmarks.client import StreamClient  # noqa: E402
+from benchmarks.prometheus import gc_collections, prometheus_value  # noqa: E402
+from benchmarks.records import RequestRecord, SseAccountant  # noqa: E402
+from benchmarks.report import append_json_lines, markdown_table  # noqa: E402
+from benchmarks.stats import percentile, summarize  # noqa: E402
 from benchmarks.loadgen import Level, PromptFactory, measured_records, request_marker  # noqa: E402
 from benchmarks.trace_replay import PromptBuilder, TraceRequest, ideal_hit_rate, scaled_requests  # noqa: E402
 
@@ -316,3 +310,10 @@ def test_block_contents_differ_between_traces_that_reuse_the_same_ids():
     synthetic = PromptBuilder(block_tokens=32, token_lo=3, token_hi=250, salt="synthetic_trace.jsonl")
     assert conversation.prompt(request) != synthetic.prompt(request)
     assert conversation.prompt(request) == PromptBuilder(32, 3, 250, salt="conversation_trace.jsonl").prompt(request)
+
+
+def test_every_benchmark_uses_the_one_percentile_definition():
+    benchmarks = Path(__file__).resolve().parents[2] / "benchmarks"
+    defining = sorted(p.name for p in benchmarks.glob("*.py") if "def percentile(" in p.read_text())
+    assert defining == ["stats.py"]
+    assert percentile([1, 2, 3, 4], 50) == 2.5  # interpolated between ranks, as numpy's default

@@ -119,16 +119,6 @@ async def test_a_failure_inside_vllm_ends_the_stream_with_an_error_delta():
     assert engine._load.in_flight == 0
 
 
-async def test_a_request_vllm_cannot_express_is_refused_before_it_reaches_vllm():
-    llm = StandInLLM(tokens=1)
-    engine = engine_with(llm)
-    bad = request()
-    bad.sampling.n = 3
-    outputs = [o async for o in engine.generate(bad)]
-    assert len(outputs) == 1 and outputs[0].finish_reason is FinishReason.ERROR and "n=3" in outputs[0].error
-    assert llm.requests == []
-
-
 async def test_prefill_and_decode_carry_vllms_transfer_parameters_through_dynamos():
     from dynamo_core.protocols.engine import DisaggParams
 

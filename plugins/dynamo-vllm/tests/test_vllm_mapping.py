@@ -21,7 +21,7 @@ from dynamo_core.protocols.engine import (
 )
 from dynamo_vllm.load import SchedulerLoad
 from dynamo_vllm.outputs import engine_output
-from dynamo_vllm.sampling import UnsupportedRequestError, sampling_kwargs, structured_output_kwargs
+from dynamo_vllm.sampling import sampling_kwargs, structured_output_kwargs
 
 
 def request(**kw) -> PreprocessedRequest:
@@ -56,11 +56,6 @@ def test_sampling_stop_and_logprob_options_map_one_to_one():
 
 def test_logprobs_of_the_sampled_token_only_is_zero_alternatives():
     assert sampling_kwargs(request(output=OutputOptions(logprobs=0)))["logprobs"] == 0
-
-
-def test_several_choices_in_one_request_are_refused():
-    with pytest.raises(UnsupportedRequestError, match="n=2"):
-        sampling_kwargs(request(sampling=SamplingOptions(n=2)))
 
 
 # --- outputs ---------------------------------------------------------------------------------

@@ -49,7 +49,6 @@ class ModelRegistry:
         self.models: dict[str, ServedModel] = {}
         self._model_of_worker: dict[str, str] = {}
         self._watch_task: asyncio.Task | None = None
-        self._changed = asyncio.Event()
         self._frozen_sources: set[str] = set()  # tokenizer sources whose objects are frozen
 
     async def start(self) -> None:
@@ -65,15 +64,6 @@ class ModelRegistry:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
 
-    async def wait_for_change(self, timeout: float) -> None:
-        """Wait until a worker comes or goes (or `timeout` passes)."""
-        self._changed.clear()
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(self._changed.wait(), timeout)
-
-    def worker_count(self) -> int:
-        return len(self._model_of_worker)
-
     async def _watch(self) -> None:
         while True:
             try:
@@ -82,7 +72,6 @@ class ModelRegistry:
                         await self._on_put(_record_decoder.decode(event.value))
                     else:
                         self._on_delete(event.key.rsplit("/", 1)[-1])
-                    self._changed.set()
             except asyncio.CancelledError:
                 raise
             except Exception:

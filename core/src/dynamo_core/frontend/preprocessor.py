@@ -163,7 +163,6 @@ async def prepare_chat(
                     sampling=_sampling(req, i),
                     output=OutputOptions(logprobs=logprobs),
                     guided=guided,
-                    eos_token_ids=list(model.tokenizer.eos_token_ids),
                     last_message_token_ids=last_ids,
                 ),
             )
@@ -200,8 +199,7 @@ async def prepare_completion(
                         sampling=_sampling(req, i),
                         output=OutputOptions(logprobs=req.logprobs),
                         guided=guided,
-                        eos_token_ids=list(model.tokenizer.eos_token_ids),
-                        last_message_token_ids=token_ids if model.card.wants_last_message_tokens else None,
+                            last_message_token_ids=token_ids if model.card.wants_last_message_tokens else None,
                     ),
                 )
             )

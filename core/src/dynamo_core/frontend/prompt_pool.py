@@ -132,7 +132,7 @@ class PromptPool:
         return self._executor
 
     async def warm(self) -> None:
-        """Start every process and import the preprocessor in it, so the first long prompt
+        """Start every process and import prompt encoding in it, so the first long prompt
         does not wait for an interpreter to start. While no process is idle, each submitted
         job spawns one more."""
         loop = asyncio.get_running_loop()

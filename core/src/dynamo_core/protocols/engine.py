@@ -31,7 +31,6 @@ class SamplingOptions(msgspec.Struct, omit_defaults=True, kw_only=True):
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
     repetition_penalty: float | None = None
-    n: int = 1
 
 
 class StopConditions(msgspec.Struct, omit_defaults=True, kw_only=True):
@@ -108,7 +107,6 @@ class PreprocessedRequest(msgspec.Struct, omit_defaults=True, kw_only=True):
     sampling: SamplingOptions = msgspec.field(default_factory=SamplingOptions)
     output: OutputOptions = msgspec.field(default_factory=OutputOptions)
     guided: GuidedDecoding | None = None
-    eos_token_ids: list[int] = []
     # Filled only for models whose card asks for it (`wants_last_message_tokens`): the
     # `echo` engine replays exactly the text of the last message.
     last_message_token_ids: list[int] | None = None

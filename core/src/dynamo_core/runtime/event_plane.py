@@ -136,10 +136,6 @@ class EventPublisher(KvEventSink):
         return len(self._subscribers) + len(self._load_subscribers)
 
 
-def decode_message(payload: bytes) -> EventPlaneMessage:
-    return _decoder.decode(payload)
-
-
 async def subscribe(client: RequestClient, address: str, load_only: bool = False) -> AsyncIterator[EventPlaneMessage]:
     """The subscriber's side: decode the worker's event stream."""
     async for payload in client.call(address, EVENTS_ENDPOINT, LOAD_ONLY if load_only else b""):

@@ -70,10 +70,6 @@ class RemoteError(RequestPlaneError):
     """The worker's handler failed; the message is the worker's."""
 
 
-class UnknownEndpointError(RemoteError):
-    pass
-
-
 
 
 class _FrameWriter:

@@ -173,7 +173,7 @@ class VllmEngine(Engine):
                                         structured_outputs=vllm["structured"](**structured))
             else:
                 params = vllm["params"](**kwargs, output_kind=vllm["delta"])
-        except ValueError as exc:  # includes UnsupportedRequestError
+        except ValueError as exc:  # vLLM's own checks of the sampling parameters
             yield EngineOutput(finish_reason=FinishReason.ERROR, error=str(exc))
             return
         top_logprobs = request.output.logprobs

@@ -26,16 +26,10 @@ _SAMPLING_FIELDS = {
 }
 
 
-class UnsupportedRequestError(ValueError):
-    """A request asks for something this engine adapter cannot express."""
-
-
 def sampling_kwargs(request: PreprocessedRequest) -> dict[str, Any]:
     """Keyword arguments for `vllm.SamplingParams` (the caller adds `output_kind=DELTA`)."""
     sampling, stop = request.sampling, request.stop
-    if sampling.n != 1:
-        # The gateway fans `n` out into one request per choice; an engine delta has no index.
-        raise UnsupportedRequestError(f"n={sampling.n}: the gateway sends one request per choice")
+    # `n` is always 1: the gateway fans choices out into one request each.
     kwargs: dict[str, Any] = {
         "n": 1,
         "max_tokens": stop.max_tokens,
