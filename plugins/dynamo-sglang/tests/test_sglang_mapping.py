@@ -49,9 +49,7 @@ def test_top_k_without_a_limit_leaves_sglangs_default(top_k):
     assert "top_k" not in sampling_params(request(sampling=SamplingOptions(top_k=top_k)))
 
 
-def test_n_and_min_tokens_are_refused_with_a_reason():
-    with pytest.raises(UnsupportedRequestError, match="one request per choice"):
-        sampling_params(request(sampling=SamplingOptions(n=2)))
+def test_min_tokens_is_refused_with_a_reason():
     with pytest.raises(UnsupportedRequestError, match="min_tokens=3 is not supported by the sglang engine"):
         sampling_params(request(stop=StopConditions(max_tokens=8, min_tokens=3)))
 

@@ -35,9 +35,6 @@ class UnsupportedRequestError(ValueError):
 def sampling_params(request: PreprocessedRequest) -> dict[str, Any]:
     """SGLang's `sampling_params` dict for this request."""
     sampling, stop = request.sampling, request.stop
-    if sampling.n != 1:
-        # The gateway fans `n` out into one request per choice; an engine delta has no index.
-        raise UnsupportedRequestError(f"n={sampling.n}: the gateway sends one request per choice")
     if stop.min_tokens:
         raise UnsupportedRequestError(
             f"min_tokens={stop.min_tokens} is not supported by the sglang engine "
