@@ -3,7 +3,7 @@ wheels: a `NAME-VERSION.dist-info` folder with METADATA and entry_points.txt per
 folder that goes on PYTHONPATH next to their `src/` folders.
 
 dynamo finds engines and routers through entry points (group `dynamo`), so `src/` on the path
-alone would not register dynamo-vllm or dynamo-router-kv.
+alone would not register dynamo-vllm, dynamo-sglang or dynamo-router-kv.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import tomllib
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-PACKAGES = ["core", "plugins/router-kv", "plugins/dynamo-vllm", "plugins/nixl"]
+PACKAGES = ["core", "plugins/router-kv", "plugins/dynamo-vllm", "plugins/dynamo-sglang", "plugins/nixl"]
 
 
 def write_dist_info(package: Path, target: Path) -> str:

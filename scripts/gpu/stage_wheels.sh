@@ -2,16 +2,18 @@
 # On the GPU machine, from the repository root: gather the wheel part(s) this call carried
 # (.whl/parts/NN, made by fetch_wheels.sh) under /root/whl. With --install, once every part has
 # come (one call each, each within 30 s of the last, so the machine stays warm and keeps /root),
-# join the cut wheels, check all against SHA256SUMS and install them into /root/site.
+# join the cut wheels, check all against SHA256SUMS and install them into $SITE (/root/site).
+# SGLang's set has its own target, since its pins clash with vLLM's:
+#   WHL=.whl-sglang SITE=/root/site-sglang scripts/gpu/stage_wheels.sh [--install]
 #
 #   run(carry=[".whl/parts/01", ".whl/parts/SHA256SUMS"], command="scripts/gpu/stage_wheels.sh")
 #   ...
 #   run(carry=[".whl/parts/08", ".whl/parts/SHA256SUMS"], command="scripts/gpu/stage_wheels.sh --install")
 set -euo pipefail
-STORE=/root/whl
-SITE=/root/site
+WHL=${WHL:-.whl}  # WHL=.whl-nixl for the set `fetch_wheels.sh nixl` makes, .whl-sglang for SGLang's
+SITE=${SITE:-/root/site}
+STORE=/root/whl-$(basename "$SITE")  # one store per target: two sets never mix
 mkdir -p "$STORE"
-WHL=${WHL:-.whl}  # WHL=.whl-nixl for the set `fetch_wheels.sh nixl` makes
 for part in "$WHL"/parts/[0-9]*/; do
   [ -d "$part" ] && cp "$part"* "$STORE/" && echo "staged part $(basename "$part")"
 done

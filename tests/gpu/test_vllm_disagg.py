@@ -30,18 +30,10 @@ openai = pytest.importorskip("openai")
 
 sys.path.insert(0, str(Path(__file__).parent))
 from conftest import free_port  # noqa: E402  (tests/, put on the path by its conftest)
-from gpu_support import ENGINE_FLAGS, Child, call, model_dir, wait_for_instances  # noqa: E402
+from gpu_support import ENGINE_FLAGS, Child, metric, model_dir, wait_for_instances  # noqa: E402
 from random_llama import VOCAB_SIZE  # noqa: E402
 
 pytestmark = [pytest.mark.gpu, pytest.mark.timeout(1200)]
-
-
-def _metric(base: str, name: str, **labels: str) -> float:
-    total = 0.0
-    for line in call(f"{base}/metrics").splitlines():
-        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
 
 
 def test_vllm_prefill_and_decode_workers_move_kv_with_nixl(tmp_path_factory):
@@ -62,7 +54,7 @@ def test_vllm_prefill_and_decode_workers_move_kv_with_nixl(tmp_path_factory):
         ask = dict(model=model.name, prompt=prompt, max_tokens=16, temperature=0, extra_body={"ignore_eos": True})
 
         whole = client.completions.create(**ask)
-        assert _metric(base, "dynamo_frontend_disagg_fallbacks_total", reason="no_prefill_worker") == 1
+        assert metric(base, "dynamo_frontend_disagg_fallbacks_total", reason="no_prefill_worker") == 1
 
         children.append(Child([*worker, "--mode", "prefill"], env, tmp / "prefill.log"))
         print(f"prefill worker up in {wait_for_instances(base, 2, children):.0f} s", flush=True)
@@ -70,10 +62,10 @@ def test_vllm_prefill_and_decode_workers_move_kv_with_nixl(tmp_path_factory):
         print(f"decode worker alone: {whole.choices[0].text!r}\nprefill -> NIXL -> decode: {split.choices[0].text!r}")
         print(f"usage: {split.usage.model_dump()}")
         assert split.usage.prompt_tokens == 300 and split.usage.completion_tokens == 16
-        assert _metric(base, "dynamo_frontend_disagg_requests_total") == 1
-        assert _metric(base, "dynamo_frontend_disagg_fallbacks_total", reason="decode_recomputed") == 0
-        blocks = _metric(base, "dynamo_frontend_kv_transfer_blocks_total")
-        moved = _metric(base, "dynamo_frontend_kv_transfer_bytes_total")
+        assert metric(base, "dynamo_frontend_disagg_requests_total") == 1
+        assert metric(base, "dynamo_frontend_disagg_fallbacks_total", reason="decode_recomputed") == 0
+        blocks = metric(base, "dynamo_frontend_kv_transfer_blocks_total")
+        moved = metric(base, "dynamo_frontend_kv_transfer_bytes_total")
         print(f"KV pulled: {blocks:.0f} blocks, {moved / 2**20:.1f} MiB")
         assert blocks == -(-300 // 16) and moved > 0
         # Greedy through a pulled KV cache continues as through a computed one.
@@ -86,7 +78,7 @@ def test_vllm_prefill_and_decode_workers_move_kv_with_nixl(tmp_path_factory):
         text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
         print(f"chat stream, split: {len(chunks)} chunks, usage {chunks[-1].usage.model_dump()}, text {text[:40]!r}")
         assert chunks[-1].usage.completion_tokens == 12 and text
-        assert _metric(base, "dynamo_frontend_disagg_requests_total") == 2
+        assert metric(base, "dynamo_frontend_disagg_requests_total") == 2
         for child in children[1:]:  # what vLLM said about its connector, for the record
             lines = [line for line in child.output().splitlines() if re.search(r"(?i)nixl", line)]
             print(f"{child.log.name}: " + "\n  ".join(lines[:6]))

@@ -19,7 +19,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,8 +32,9 @@ openai = pytest.importorskip("openai")
 
 sys.path.insert(0, str(Path(__file__).parent))
 from conftest import free_port  # noqa: E402  (tests/, put on the path by its conftest)
-from gpu_support import ENGINE_FLAGS, START_TIMEOUT_S, call as _call, model_dir as _model_dir  # noqa: E402
-from random_llama import VOCAB_SIZE  # noqa: E402
+from gpu_support import (  # noqa: E402
+    ENGINE_FLAGS, START_TIMEOUT_S, call as _call, check_chat_streaming_and_not, check_completions_greedy_with_logprobs,
+    check_repeated_prefix_follows_its_cache, model_dir as _model_dir)
 
 pytestmark = [pytest.mark.gpu, pytest.mark.timeout(900)]
 
@@ -131,75 +131,15 @@ def test_workers_log_vllms_engine_summary(served):
 
 
 def test_chat_answers_streaming_and_not(served):
-    client = served.client()
-    messages = [{"role": "user", "content": "Name three rivers of Europe."}]
-    reply = client.chat.completions.create(model=served.model, messages=messages, max_tokens=24,
-                                           extra_body={"ignore_eos": True})
-    choice = reply.choices[0]
-    print(f"chat: finish={choice.finish_reason} usage={reply.usage.model_dump()} text={choice.message.content[:60]!r}")
-    assert choice.finish_reason == "length" and choice.message.content
-    assert reply.usage.completion_tokens == 24 and reply.usage.prompt_tokens > 5
-
-    stream = client.chat.completions.create(model=served.model, messages=messages, max_tokens=24, stream=True,
-                                            stream_options={"include_usage": True}, extra_body={"ignore_eos": True})
-    chunks = list(stream)
-    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
-    finishes = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
-    usage = chunks[-1].usage
-    print(f"chat stream: {len(chunks)} chunks, finish={finishes}, usage={usage.model_dump()}, text={text[:60]!r}")
-    assert finishes == ["length"] and text and usage.completion_tokens == 24
+    check_chat_streaming_and_not(served.client(), served.model)
 
 
 def test_completions_with_token_prompt_greedy_and_logprobs(served):
-    client = served.client()
-    prompt = list(range(1000, 1040))
-    first = client.completions.create(model=served.model, prompt=prompt, max_tokens=8, temperature=0, logprobs=2,
-                                      extra_body={"ignore_eos": True})
-    again = client.completions.create(model=served.model, prompt=prompt, max_tokens=8, temperature=0,
-                                      extra_body={"ignore_eos": True})
-    logprobs = first.choices[0].logprobs
-    print(f"completions: text={first.choices[0].text!r} usage={first.usage.model_dump()} "
-          f"top_logprobs[0]={logprobs.top_logprobs[0]}")
-    assert first.usage.prompt_tokens == len(prompt) and first.usage.completion_tokens == 8
-    assert first.choices[0].text == again.choices[0].text  # greedy is deterministic
-    assert len(logprobs.token_logprobs) == 8 and all(lp <= 0 for lp in logprobs.token_logprobs)
-    assert all(len(top) == 2 for top in logprobs.top_logprobs)
-
-
-def _decisions(base: str) -> Counter:
-    counts: Counter = Counter()
-    for line in _call(f"{base}/metrics").splitlines():
-        if line.startswith("dynamo_router_kv_decisions_total{"):
-            counts[line.split('worker="')[1].split('"')[0]] += float(line.rsplit(" ", 1)[1])
-    return counts
+    check_completions_greedy_with_logprobs(served.client(), served.model)
 
 
 def test_vllm_kv_events_fill_the_router_index_and_a_repeated_prefix_follows_its_cache(served):
-    base, model = served.base, served.model
-    shared = [(t * 7919) % (VOCAB_SIZE - 10) + 5 for t in range(512)]  # 32 blocks of 16 tokens
-    _call(f"{base}/v1/completions", {"model": model, "prompt": shared + [11, 12], "max_tokens": 2})
-
-    deadline = time.monotonic() + 10
-    while True:  # the stored events travel vLLM -> worker -> router asynchronously
-        scores = _call(f"{base}/debug/routing", {"model": model, "prompt": shared + [99, 98]})["workers"]
-        holder = max(scores, key=lambda w: scores[w]["overlap_blocks"])
-        if scores[holder]["overlap_blocks"] == 32:
-            break
-        assert time.monotonic() < deadline, scores
-        time.sleep(0.1)
-    print(f"router index after one request: " + ", ".join(f"{w}: {s['overlap_blocks']} blocks" for w, s in scores.items()))
-    assert sum(s["overlap_blocks"] > 0 for s in scores.values()) == 1
-
-    before = _decisions(base)
-    cached = []
-    for i in range(6):
-        reply = _call(f"{base}/v1/completions", {"model": model, "prompt": shared + [20 + i, 30 + i], "max_tokens": 2})
-        cached.append(reply["usage"]["prompt_tokens_details"]["cached_tokens"])
-    after = _decisions(base)
-    routed = {w: after[w] - before.get(w, 0) for w in after if after[w] - before.get(w, 0)}
-    print(f"6 requests sharing the prefix went to {routed} (holder {holder}); vLLM cached tokens {cached}")
-    assert routed == {holder: 6}
-    assert all(c >= 496 for c in cached)
+    check_repeated_prefix_follows_its_cache(served.base, served.model, "vLLM")
 
 
 def test_a_dropped_stream_is_aborted_in_vllm(served):

@@ -145,3 +145,84 @@ def test_a_prefill_worker_killed_mid_request_costs_the_request_nothing(cluster, 
     assert result["reply"].usage.completion_tokens == 6
     assert _metric(base, "dynamo_frontend_disagg_fallbacks_total", reason="prefill_failed") == 1
     assert re.search(r"prefill of request \S+ failed", frontend.output())
+
+
+# --- the rendezvous handoff (SGLang's): prefill and decode get the request at once ---------------
+
+
+def test_rendezvous_handoff_sends_both_sides_at_once_and_moves_every_prompt_tokens_kv(cluster, mistral_tokenizer_dir):
+    _, base = cluster.serve(
+        "--disagg", "--prefill-workers", "1", "--decode-workers", "1", "--disagg-bootstrap",
+        "--disagg-min-prompt-tokens", "32", "--model", str(mistral_tokenizer_dir), "--model-name", "m",
+        "--speedup-ratio", "50", workers=2,
+    )
+    client = _client(base)
+    chat = client.chat.completions.create(
+        model="m", messages=[{"role": "user", "content": _long_prompt("rivers")}], max_tokens=12)
+    assert chat.choices[0].finish_reason == "length" and chat.usage.completion_tokens == 12
+    pieces = list(client.completions.create(model="m", prompt=_long_prompt("mountains"), max_tokens=9,
+                                            stream=True, stream_options={"include_usage": True}))
+    usage = pieces[-1].usage
+    assert usage.completion_tokens == 9
+    assert [p.choices[0].finish_reason for p in pieces if p.choices and p.choices[0].finish_reason] == ["length"]
+
+    assert _metric(base, "dynamo_frontend_disagg_requests_total") == 2
+    assert _metric(base, "dynamo_frontend_kv_transfer_bytes_total") == (
+        chat.usage.prompt_tokens + usage.prompt_tokens) * KV_BYTES_PER_TOKEN
+    assert _metric(base, "dynamo_frontend_disagg_fallbacks_total") == 0
+    assert _metric(base, "dynamo_frontend_disagg_prefill_errors_total") == 0
+
+    def blocks_in_use(role: str) -> int:
+        return next(i["active_kv_blocks"] for i in http_get(f"{base}/health")[1]["instances"] if i["role"] == role)
+
+    wait_until(lambda: blocks_in_use("prefill") == 0, 5)  # released once the decode worker had it
+
+    # A client that leaves mid-stream: both sides are cancelled and neither keeps the blocks.
+    stream = client.completions.create(model="m", prompt=_long_prompt("oceans"), max_tokens=3500, stream=True)
+    for _ in itertools.islice(stream, 3):
+        pass
+    stream.close()
+    wait_until(lambda: blocks_in_use("decode") == 0 and blocks_in_use("prefill") == 0, 5)
+
+
+def test_rendezvous_prefill_killed_mid_request_falls_back_with_the_same_greedy_output(cluster, mistral_tokenizer_dir):
+    model = ["--model", str(mistral_tokenizer_dir), "--model-name", "m"]
+    cluster.start("worker", "--mode", "decode", *model, "--speedup-ratio", "50")
+    # A slow prefill worker: a 600-token prompt takes it about 3 s.
+    cluster.start("worker", "--mode", "prefill", "--disagg-bootstrap", *model, "--prefill-tokens-per-s", "200")
+    frontend, base = cluster.frontend("--disagg-min-prompt-tokens", "16")
+    instances = cluster.wait_for_workers(base, 2, frontend)
+    prefill_pid = next(i["pid"] for i in instances if i["role"] == "prefill")
+    client = _client(base)
+
+    def greedy() -> str:
+        return client.completions.create(model="m", prompt=_long_prompt("hills", 20), max_tokens=8,
+                                         temperature=0, seed=11).choices[0].text
+
+    disaggregated = greedy()
+    assert _metric(base, "dynamo_frontend_disagg_requests_total") == 1
+
+    result: dict = {}
+
+    def ask() -> None:
+        try:
+            result["reply"] = client.completions.create(model="m", prompt=_long_prompt("clouds", 300), max_tokens=6)
+        except Exception as exc:  # noqa: BLE001 - reported by the assertion below
+            result["error"] = exc
+
+    thread = threading.Thread(target=ask)
+    thread.start()
+    # Both sides have the request at once: the decode worker waits in the room meanwhile.
+    wait_until(lambda: all(i["in_flight"] for i in http_get(f"{base}/health")[1]["instances"]), 20)
+    os.kill(prefill_pid, signal.SIGKILL)
+    thread.join(60)
+    assert "error" not in result, result.get("error")
+    assert result["reply"].usage.completion_tokens == 6
+    # The frontend sees the prefill stream or the decode worker's rendezvous fail first.
+    assert (_metric(base, "dynamo_frontend_disagg_fallbacks_total", reason="prefill_failed")
+            + _metric(base, "dynamo_frontend_disagg_fallbacks_total", reason="decode_kv_failed")) == 1
+
+    cluster.wait_for_workers(base, 1, frontend)
+    wait_until(lambda: len(http_get(f"{base}/health")[1]["instances"]) == 1, 20)
+    assert greedy() == disaggregated  # now served whole by the decode worker
+    assert _metric(base, "dynamo_frontend_disagg_fallbacks_total", reason="no_prefill_worker") == 1

@@ -19,9 +19,9 @@ def _run(*args: str) -> subprocess.CompletedProcess:
 
 
 def test_missing_engine_names_the_package_to_install():
-    result = _run("serve", "--engine", "sglang")
+    result = _run("serve", "--engine", "trtllm")
     assert result.returncode == 2
-    assert "engine 'sglang' is not installed; pip install dynamo-sglang" in result.stderr
+    assert "engine 'trtllm' is not installed; pip install dynamo-trtllm" in result.stderr
 
 
 def test_plugins_lists_builtins_with_their_distribution_as_json():

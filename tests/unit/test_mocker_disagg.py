@@ -48,7 +48,7 @@ class Pair:
     async def __aenter__(self) -> Pair:
         for agent in self.agents:
             await agent.start()
-        await self.prefill.start()
+        self.prefill_info = await self.prefill.start()
         await self.decode.start()
         return self
 
@@ -198,3 +198,24 @@ async def test_a_prompt_that_fits_only_once_held_kv_is_released_waits_for_it():
         pair.prefill.release_kv(hold_id)
         [second] = await asyncio.wait_for(waiting, 5)
         assert second.finish_reason is FinishReason.LENGTH and second.kv_transfer is not None
+
+
+async def test_a_rendezvous_pairs_prefill_and_decode_sent_at_once_and_decode_streams_every_token():
+    async with Pair(disagg_bootstrap=True, bootstrap_timeout_s=0.3) as pair:
+        info = pair.prefill_info.disagg_bootstrap
+        assert set(info) == {"bootstrap_host", "bootstrap_port"} and pair.decode.bootstrap is None
+        kv = KvTransferParams(worker_id="P", hold_id="r1", num_tokens=100, block_size=BLOCK,
+                              engine_params={**info, "bootstrap_room": 12345})
+        prefill = _request("r1", PROMPT, 6, DisaggParams(phase="prefill", kv=kv))
+        decode = _request("r1", PROMPT, 6, DisaggParams(phase="decode", kv=kv))
+        decoded, prefilled = await asyncio.gather(_collect(pair.decode, decode), _collect(pair.prefill, prefill))
+        assert prefilled[-1].kv_transfer is not None and len(prefilled[0].token_ids) == 1
+        report = decoded[0].kv_pull
+        assert report.recomputed is None and report.failed is None and report.bytes == 100 * 64
+        agg = MockerEngine(MockerConfig(speedup_ratio=1000.0), output_token_pool(None), 4096)
+        whole = await _collect(agg, _request("r1", PROMPT, 6))
+        assert [t for o in decoded for t in o.token_ids] == [t for o in whole for t in o.token_ids]
+        # Released: the room goes with the KV, and a late decode worker is told so in time.
+        pair.prefill.release_kv("r1")
+        [late] = await _collect(pair.decode, _request("r2", PROMPT, 6, DisaggParams(phase="decode", kv=kv)))
+        assert late.finish_reason is FinishReason.ERROR and "got no KV within 0.3 s" in late.kv_pull.failed

@@ -10,12 +10,10 @@ import asyncio
 from prometheus_client import REGISTRY
 
 from dynamo_core.frontend.engine_client import EngineClient
-from dynamo_core.frontend.model_registry import ModelRegistry
-from dynamo_core.plugins import get_registry
 from dynamo_core.protocols.engine import PreprocessedRequest, StopConditions
 from dynamo_core.runtime.discovery import DiscoveryConfig
-from dynamo_core.runtime.transports import TransportClients
 from dynamo_core.worker.worker import Worker, WorkerConfig
+from in_process import start_frontend_registry
 
 
 async def test_requests_sent_to_a_draining_worker_are_served_by_another(tmp_path):
@@ -27,11 +25,7 @@ async def test_requests_sent_to_a_draining_worker_are_served_by_another(tmp_path
                for _ in range(2)]
     for worker in workers:
         await worker.start()
-    clients = TransportClients(None)
-    discovery = get_registry().get("discovery", "file").create(config)
-    registry = ModelRegistry(discovery, clients, "dynamo", get_registry().get("router", "round-robin").create,
-                             argparse.Namespace())
-    await registry.start()
+    registry, clients, discovery = await start_frontend_registry(config)
     try:
         for _ in range(50):
             if (model := registry.models.get("echo")) is not None and len(model.workers) == 2:
@@ -112,11 +106,7 @@ async def test_the_frontend_freezes_a_tokenizer_once_however_often_its_model_com
     freezes: list[str] = []
     monkeypatch.setattr(model_registry, "freeze_heap", freezes.append)
     config = DiscoveryConfig(file_dir=str(tmp_path), poll_interval_s=0.1)
-    clients = TransportClients(None)
-    discovery = get_registry().get("discovery", "file").create(config)
-    registry = ModelRegistry(discovery, clients, "dynamo", get_registry().get("router", "round-robin").create,
-                             argparse.Namespace())
-    await registry.start()
+    registry, clients, discovery = await start_frontend_registry(config)
 
     async def until(served: bool) -> None:
         for _ in range(100):

@@ -38,6 +38,15 @@ class PluginNotInstalledError(LookupError):
         super().__init__(f"{kind} '{name}' is not installed{hint} (installed: {have})")
 
 
+class EngineUnavailableError(PluginNotInstalledError):
+    """An engine plugin is installed but its engine library is missing or cannot load
+    (`--engine vllm` without vLLM). Reported by the CLI like a missing plugin: one line."""
+
+    def __init__(self, engine: str, reason: str):
+        LookupError.__init__(self, f"engine '{engine}' {reason}")
+        self.kind, self.name, self.available = "engine", engine, []
+
+
 class PluginHookError(ConfigError):
     """A plugin implements a hook that does not exist (a misspelt name, or a hook of a newer core)."""
 

@@ -15,6 +15,7 @@ import msgspec
 import pytest
 
 from dynamo_core.protocols.kv_events import KvBlock, KvCleared, KvRemoved, KvStored
+from dynamo_core.engines.kv_mirror import KvCacheMirror
 from dynamo_vllm import kv_events as kv
 
 
@@ -134,7 +135,7 @@ def blocks_of(snapshot: list[KvStored]) -> list[tuple[int | None, list[int]]]:
 
 
 def test_snapshot_lists_reachable_blocks_parents_first_in_chains():
-    mirror = kv.KvCacheMirror()
+    mirror = KvCacheMirror()
     mirror.apply(translate(
         stored([1, 2, 3], None, list(range(12))),
         stored([4, 5], 3, list(range(12, 20))),
@@ -151,7 +152,7 @@ def test_snapshot_lists_reachable_blocks_parents_first_in_chains():
 
 
 def test_snapshot_leaves_out_blocks_whose_parent_was_evicted():
-    mirror = kv.KvCacheMirror()
+    mirror = KvCacheMirror()
     mirror.apply(translate(stored([1, 2, 3], None, list(range(12)))))
     mirror.apply(translate(BlockRemoved(block_hashes=[2], medium="GPU")))
     assert blocks_of(mirror.snapshot()) == [(None, [1])]
@@ -164,7 +165,7 @@ def test_snapshot_leaves_out_blocks_whose_parent_was_evicted():
 
 def test_mirrored_blocks_are_left_alone_by_the_garbage_collector():
     """The mirror holds every cached block; none of it should be walked by full collections."""
-    mirror = kv.KvCacheMirror()
+    mirror = KvCacheMirror()
     mirror.apply(translate(stored(list(range(1, 101)), None, list(range(400)))))
     # The collector untracks a tuple of untracked values when a collection meets it: the token
     # tuples at the first, the (parent, tokens) pairs holding them at the next.
@@ -176,7 +177,7 @@ def test_mirrored_blocks_are_left_alone_by_the_garbage_collector():
 
 
 def test_a_re_reported_block_keeps_its_place():
-    mirror = kv.KvCacheMirror()
+    mirror = KvCacheMirror()
     mirror.apply(translate(stored([1, 2], None, list(range(8)))))
     mirror.apply(translate(stored([1, 2], None, list(range(8)))))  # vLLM's "full" report mode
     assert blocks_of(mirror.snapshot()) == [(None, [1, 2])]
@@ -202,7 +203,7 @@ def test_the_kv_router_indexes_vllm_workers_from_these_events():
     indexer.apply_removed("vllm-a", removed[0].block_hashes)
     assert indexer.find_matches(hashing.prompt_block_hashes(prompt, BS)) == {"vllm-a": 3}
 
-    mirror = kv.KvCacheMirror()
+    mirror = KvCacheMirror()
     mirror.apply(events + removed)
     fresh = indexer_module.KvIndexer()
     for event in mirror.snapshot():

@@ -11,12 +11,21 @@ Whatever fails before the client has seen a token falls back to aggregated servi
 prefill worker, every prefill worker failing the request, a prefill error. A decode worker
 that cannot pull the KV computes the prompt itself (and says so); one that dies before
 answering is replaced by another, as for any request.
+
+A prefill worker whose card has a `disagg_bootstrap` (SGLang) hands KV over through a
+rendezvous instead: the frontend sends the request to it and to a decode worker at once, both
+carrying its bootstrap address and a random room; the decode stream is the client's, the
+prefill stream is drained in the background. A prefill that fails, or a decode worker that
+says it could not get the KV, before the client has seen a token falls back to aggregated
+serving; a client that leaves cancels both.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import secrets
 from collections.abc import AsyncIterator
 
 import msgspec
@@ -48,6 +57,7 @@ class DisaggregatingClient:
         self._transports = transports
         self.min_prompt_tokens = min_prompt_tokens
         self._releases: set[asyncio.Task] = set()
+        self._background: set[asyncio.Future] = set()  # rendezvous prefill streams being drained
 
     def _aggregated_reason(self, model: ServedModel, request: PreprocessedRequest) -> str | None:
         """Why this request is served whole; None when it goes prefill then decode."""
@@ -74,7 +84,20 @@ class DisaggregatingClient:
         return self._engine.generate(model, request)
 
     async def _disaggregated(self, model: ServedModel, request: PreprocessedRequest) -> AsyncIterator[EngineOutput]:
-        first = await self._prefill(model, request)
+        rendezvous = model.bootstrap_prefill_states()
+        first = None
+        if rendezvous:
+            try:
+                prefill_id = self._engine.select_worker(model, _phase(request, "prefill", None), rendezvous)
+            except ServiceUnavailableError as exc:
+                log.warning("no prefill worker for request %s (%s); serving it on a decode worker alone",
+                            request.request_id, exc)
+            else:
+                async for output in self._concurrent(model, request, prefill_id):
+                    yield output
+                return
+        else:
+            first = await self._prefill(model, request)
         if first is None:
             metrics.DISAGG_FALLBACKS.labels(model.name, "prefill_failed").inc()
             async for output in self._engine.generate(model, request):
@@ -98,6 +121,67 @@ class DisaggregatingClient:
         finally:
             if kv is not None:
                 self._release(model, kv)
+
+    async def _concurrent(self, model: ServedModel, request: PreprocessedRequest, prefill_id: str) -> AsyncIterator[EngineOutput]:
+        """The rendezvous handoff: prefill and decode at once, meeting at the prefill worker's
+        bootstrap server in a room of their own."""
+        bootstrap = model.workers[prefill_id].disagg_bootstrap or {}
+        kv = KvTransferParams(
+            worker_id=prefill_id,
+            hold_id=request.request_id,
+            num_tokens=len(request.token_ids),
+            block_size=model.card.block_size,
+            engine_params={**bootstrap, "bootstrap_room": secrets.randbits(63)},
+        )
+        held = msgspec.structs.replace(kv)  # what `_release` frees (it clears the hold id)
+        prefill = asyncio.ensure_future(self._drain_prefill(model, _phase(request, "prefill", kv), prefill_id))
+        self._background.add(prefill)
+        prefill.add_done_callback(self._background.discard)
+        decode = self._engine.generate(model, _phase(request, "decode", kv))
+        next_output = asyncio.ensure_future(anext(decode))
+        finished = False
+        try:
+            first, fallback = await _first_decode_output(request, next_output, prefill)
+            if first is None and fallback is None:
+                finished = True  # the decode side ended without a delta
+                return
+            if fallback is not None:
+                metrics.DISAGG_FALLBACKS.labels(model.name, fallback).inc()
+                await _close_stream(next_output, decode)
+                prefill.cancel()
+                finished = True
+                async for output in self._engine.generate(model, request):
+                    yield output
+                return
+            assert first is not None
+            if first.kv_pull is not None:
+                _record_pull(model.name, first.kv_pull)
+                first.kv_pull = None
+            self._release(model, held)  # the decode worker has the KV (or computed it)
+            yield first
+            async for output in decode:
+                yield output
+            finished = True
+        finally:
+            await _close_stream(next_output, decode)
+            if not finished:
+                prefill.cancel()  # the client left (or decode failed): the prefill is not needed
+            # The KV is let go of once the prefill stream has ended, however it ended.
+            prefill.add_done_callback(lambda _: self._release(model, held))
+
+    async def _drain_prefill(self, model: ServedModel, request: PreprocessedRequest, worker_id: str) -> str | None:
+        """Run the prefill side of a rendezvous (its tokens are not shown); why it failed, or None."""
+        error: str | None = None
+        try:
+            async for output in self._engine.generate(model, request, worker_id=worker_id):
+                if output.finish_reason is FinishReason.ERROR or output.error:
+                    error = output.error or "error"
+        except (ServiceUnavailableError, EngineError) as exc:
+            error = str(exc)
+        if error is not None:
+            log.warning("prefill of request %s on worker %s failed: %s", request.request_id, worker_id, error)
+            metrics.DISAGG_PREFILL_ERRORS.labels(model.name).inc()
+        return error
 
     async def _prefill(self, model: ServedModel, request: PreprocessedRequest) -> EngineOutput | None:
         """The prefill worker's answer (first token, KV location), or None to serve it whole."""
@@ -178,8 +262,50 @@ class DisaggregatingClient:
 
     async def close(self) -> None:
         """Finish the releases under way (before the transports close under them)."""
+        for prefill in list(self._background):
+            prefill.cancel()
+        if self._background:
+            await asyncio.wait(list(self._background), timeout=2)
         if self._releases:
             await asyncio.wait(list(self._releases), timeout=2)
+
+
+async def _first_decode_output(
+    request: PreprocessedRequest, next_output: asyncio.Future, prefill: asyncio.Future
+) -> tuple[EngineOutput | None, str | None]:
+    """The decode side's first delta, or why the request is served whole instead: until the
+    client has seen a token, a failed prefill (or a decode worker without the KV) costs the
+    request nothing. (None, None): the decode stream ended empty."""
+    await asyncio.wait([next_output, prefill], return_when=asyncio.FIRST_COMPLETED)
+    if not next_output.done() and prefill.result() is not None:
+        return None, "prefill_failed"
+    try:
+        first = await next_output
+    except StopAsyncIteration:
+        return None, None
+    except (ServiceUnavailableError, EngineError):
+        if prefill.done() and prefill.result() is not None:
+            return None, "prefill_failed"  # the decode side failed because the prefill did
+        raise
+    if first.kv_pull is not None and first.kv_pull.failed is not None:
+        log.warning("decode worker could not get the KV of request %s (%s); serving it whole",
+                    request.request_id, first.kv_pull.failed)
+        return None, "decode_kv_failed"
+    return first, None
+
+
+async def _close_stream(pending: asyncio.Future, stream: AsyncIterator[EngineOutput]) -> None:
+    """Close a stream whose next delta `pending` awaits (it must end before the stream closes)."""
+    if not pending.done():
+        pending.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await pending
+    await stream.aclose()
+
+
+def _phase(request: PreprocessedRequest, phase: str, kv: KvTransferParams | None) -> PreprocessedRequest:
+    """The request unchanged but for its phase (the rendezvous sends both sides the same)."""
+    return msgspec.structs.replace(request, disagg=DisaggParams(phase=phase, kv=kv))
 
 
 def _record_pull(model: str, report: KvPullReport) -> None:

@@ -22,7 +22,7 @@ from dynamo_core.frontend.errors import EngineError, ServiceUnavailableError
 from dynamo_core.frontend.migration import DEFAULT_MIGRATION_LIMIT, Migration, finished_output
 from dynamo_core.frontend.served_model import ServedModel
 from dynamo_core.protocols.engine import EngineOutput, PreprocessedRequest, merge_outputs
-from dynamo_core.routers.base import NoWorkerAvailableError
+from dynamo_core.routers.base import NoWorkerAvailableError, WorkerState
 from dynamo_core.runtime.request_plane import ConnectionLostError, RemoteError
 from dynamo_core.runtime.transports import TransportClients
 from dynamo_core.protocols.names import GENERATE_ENDPOINT, WHOLE_REQUEST_ROLES
@@ -45,7 +45,19 @@ class EngineClient:
         self.migration_limit = migration_limit
         self.stall_timeout_s = stall_timeout_s  # 0: no bound
 
-    async def generate(self, model: ServedModel, request: PreprocessedRequest) -> AsyncIterator[EngineOutput]:
+    def select_worker(self, model: ServedModel, request: PreprocessedRequest, workers: list[WorkerState]) -> str:
+        """The worker among `workers` that the router of the request's phase picks."""
+        phase = request.disagg.phase if request.disagg is not None else None
+        try:
+            return model.router_of(phase or WHOLE_REQUEST_ROLES[0]).select_worker(request, workers)
+        except NoWorkerAvailableError as exc:
+            raise ServiceUnavailableError(str(exc)) from exc
+
+    async def generate(
+        self, model: ServedModel, request: PreprocessedRequest, worker_id: str | None = None
+    ) -> AsyncIterator[EngineOutput]:
+        """Stream the request's deltas from a routed worker, or from `worker_id` alone (picked
+        by `select_worker`; a rendezvous names it, so it is never replaced)."""
         payload = _request_encoder.encode(request)
         failed: set[str] = set()
         phase = request.disagg.phase if request.disagg is not None else None
@@ -54,8 +66,11 @@ class EngineClient:
         router = model.router_of(roles[0])
         migration = Migration(request, self.migration_limit)
         stall = self.stall_timeout_s
+        pinned = worker_id
         while True:
             workers = model.worker_states(exclude=failed, roles=roles)
+            if pinned is not None and failed:
+                raise ServiceUnavailableError(f"{kind} {pinned} of model '{model.name}' failed this request")
             if not workers:
                 if failed:
                     raise ServiceUnavailableError(
@@ -63,12 +78,11 @@ class EngineClient:
                     )
                 raise ServiceUnavailableError(f"no {kind} is serving model '{model.name}' right now")
             request = migration.request
-            try:
-                worker_id = router.select_worker(request, workers)
-            except NoWorkerAvailableError as exc:
-                raise ServiceUnavailableError(str(exc)) from exc
+            worker_id = pinned if pinned is not None else self.select_worker(model, request, workers)
             handle = model.workers.get(worker_id)
             if handle is None:
+                if pinned is not None:
+                    raise ServiceUnavailableError(f"{kind} {pinned} of model '{model.name}' is gone")
                 raise EngineError(f"router picked unknown worker {worker_id!r}")
             handle.state.in_flight += 1
             output_tokens = 0

@@ -48,8 +48,13 @@ DISAGG_REQUESTS = Counter(
 DISAGG_FALLBACKS = Counter(
     "dynamo_frontend_disagg_fallbacks",
     "Requests of a model with decode workers served without a KV transfer, by reason "
-    "(short_prompt, single_token, no_prefill_worker, prefill_failed, structured_output, decode_recomputed)",
+    "(short_prompt, single_token, no_prefill_worker, prefill_failed, structured_output, decode_recomputed, "
+    "decode_kv_failed)",
     ["model", "reason"],
+)
+DISAGG_PREFILL_ERRORS = Counter(
+    "dynamo_frontend_disagg_prefill_errors",
+    "Prefill sides of rendezvous handoffs (sent with the decode side at once) that failed", ["model"],
 )
 KV_TRANSFER_BYTES = Counter(
     "dynamo_frontend_kv_transfer_bytes", "KV bytes decode workers pulled from prefill workers", ["model"]

@@ -24,6 +24,9 @@ from dynamo_core.protocols.names import WHOLE_REQUEST_ROLES
 from dynamo_core.routers.base import Router, RouterContext, WorkerState
 from dynamo_core.tokenizer import TokenizerBundle
 
+# Counted in `role_counts` beside the roles: prefill workers with a rendezvous handoff.
+BOOTSTRAP_PREFILL = "prefill+bootstrap"
+
 
 @dataclass
 class WorkerHandle:
@@ -37,6 +40,11 @@ class WorkerHandle:
     @property
     def role(self) -> str:
         return self.record.model.role if self.record.model is not None else "agg"
+
+    @property
+    def disagg_bootstrap(self) -> dict | None:
+        """A prefill worker's rendezvous (`EngineInfo.disagg_bootstrap`); None: it answers first."""
+        return self.record.model.disagg_bootstrap if self.record.model is not None else None
 
 
 @dataclass
@@ -76,14 +84,24 @@ class ServedModel:
     def has_role(self, role: str) -> bool:
         return self.role_counts[role] > 0
 
+    def bootstrap_prefill_states(self) -> list[WorkerState]:
+        """The prefill workers that hand KV over through a rendezvous (`disagg_bootstrap`)."""
+        if not self.role_counts[BOOTSTRAP_PREFILL]:
+            return []
+        return [h.state for h in self.workers.values() if h.role == "prefill" and h.disagg_bootstrap is not None]
+
     def add_worker(self, handle: WorkerHandle) -> None:
         self.workers[handle.state.worker_id] = handle
         self.role_counts[handle.role] += 1
+        if handle.role == "prefill" and handle.disagg_bootstrap is not None:
+            self.role_counts[BOOTSTRAP_PREFILL] += 1
 
     def remove_worker(self, worker_id: str) -> WorkerHandle | None:
         handle = self.workers.pop(worker_id, None)
         if handle is not None:
             self.role_counts[handle.role] -= 1
+            if handle.role == "prefill" and handle.disagg_bootstrap is not None:
+                self.role_counts[BOOTSTRAP_PREFILL] -= 1
         return handle
 
     def router_of(self, role: str) -> Router:

@@ -28,6 +28,8 @@ class ModelCard(msgspec.Struct, omit_defaults=True, kw_only=True):
     structured_output: bool = False
     # Whether the engine computes the prompt's own logprobs (`OutputOptions.prompt_logprobs`).
     prompt_logprobs: bool = False
+    # Prefill workers with a rendezvous handoff: their engine's `EngineInfo.disagg_bootstrap`.
+    disagg_bootstrap: dict | None = None
 
 
 class InstanceRecord(msgspec.Struct, omit_defaults=True, kw_only=True):

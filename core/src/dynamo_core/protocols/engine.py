@@ -71,7 +71,9 @@ class KvTransferParams(msgspec.Struct, omit_defaults=True, kw_only=True):
     bytes_per_token: int = 0
     region: RemoteRegion | None = None  # the registered memory the blocks live in
     block_ids: list[int] = []  # the blocks, in prompt order; block i is at i * block_size * bytes_per_token
-    engine_params: dict | None = None  # an engine's own transfer parameters (e.g. vLLM's connector's)
+    # An engine's own transfer parameters: vLLM's connector's (from the prefill answer), or
+    # in a rendezvous handoff the prefill worker's `disagg_bootstrap` plus "bootstrap_room".
+    engine_params: dict | None = None
     # False: the prefill worker's token is the request's first (the client sees it at once)
     # and the decode worker continues after it. True: the decode worker recomputes the last
     # prompt token and samples the first token itself (vLLM's NIXL connector works so): it
@@ -95,6 +97,9 @@ class KvPullReport(msgspec.Struct, omit_defaults=True, kw_only=True):
     local_blocks: int = 0  # blocks it already had in its own prefix cache and did not pull
     # Why it computed the prompt itself instead ("transfer_failed: ..."); None: it pulled.
     recomputed: str | None = None
+    # Why it could not get the KV and served nothing (sent with an error before any token,
+    # e.g. the rendezvous timed out): the frontend serves the request aggregated instead.
+    failed: str | None = None
 
 
 class PreprocessedRequest(msgspec.Struct, omit_defaults=True, kw_only=True):
@@ -152,6 +157,11 @@ class EngineInfo(msgspec.Struct, kw_only=True):
     block_size: int
     kv_capacity_blocks: int
     context_length: int
+    # Prefill role, rendezvous handoff (SGLang): where decode workers meet this worker for a
+    # request's KV, e.g. {"bootstrap_host": ..., "bootstrap_port": ...}. Set, the frontend sends
+    # a long prompt to this prefill worker and to a decode worker at once, both carrying it
+    # with a "bootstrap_room"; None: prefill answers first, then decode pulls (vLLM, mocker).
+    disagg_bootstrap: dict | None = None
 
 
 def merge_outputs(outputs: list[EngineOutput]) -> EngineOutput:

@@ -164,6 +164,7 @@ class Worker:
             tool_call_parser=config.tool_call_parser,
             structured_output=self.engine.supports_structured_output,
             prompt_logprobs=self.engine.supports_prompt_logprobs,
+            disagg_bootstrap=info.disagg_bootstrap if config.role == "prefill" else None,
         )
         self.record = InstanceRecord(
             instance_id=self.worker_id,

@@ -4,20 +4,16 @@ from __future__ import annotations
 
 import importlib.util
 
-from dynamo_core.plugins import PluginNotInstalledError
+from dynamo_core.plugins import EngineUnavailableError
 
 INSTALL_HINT = "pip install 'dynamo-vllm[vllm]' (or pip install vllm)"
 
 
-class VllmUnavailableError(PluginNotInstalledError):
-    """`--engine vllm` was asked for, but vLLM is missing or cannot load.
-
-    A `PluginNotInstalledError`, so the CLI reports it as one line and exits with status 2.
-    """
+class VllmUnavailableError(EngineUnavailableError):
+    """`--engine vllm` was asked for, but vLLM is missing or cannot load (one line from the CLI, status 2)."""
 
     def __init__(self, reason: str):
-        LookupError.__init__(self, f"engine 'vllm' {reason}")
-        self.kind, self.name, self.available = "engine", "vllm", []
+        super().__init__("vllm", reason)
 
 
 def vllm_installed() -> bool:

@@ -22,10 +22,11 @@ from typing import TYPE_CHECKING, Any
 
 from dynamo_core.engines.base import Engine, EngineContext
 from dynamo_core.protocols.engine import EngineInfo, EngineOutput, FinishReason, PreprocessedRequest
-from dynamo_core.protocols.kv_events import KvCleared, KvStored, LoadMetrics
+from dynamo_core.engines.kv_mirror import KvEventRelay
+from dynamo_core.protocols.kv_events import KvStored, LoadMetrics
 from dynamo_vllm import disagg
 from dynamo_vllm.availability import require_vllm
-from dynamo_vllm.kv_events import KvCacheMirror, KvEventTranslator, decode_batch
+from dynamo_vllm.kv_events import KvEventTranslator, decode_batch
 from dynamo_vllm.load import SchedulerLoad
 from dynamo_vllm.options import given_flags, vllm_argv
 from dynamo_vllm.outputs import engine_output
@@ -34,7 +35,7 @@ from dynamo_vllm.sampling import sampling_kwargs, structured_output_kwargs
 if TYPE_CHECKING:
     from vllm.v1.engine.async_llm import AsyncLLM
 
-    from dynamo_vllm.kv_subscriber import KvEventSubscriber
+    from dynamo_core.engines.zmq_kv_events import KvEventSubscriber
 
 log = logging.getLogger(__name__)
 
@@ -85,8 +86,7 @@ class VllmEngine(Engine):
         self._kv_events_enabled = kv_events
         self._llm: AsyncLLM | None = None
         self._load = SchedulerLoad()
-        self._mirror = KvCacheMirror()
-        self._translator: KvEventTranslator | None = None
+        self._relay: KvEventRelay | None = None  # vLLM's batches -> the worker's events
         self._subscriber: KvEventSubscriber | None = None
         self._stats_task: asyncio.Task | None = None
         self._vllm: dict[str, Any] = {}  # vLLM's request classes, bound once vLLM is imported
@@ -110,7 +110,7 @@ class VllmEngine(Engine):
         from vllm.usage.usage_lib import UsageContext
 
         from dynamo_vllm.engine_args import engine_args, serving_config
-        from dynamo_vllm.kv_subscriber import KvEventSubscriber
+        from dynamo_core.engines.zmq_kv_events import KvEventSubscriber
 
         self._vllm = {
             "params": SamplingParams, "prompt": _engine_input(TokensPrompt), "delta": RequestOutputKind.DELTA,
@@ -152,8 +152,10 @@ class VllmEngine(Engine):
         self._block_size = block_size
         self._bytes_per_block = self._kv_bytes_per_block(config)
         if self._subscriber is not None:
-            self._translator = KvEventTranslator(block_size)
-            self._subscriber.start(self._on_kv_batch, self._on_kv_events_lost)
+            translator = KvEventTranslator(block_size)
+            self._relay = KvEventRelay("vLLM", lambda payload: translator.translate(decode_batch(payload)),
+                                       self._context.kv_events)
+            self._subscriber.start(self._relay.on_batch, self._relay.on_lost)
         if not args.disable_log_stats:
             self._stats_task = asyncio.create_task(self._log_stats(), name="vllm-log-stats")
         return EngineInfo(block_size=block_size, kv_capacity_blocks=blocks, context_length=config.model_config.max_model_len)
@@ -232,21 +234,7 @@ class VllmEngine(Engine):
         return self._load.metrics(worker_id)
 
     def kv_snapshot(self) -> list[KvStored]:
-        return self._mirror.snapshot()
-
-    def _on_kv_batch(self, payload: bytes) -> None:
-        assert self._translator is not None
-        events = self._translator.translate(decode_batch(payload))
-        if events:
-            self._mirror.apply(events)
-            self._context.kv_events.publish(events)
-
-    def _on_kv_events_lost(self, first: int, end: int) -> None:
-        # What those batches stored is unknown: start over from an empty view of the cache.
-        log.warning("vLLM KV event batches %d..%d are lost; reporting the cache as cleared", first, end - 1)
-        events = [KvCleared()]
-        self._mirror.apply(events)
-        self._context.kv_events.publish(events)
+        return self._relay.mirror.snapshot() if self._relay is not None else []
 
     async def stop(self) -> None:
         if self._stats_task is not None:

@@ -16,15 +16,10 @@ size and without LoRA, are reported: that is what dynamo's token-only block hash
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Sequence
-
 import msgspec
 
-from dynamo_core.engines.kv_mirror import KvCacheMirror  # noqa: F401  (re-exported: the engine imports it here)
-from dynamo_core.protocols.kv_events import KvBlock, KvCleared, KvEvent, KvRemoved, KvStored
-
-log = logging.getLogger(__name__)
+from dynamo_core.engines.kv_mirror import EventTranslator, decode_events, stored_event
+from dynamo_core.protocols.kv_events import KvRemoved, KvStored
 
 _MASK64 = (1 << 64) - 1
 GPU_MEDIUM = "GPU"
@@ -66,13 +61,7 @@ _event_decoder = msgspec.msgpack.Decoder(VllmKvEvent)
 
 def decode_batch(payload: bytes) -> list[VllmKvEvent]:
     """The events of one published batch, in order; events of unknown kinds are dropped."""
-    events: list[VllmKvEvent] = []
-    for raw in _batch_decoder.decode(payload).events:
-        try:
-            events.append(_event_decoder.decode(raw))
-        except msgspec.ValidationError as exc:
-            log.debug("skipping a vLLM KV event dynamo does not know: %s", exc)
-    return events
+    return decode_events(payload, _batch_decoder, _event_decoder, "vLLM")
 
 
 def engine_hash(value: int | bytes) -> int:
@@ -82,7 +71,7 @@ def engine_hash(value: int | bytes) -> int:
     return value & _MASK64
 
 
-class KvEventTranslator:
+class KvEventTranslator(EventTranslator):
     """Turns decoded vLLM events into dynamo events for an engine of `block_size` tokens a block."""
 
     def __init__(self, block_size: int, group_idx: int = 0):
@@ -92,33 +81,16 @@ class KvEventTranslator:
     def _reported(self, medium: str | None, group_idx: int | None) -> bool:
         return (medium is None or medium == GPU_MEDIUM) and (group_idx is None or group_idx == self.group_idx)
 
-    def translate(self, events: Sequence[VllmKvEvent]) -> list[KvEvent]:
-        out: list[KvEvent] = []
-        for event in events:
-            if isinstance(event, BlockStored):
-                stored = self._stored(event)
-                if stored is not None:
-                    out.append(stored)
-            elif isinstance(event, BlockRemoved):
-                if self._reported(event.medium, event.group_idx) and event.block_hashes:
-                    out.append(KvRemoved(block_hashes=[engine_hash(h) for h in event.block_hashes]))
-            elif isinstance(event, AllBlocksCleared):
-                out.append(KvCleared())
-        return out
+    def removed(self, event: BlockRemoved) -> KvRemoved | None:
+        if not self._reported(event.medium, event.group_idx) or not event.block_hashes:
+            return None
+        return KvRemoved(block_hashes=[engine_hash(h) for h in event.block_hashes])
 
-    def _stored(self, event: BlockStored) -> KvStored | None:
+    def stored(self, event: BlockStored) -> KvStored | None:
         if not self._reported(event.medium, event.group_idx):
             return None
         if event.lora_id is not None or event.lora_name is not None:
             return None  # LoRA blocks hash differently in vLLM; dynamo's hashes are tokens only
-        size = self.block_size
-        if event.block_size != size:
+        if event.block_size != self.block_size:
             return None  # a partial-block prefix entry (hybrid models): not a full block
-        # Each hash covers the next `size` tokens; a short tail (never seen) would be no block.
-        count = min(len(event.block_hashes), len(event.token_ids) // size)
-        if count == 0:
-            return None
-        tokens = event.token_ids
-        blocks = [KvBlock(engine_hash(event.block_hashes[i]), tokens[i * size : (i + 1) * size]) for i in range(count)]
-        parent = None if event.parent_block_hash is None else engine_hash(event.parent_block_hash)
-        return KvStored(parent_hash=parent, blocks=blocks)
+        return stored_event(event.block_hashes, event.parent_block_hash, event.token_ids, self.block_size, engine_hash)

@@ -9,7 +9,9 @@ clients read words, and it never samples EOS, so every request yields exactly `m
 
 In disaggregated roles its KV cache is real memory (`kv_arena`): a prefill worker computes a
 prompt, samples its first token, fills the prompt's blocks and holds them; a decode worker
-pulls those blocks through the transfer agent, checks every byte, and decodes the rest.
+pulls those blocks through the transfer agent, checks every byte, and decodes the rest. With
+`--disagg-bootstrap` the two meet SGLang's way instead (`bootstrap.py`): both get the request at
+once, the decode worker learns where the blocks are from the prefill worker's bootstrap server.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from dataclasses import dataclass, field
 
 from dynamo_core.engines.base import Engine, EngineContext, KvEventSink, NullKvEventSink
 from dynamo_core.engines.echo import context_length_from_model
+from dynamo_core.engines.mocker.bootstrap import BootstrapClient, BootstrapError, BootstrapServer, room_of
 from dynamo_core.engines.mocker.kv_arena import KvArena
 from dynamo_core.engines.mocker.kv_cache import BlockPool, BlockTable
 from dynamo_core.engines.mocker.options import MockerConfig
@@ -74,6 +77,7 @@ class _Stream(Sequence):
     prompt_logprobs: int | None = None
     num_generated: int = 0
     hold_id: str | None = None  # prefill phase: hold the prompt's KV under this id when done
+    room: int | None = None  # prefill phase, rendezvous handoff: publish the held KV in this room
     kv_source: KvTransferParams | None = None  # decode phase: where to pull the prompt's KV from
     kv_pull: KvPullReport | None = None
     abandoned: bool = False  # the consumer left while a pull was writing into its blocks
@@ -100,10 +104,15 @@ class MockerEngine(Engine):
         role: str = "agg",
         transfer: TransferAgent | None = None,
         worker_id: str = "",
+        host: str = "127.0.0.1",
     ):
         self.config = config
         self.role = role
         self.worker_id = worker_id
+        self.host = host
+        # The rendezvous handoff (bootstrap.py): a prefill worker's server, a decode worker's client.
+        self.bootstrap: BootstrapServer | None = None
+        self._rooms: BootstrapClient | None = None
         self._transfer = transfer
         self.arena: KvArena | None = None
         # Prefill role: prompts' blocks held for decode workers, by hold id, with their expiry.
@@ -122,7 +131,7 @@ class MockerEngine(Engine):
         config = MockerConfig.from_namespace(context.options)
         context_length = context_length_from_model(context.model_path, config.context_length)
         return cls(config, output_token_pool(context.model_path), context_length, context.kv_events,
-                   role=context.role, transfer=context.transfer, worker_id=context.worker_id)
+                   role=context.role, transfer=context.transfer, worker_id=context.worker_id, host=context.host)
 
     async def start(self) -> EngineInfo:
         if self.role in ("prefill", "decode"):
@@ -132,10 +141,18 @@ class MockerEngine(Engine):
             self.arena = KvArena(self._transfer, config.num_gpu_blocks, config.block_size, config.kv_bytes_per_token)
             log.info("KV arena: %d blocks x %d bytes registered with the %s transfer agent",
                      config.num_gpu_blocks, self.arena.block_bytes, self._transfer.name)
+        bootstrap = None
+        if self.role == "prefill" and self.config.disagg_bootstrap:
+            self.bootstrap = BootstrapServer(self.host, self.config.bootstrap_timeout_s)
+            bootstrap = await self.bootstrap.start()
+            log.info("bootstrap server for the rendezvous handoff of KV at %s", bootstrap)
+        elif self.role == "decode":  # any request may name a prefill worker's room
+            self._rooms = BootstrapClient(self.config.bootstrap_timeout_s)
         return EngineInfo(
             block_size=self.config.block_size,
             kv_capacity_blocks=self.config.num_gpu_blocks,
             context_length=self.context_length,
+            disagg_bootstrap=bootstrap,
         )
 
     # --- requests -----------------------------------------------------------------------------
@@ -184,10 +201,23 @@ class MockerEngine(Engine):
             logprobs=request.output.logprobs,
             prompt_logprobs=request.output.prompt_logprobs,
         )
+        kv = request.disagg.kv if request.disagg is not None else None
         if phase == "prefill":
             stream.hold_id = request.request_id
-        elif phase == "decode" and request.disagg.kv is not None:
-            self._plan_pull(stream, request.disagg.kv)
+            stream.room = room_of(kv.engine_params) if kv is not None else None
+            if stream.room is not None and self.bootstrap is None:
+                yield EngineOutput(finish_reason=FinishReason.ERROR, error="this prefill worker serves no bootstrap room")
+                return
+        elif phase == "decode" and kv is not None:
+            if kv.region is None and self._rooms is not None and room_of(kv.engine_params) is not None:
+                try:  # the rendezvous: wait for the prefill worker to publish where the KV is
+                    kv = await self._rooms.lookup(kv.engine_params)
+                except BootstrapError as exc:
+                    log.warning("request %s cannot get its KV: %s", request.request_id, exc)
+                    yield EngineOutput(finish_reason=FinishReason.ERROR, error=f"KV rendezvous failed: {exc}",
+                                       kv_pull=KvPullReport(failed=str(exc)))
+                    return
+            self._plan_pull(stream, kv)
         self.scheduler.add(stream)
         self._wake.set()  # a step loop waiting for pulls can admit it
         if self._loop_task is None or self._loop_task.done():
@@ -269,6 +299,8 @@ class MockerEngine(Engine):
                 output.finish_reason = FinishReason.LENGTH
                 if seq.hold_id is not None:
                     output.kv_transfer = self._hold(seq)
+                    if seq.room is not None and self.bootstrap is not None:
+                        self.bootstrap.publish(seq.room, output.kv_transfer)
                 else:
                     finish(seq)
             seq.push(output)
@@ -306,6 +338,8 @@ class MockerEngine(Engine):
 
     def release_kv(self, hold_id: str) -> None:
         entry = self.held.pop(hold_id, None)
+        if self.bootstrap is not None:
+            self.bootstrap.withdraw(hold_id)
         if entry is not None:
             table, timer = entry
             timer.cancel()
@@ -444,5 +478,9 @@ class MockerEngine(Engine):
         self._fail_all("the engine stopped")
         for hold_id in list(self.held):
             self.release_kv(hold_id)
+        if self.bootstrap is not None:
+            await self.bootstrap.stop()
+        if self._rooms is not None:
+            await self._rooms.close()
         if self.arena is not None:
             self.arena.close()

@@ -29,6 +29,10 @@ class MockerConfig(msgspec.Struct, kw_only=True, frozen=True):
     kv_hold_timeout_s: float = 60.0
     inject_kv_corruption: bool = False
     decode_samples_first_token: bool = False  # vLLM's protocol (see KvTransferParams)
+    # SGLang's protocol: the prefill worker serves a bootstrap server (mocker/bootstrap.py), and
+    # how long a room is waited for before the decode worker gives up on it.
+    disagg_bootstrap: bool = False
+    bootstrap_timeout_s: float = 30.0
 
     def __post_init__(self) -> None:
         for name in ("block_size", "num_gpu_blocks", "max_num_seqs", "max_num_batched_tokens", "kv_bytes_per_token"):
@@ -39,6 +43,8 @@ class MockerConfig(msgspec.Struct, kw_only=True, frozen=True):
             raise MockerConfigError(f"--speedup-ratio must be positive, got {self.speedup_ratio!r}")
         if not self.kv_hold_timeout_s > 0:
             raise MockerConfigError(f"--kv-hold-timeout must be positive, got {self.kv_hold_timeout_s!r}")
+        if not self.bootstrap_timeout_s > 0:
+            raise MockerConfigError(f"--bootstrap-timeout must be positive, got {self.bootstrap_timeout_s!r}")
         if self.context_length is not None and self.context_length < 1:
             raise MockerConfigError(f"--context-length must be a positive integer, got {self.context_length!r}")
         if not self.timing.prefill_tokens_per_s > 0:
@@ -71,6 +77,8 @@ class MockerConfig(msgspec.Struct, kw_only=True, frozen=True):
             kv_hold_timeout_s=get("kv_hold_timeout", base.kv_hold_timeout_s),
             inject_kv_corruption=getattr(ns, "inject_kv_corruption", False),
             decode_samples_first_token=getattr(ns, "decode_samples_first_token", False),
+            disagg_bootstrap=getattr(ns, "disagg_bootstrap", False),
+            bootstrap_timeout_s=get("bootstrap_timeout", base.bootstrap_timeout_s),
         )
 
 
@@ -103,6 +111,13 @@ def add_mocker_options(group: OptionGroup) -> None:
     add("--decode-samples-first-token", action="store_true",
         help="prefill workers: let the decode worker recompute the last prompt token and sample the first "
              "token itself, as vLLM's NIXL connector does (default: the prefill worker's token is the first)")
+    add("--disagg-bootstrap", action="store_true",
+        help="prefill workers: hand KV over as SGLang does, through a bootstrap server on a port of its own "
+             "where the decode worker, sent the request at the same time, meets it (default: the prefill "
+             "worker answers first, then the decode worker pulls)")
+    add("--bootstrap-timeout", type=float, default=d.bootstrap_timeout_s,
+        help="with --disagg-bootstrap: seconds a decode worker waits for the prefill's KV of its room "
+             "(default: %(default)s)")
     add("--prefill-tokens-per-s", type=float, default=t.prefill_tokens_per_s,
         help="uncached prompt tokens prefilled per second at the start of a context "
              "(default: %(default)s, Llama-3.1-8B bf16 on one H100 with vLLM)")
