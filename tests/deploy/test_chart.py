@@ -52,6 +52,9 @@ def test_workers_have_probes_grace_period_gpus_and_shared_memory(example: Path):
         spec = find(objects, "Deployment", f"{RELEASE}-dynamo-worker-{group['name']}")["spec"]["template"]["spec"]
         worker = spec["containers"][0]
         assert spec["terminationGracePeriodSeconds"] == defaults["drainTimeoutSeconds"] + defaults["terminationGraceMarginSeconds"]
+        # The worker drains as long as the pod's grace period allows for (its --drain-timeout).
+        env = {e["name"]: e.get("value") for e in worker["env"]}
+        assert float(env["DYN_DRAIN_TIMEOUT"]) == defaults["drainTimeoutSeconds"]
         assert worker["readinessProbe"]["httpGet"]["path"] == "/health"
         assert worker["livenessProbe"]["httpGet"]["path"] == "/live"
         gpus = group.get("gpus", 0)

@@ -4,6 +4,9 @@ real HTTP and by the official `openai` client."""
 
 from __future__ import annotations
 
+import json
+
+import httpx
 import pytest
 
 from openai_servers import client as _client
@@ -87,3 +90,12 @@ def test_echo_with_logprobs_is_a_400_where_the_engine_has_no_prompt_logprobs(ech
     assert status == 400 and body["error"]["param"] == "echo" and "prompt's logprobs" in body["error"]["message"], body
     status, body = post(echo_served, "/v1/completions", {"model": "echo", "prompt": "x", "echo": True})
     assert status == 200 and body["choices"][0]["text"].startswith("x"), body
+
+
+def test_completion_stream_chunks_leave_usage_out_but_the_usage_chunk_has_it(served):
+    body = {"model": "test-model", "prompt": "hi", "max_tokens": 3, "stream": True, "stream_options": {"include_usage": True}}
+    with httpx.stream("POST", f"{served}/v1/completions", json=body, timeout=30) as response:
+        chunks = [line[6:] for line in response.iter_lines() if line.startswith("data: ") and line != "data: [DONE]"]
+    decoded = [json.loads(c) for c in chunks]
+    assert all("usage" not in c for c in decoded[:-1]), decoded  # OpenAI's schema has no null usage
+    assert decoded[-1]["usage"]["completion_tokens"] == 3 and decoded[-1]["choices"] == []

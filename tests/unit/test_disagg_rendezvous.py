@@ -144,3 +144,16 @@ async def test_without_a_bootstrap_prefill_answers_first_and_short_prompts_are_s
         assert len(await _tokens(client, model, _request("r2", PROMPT[:8]))) == 6
         assert seen[-1].disagg is None
         assert _count("dynamo_frontend_disagg_fallbacks_total", reason="short_prompt") == short + 1
+
+
+async def test_with_a_bootstrap_short_and_one_token_requests_split_too(tmp_path):
+    # SGLang's decode workers take only bootstrapped requests: nothing may be served whole there.
+    async with _deployment(tmp_path, prefill=dict(disagg_bootstrap=True)) as (workers, model, client):
+        seen: list[PreprocessedRequest] = []
+        workers[1].engine.generate = _recording(workers[1].engine.generate, seen)
+        short = _count("dynamo_frontend_disagg_fallbacks_total", reason="short_prompt")
+        assert len(await _tokens(client, model, _request("r1", PROMPT[:8]))) == 6
+        assert len(await _tokens(client, model, _request("r2", max_tokens=1))) == 1
+        assert [r.disagg.phase for r in seen] == ["decode", "decode"]
+        assert all(r.disagg.kv.engine_params["bootstrap_room"] is not None for r in seen)
+        assert _count("dynamo_frontend_disagg_fallbacks_total", reason="short_prompt") == short

@@ -65,9 +65,13 @@ class DisaggregatingClient:
             return "no_decode_worker"
         if not model.has_role("prefill"):
             return "no_prefill_worker"
-        if len(request.token_ids) < self.min_prompt_tokens:
+        # A rendezvous engine's decode worker serves nothing without its prefill side (SGLang's
+        # decode mode only takes bootstrapped requests, and SGLang's own router sends every
+        # request to both): short prompts and one-token requests split too.
+        rendezvous = bool(model.bootstrap_prefill_states())
+        if len(request.token_ids) < self.min_prompt_tokens and not rendezvous:
             return "short_prompt"
-        if request.stop.max_tokens <= 1:
+        if request.stop.max_tokens <= 1 and not rendezvous:
             return "single_token"  # the prefill alone answers it: no decode worker needed
         if request.guided is not None:
             # The decode worker would restart the constraint after the prefill worker's token.

@@ -247,7 +247,9 @@ class Completion(msgspec.Struct):
     created: int
     model: str
     choices: list[CompletionChoice]
-    usage: Usage | None = None
+    # Left out of stream chunks (OpenAI's completion schema has no null usage); the final
+    # response and a stream's usage chunk carry it.
+    usage: Usage | msgspec.UnsetType = msgspec.UNSET
     object: Literal["text_completion"] = "text_completion"
 
 

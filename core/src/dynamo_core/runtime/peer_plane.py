@@ -24,6 +24,7 @@ from typing import Any
 import msgspec
 
 from dynamo_core.protocols.routing import PeerHeartbeat, PeerMessage, PeerRequest
+from dynamo_core.runtime.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -70,11 +71,7 @@ class PeerPlane:
         log.info("routing peers: frontend %s shares in-flight requests on %s", self.frontend_id, self._subject)
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(self._tasks)
         self._tasks = []
         if self._nc is not None:
             nc, self._nc = self._nc, None

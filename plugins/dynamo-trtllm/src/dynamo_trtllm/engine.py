@@ -28,6 +28,7 @@ from dynamo_core.engines.base import Engine, EngineContext
 from dynamo_core.engines.kv_mirror import KvCacheMirror
 from dynamo_core.protocols.engine import EngineInfo, EngineOutput, FinishReason, PreprocessedRequest
 from dynamo_core.protocols.kv_events import KvStored, LoadMetrics
+from dynamo_core.runtime.tasks import cancel_and_wait
 from dynamo_trtllm import disagg
 from dynamo_trtllm.availability import TrtllmUnavailableError, require_trtllm
 from dynamo_trtllm.kv_events import KvEventTranslator
@@ -282,11 +283,7 @@ class TrtllmEngine(Engine):
         return self._mirror.snapshot()
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(self._tasks)
         self._tasks = []
         if self._llm is not None:
             llm, self._llm = self._llm, None
