@@ -99,3 +99,10 @@ def test_completion_stream_chunks_leave_usage_out_but_the_usage_chunk_has_it(ser
     decoded = [json.loads(c) for c in chunks]
     assert all("usage" not in c for c in decoded[:-1]), decoded  # OpenAI's schema has no null usage
     assert decoded[-1]["usage"]["completion_tokens"] == 3 and decoded[-1]["choices"] == []
+
+
+def test_whole_number_floats_are_integers_as_json_schema_says(served):
+    status, body = post(served, "/v1/chat/completions", _chat(max_tokens=2.0, n=1.0, top_logprobs=1.0, logprobs=True))
+    assert status == 200 and body["usage"]["completion_tokens"] == 2, body
+    status, body = post(served, "/v1/chat/completions", _chat(max_tokens=2.5))
+    assert status == 400 and body["error"]["param"] == "max_tokens", body

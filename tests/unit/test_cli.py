@@ -19,9 +19,13 @@ def _run(*args: str) -> subprocess.CompletedProcess:
 
 
 def test_missing_engine_names_the_package_to_install():
-    result = _run("serve", "--engine", "trtllm")
+    # Every engine the project knows is installed in this workspace, so the CLI is run with one
+    # more well-known name whose plugin is not.
+    code = ("import sys; from dynamo_core import plugins; plugins.KNOWN_PROVIDERS[('engine', 'tgi')] = 'dynamo-tgi'; "
+            "from dynamo_core.cli.main import main; sys.exit(main(['serve', '--engine', 'tgi']))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
-    assert "engine 'trtllm' is not installed; pip install dynamo-trtllm" in result.stderr
+    assert "engine 'tgi' is not installed; pip install dynamo-tgi" in result.stderr
 
 
 def test_plugins_lists_builtins_with_their_distribution_as_json():

@@ -84,8 +84,28 @@ def decode_body(decoder: msgspec.json.Decoder, body: bytes):
         raise BadRequestError("the request body is empty; send a JSON object (Content-Type: application/json)")
     try:
         return decoder.decode(body)
-    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+    except msgspec.ValidationError as exc:
+        if "got `float`" not in str(exc):
+            raise from_validation_error(exc) from exc
+        # JSON Schema (and so OpenAI's spec) calls 1.0 an integer; msgspec does not. Only on
+        # this error path: read the body generically, make whole floats ints (a float field
+        # takes an int), and convert again.
+        try:
+            return msgspec.convert(_whole_floats_as_ints(msgspec.json.decode(body)), decoder.type)
+        except msgspec.ValidationError as again:
+            raise from_validation_error(again) from again
+    except msgspec.DecodeError as exc:
         raise from_validation_error(exc) from exc
+
+
+def _whole_floats_as_ints(value):
+    if isinstance(value, float):
+        return int(value) if value.is_integer() else value
+    if isinstance(value, dict):
+        return {k: _whole_floats_as_ints(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_whole_floats_as_ints(v) for v in value]
+    return value
 
 
 def find_model(state: ServingState, name: str) -> ServedModel:
