@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import abc
 import logging
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -38,7 +39,7 @@ def stored_event(hashes: Sequence[Any], parent: Any, tokens: Sequence[int], bloc
     return KvStored(parent_hash=None if parent is None else fold(parent), blocks=blocks)
 
 
-class EventTranslator:
+class EventTranslator(abc.ABC):
     """Decoded engine events in, dynamo's events out, in order; kinds it does not know are skipped."""
 
     def translate(self, events: Sequence[Any]) -> list[KvEvent]:
@@ -57,11 +58,13 @@ class EventTranslator:
                 out.append(translated)
         return out
 
+    @abc.abstractmethod
     def stored(self, event: Any) -> KvStored | None:
-        raise NotImplementedError
+        """The engine's `BlockStored` as ours, or None when dynamo does not report it."""
 
+    @abc.abstractmethod
     def removed(self, event: Any) -> KvRemoved | None:
-        raise NotImplementedError
+        """The engine's `BlockRemoved` as ours, or None when dynamo does not report it."""
 
 
 def decode_events(payload: bytes, batch: msgspec.msgpack.Decoder, event: msgspec.msgpack.Decoder, engine: str) -> list:
