@@ -1,7 +1,8 @@
-"""Closed-loop load generator for OpenAI streaming chat completions.
+"""Closed- or open-loop load generator for OpenAI streaming chat completions.
 
     python -m benchmarks.loadgen --url http://127.0.0.1:8000 --model mocker \\
         --concurrency 8,32,128 --duration 20 --prompt-tokens 512 --output-tokens 64
+    python -m benchmarks.loadgen ... --rate 10,20 --arrivals poisson --prompt-tokens 16000
 
 For each concurrency level C, C workers each send their next request as soon as the previous
 one ends: first for `--warmup` seconds (not counted), then for `--duration` seconds (or
@@ -15,24 +16,35 @@ conversation so far (earlier user messages and a stand-in assistant reply of
 `--output-tokens` words each) plus a new user message of `--turn-tokens`, so each turn's
 prompt extends the previous one's; then the stream starts a new chat.
 
-Reported per level: requests/s, output tokens/s, TTFT, ITL and end-to-end percentiles, errors,
+With `--rate R1,R2` the levels are open loop instead: requests start at R a second (Poisson
+arrivals, or `--arrivals fixed`) whether or not earlier ones have ended, so a server that
+falls behind shows it as queueing (TTFT) and as an achieved rate below the offered one.
+
+Reported per level: requests/s, output tokens/s, TTFT, TPOT (time per output token, one value
+a request), ITL and end-to-end percentiles, errors,
 the frontend's CPU-seconds per 1000 requests (from `process_cpu_seconds_total` on its
 /metrics, scraped before and after the level), its garbage collections (all generations per
 1000 requests, and the full ones in the level, from `python_gc_collections_total`; each one
 stops the server's event loop) and the generator's own CPU, so a reader can tell
-whether the generator kept up.
+whether the generator kept up. `--cpu-of REGEX` adds the CPU-ms per request of every process
+whose command line matches (benchmarks/proc_cpu.py), which works for servers without that
+metric (NVIDIA Dynamo's frontend) and for frontends of several processes.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import random
+import re
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from benchmarks.client import StreamClient
+from benchmarks.proc_cpu import cpu_used, matching_cpu
 from benchmarks.prometheus import gc_collections, process_cpu_seconds, prometheus_value
 from benchmarks.records import RequestRecord
 from benchmarks.report import add_run_options, report, run_async
@@ -217,59 +229,140 @@ def measured_records(records: list[tuple[str, RequestRecord]], level: Level) -> 
     return measured, max(r.end or r.start for r in measured) - min(r.start for r in measured)
 
 
+class LevelCpu:
+    """CPU sampled around one level: the first frontend's `/metrics` (its own process), the
+    processes `--cpu-of` matches (from /proc: any server, several processes summed), and this
+    generator's own, so a reader can tell whether it kept up."""
+
+    def __init__(self, client: StreamClient, cpu_of: re.Pattern[str] | None):
+        self._client, self._cpu_of = client, cpu_of
+
+    async def start(self) -> None:
+        scrape = await self._client.metrics()
+        self._frontend = prometheus_value(scrape, "process_cpu_seconds_total")
+        self._gc = gc_collections(scrape)
+        self._procs = matching_cpu(self._cpu_of) if self._cpu_of is not None else {}
+        self._own = process_cpu_seconds()
+        self._started = time.perf_counter()
+
+    async def finish(self, row: dict[str, Any], requests_sent: int) -> None:
+        """Add the CPU columns to `row`. CPU covers the whole level (warm-up and drain
+        included), so it is divided by every request sent."""
+        wall = time.perf_counter() - self._started
+        own = process_cpu_seconds() - self._own
+        procs = matching_cpu(self._cpu_of) if self._cpu_of is not None else {}
+        scrape = await self._client.metrics()
+        frontend = prometheus_value(scrape, "process_cpu_seconds_total")
+        gc = gc_collections(scrape)
+        per_1k = 1000 / max(requests_sent, 1)
+        if self._frontend is not None and frontend is not None:
+            row["frontend_cpu_s_per_1k"] = (frontend - self._frontend) * per_1k
+            row["frontend_cpu_util"] = (frontend - self._frontend) / wall
+        if self._gc is not None and gc is not None:
+            collections = [after - before for before, after in zip(self._gc, gc)]
+            row["frontend_gc_per_1k"] = sum(collections) * per_1k
+            row["frontend_full_gc"] = collections[2]
+        if self._cpu_of is not None:
+            used = cpu_used(self._procs, procs)
+            row["cpu_of"] = self._cpu_of.pattern
+            row["cpu_of_processes"] = len(procs)
+            row["cpu_of_ms_per_request"] = used * per_1k  # CPU-s per 1000 = CPU-ms per request
+            row["cpu_of_util"] = used / wall
+        row["loadgen_cpu_s_per_1k"] = own * per_1k
+        row["loadgen_cpu_util"] = own / wall
+
+
+def _next_body(args: argparse.Namespace, prompts: PromptFactory, chat: Conversation | None) -> dict[str, Any]:
+    return chat_body(args, chat.next() if chat else prompts.next())
+
+
 async def run_level(clients: list[StreamClient], args: argparse.Namespace, concurrency: int,
                     prompts: PromptFactory) -> dict[str, Any]:
-    client = clients[0]  # whose /metrics the CPU columns read
+    """Closed loop: `concurrency` streams, each sending its next request when one ends."""
     records: list[tuple[str, RequestRecord]] = []
-    scrape = await client.metrics()  # one scrape before and one after the level
-    frontend_cpu_before = prometheus_value(scrape, "process_cpu_seconds_total")
-    frontend_gc_before = gc_collections(scrape)
-    own_cpu_before = process_cpu_seconds()
-    started = time.perf_counter()
-    warm_until = started + args.warmup
+    cpu = LevelCpu(clients[0], args.cpu_of)
+    await cpu.start()
+    warm_until = time.perf_counter() + args.warmup
     level = Level(warm_until, warm_until + args.duration if args.requests is None else None, args.requests)
 
     async def worker(stream_client: StreamClient) -> None:
         chat = Conversation(args, prompts) if args.turns > 1 else None
         while (phase := level.next_phase()) is not None:
-            record = await stream_client.stream(CHAT_PATH, chat_body(args, chat.next() if chat else prompts.next()))
+            record = await stream_client.stream(CHAT_PATH, _next_body(args, prompts, chat))
             records.append((phase, record))
             if record.status is None:
                 await asyncio.sleep(NO_RESPONSE_PAUSE_S)
 
     # With several --url frontends, streams are dealt to them in turn.
     await asyncio.gather(*(worker(clients[i % len(clients)]) for i in range(concurrency)))
-    wall = time.perf_counter() - started
-    own_cpu = process_cpu_seconds() - own_cpu_before
-    scrape = await client.metrics()
-    frontend_cpu_after = prometheus_value(scrape, "process_cpu_seconds_total")
-    frontend_gc_after = gc_collections(scrape)
-
     counted, window = measured_records(records, level)
     row = summarize(counted, window)
     row["concurrency"] = concurrency
-    # CPU covers the whole level (warm-up and drain included), so divide by every request sent.
-    per_1k = 1000 / max(len(records), 1)
-    if frontend_cpu_before is not None and frontend_cpu_after is not None:
-        row["frontend_cpu_s_per_1k"] = (frontend_cpu_after - frontend_cpu_before) * per_1k
-        row["frontend_cpu_util"] = (frontend_cpu_after - frontend_cpu_before) / wall
-    if frontend_gc_before is not None and frontend_gc_after is not None:
-        collections = [after - before for before, after in zip(frontend_gc_before, frontend_gc_after)]
-        row["frontend_gc_per_1k"] = sum(collections) * per_1k
-        row["frontend_full_gc"] = collections[2]
-    row["loadgen_cpu_s_per_1k"] = own_cpu * per_1k
-    row["loadgen_cpu_util"] = own_cpu / wall
+    await cpu.finish(row, len(records))
+    return row
+
+
+def arrival_gaps(rate: float, arrivals: str, rng: random.Random) -> Iterator[float]:
+    """Seconds between request starts at `rate` a second: exponential (Poisson arrivals) or
+    fixed."""
+    while True:
+        yield rng.expovariate(rate) if arrivals == "poisson" else 1 / rate
+
+
+async def run_rate_level(clients: list[StreamClient], args: argparse.Namespace, rate: float,
+                         prompts: PromptFactory) -> dict[str, Any]:
+    """Open loop: requests start at `rate` a second whether or not earlier ones have ended,
+    for the warm-up and the measured window; those still running at the end get
+    `--drain-timeout` seconds to finish and are then cancelled. Counted like closed-loop
+    duration mode: the requests that ended inside the window."""
+    records: list[tuple[str, RequestRecord]] = []
+    cpu = LevelCpu(clients[0], args.cpu_of)
+    await cpu.start()
+    now = time.perf_counter()
+    level = Level(now + args.warmup, now + args.warmup + args.duration, None)
+    running: set[asyncio.Task[None]] = set()
+
+    async def one(stream_client: StreamClient, phase: str, body: dict[str, Any]) -> None:
+        records.append((phase, await stream_client.stream(CHAT_PATH, body)))
+
+    chat = Conversation(args, prompts) if args.turns > 1 else None
+    next_start = now
+    for sent, gap in enumerate(arrival_gaps(rate, args.arrivals, random.Random(f"arrivals-{rate}"))):
+        delay = next_start - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        if (phase := level.next_phase()) is None:
+            break
+        task = asyncio.create_task(one(clients[sent % len(clients)], phase, _next_body(args, prompts, chat)))
+        running.add(task)
+        task.add_done_callback(running.discard)
+        next_start += gap  # from the schedule, not from now: a late wake-up does not lower the rate
+    if running:
+        _, late = await asyncio.wait(set(running), timeout=args.drain_timeout)
+        for task in late:
+            task.cancel()
+        await asyncio.gather(*late, return_exceptions=True)
+    counted, window = measured_records(records, level)
+    row = summarize(counted, window)
+    row["concurrency"] = None
+    row["offered_rate"] = rate
+    row["arrivals"] = args.arrivals
+    row["unfinished"] = len(running)
+    await cpu.finish(row, len(records) + len(running))
     return row
 
 
 COLUMNS = [
     ("concurrency", "conc", "d"),
+    ("offered_rate", "offered/s", ".1f"),
     ("requests", "requests", "d"),
     ("errors", "errors", "d"),
     ("req_per_s", "req/s", ".1f"),
     ("output_tok_per_s", "out tok/s", ".0f"),
     ("ttft_p50_ms", "TTFT p50 ms", ".1f"),
     ("ttft_p99_ms", "TTFT p99 ms", ".1f"),
+    ("tpot_p50_ms", "TPOT p50 ms", ".2f"),
+    ("tpot_p99_ms", "TPOT p99 ms", ".2f"),
     ("itl_p50_ms", "ITL p50 ms", ".2f"),
     ("itl_p99_ms", "ITL p99 ms", ".2f"),
     ("e2e_p50_ms", "E2E p50 ms", ".0f"),
@@ -282,6 +375,8 @@ COLUMNS = [
     ("frontend_cpu_util", "frontend CPU util", ".0%"),
     ("frontend_gc_per_1k", "frontend GCs/1k req", ".1f"),
     ("frontend_full_gc", "frontend full GCs", ".0f"),
+    ("cpu_of_ms_per_request", "--cpu-of CPU-ms/req", ".2f"),
+    ("cpu_of_util", "--cpu-of CPU util", ".0%"),
     ("loadgen_cpu_s_per_1k", "loadgen CPU s/1k req", ".2f"),
     ("loadgen_cpu_util", "loadgen CPU util", ".0%"),
 ]
@@ -294,19 +389,26 @@ COLUMNS = [
 
 async def main_async(args: argparse.Namespace) -> list[dict[str, Any]]:
     urls = [u for u in args.url.split(",") if u]
-    clients = [StreamClient(u, -(-max(args.concurrency) // len(urls)), args.client, args.timeout) for u in urls]
+    # Open loop: as many connections as requests may be running at once.
+    connections = args.max_connections if args.rate else max(args.concurrency)
+    clients = [StreamClient(u, -(-connections // len(urls)), args.client, args.timeout) for u in urls]
     client = clients[0]
     try:
         calibration = await calibrate(client, args)
         print(calibration.describe(), flush=True)
         rows = []
-        for concurrency in args.concurrency:
+        levels = [("rate", r) for r in args.rate] if args.rate else [("concurrency", c) for c in args.concurrency]
+        for kind, value in levels:
             prompts = PromptFactory(calibration.words, calibration.prefix_words, max(args.prefix_groups, 1),
-                                    seed=concurrency, tokens_per_word=calibration.tokens_per_word)
-            row = await run_level(clients, args, concurrency, prompts)
+                                    seed=round(value * 1000) if kind == "rate" else int(value),
+                                    tokens_per_word=calibration.tokens_per_word)
+            if kind == "rate":
+                row = await run_rate_level(clients, args, value, prompts)
+            else:
+                row = await run_level(clients, args, int(value), prompts)
             row.update(settings(args, calibration))
             rows.append(row)
-            print(f"concurrency {concurrency}: {row['requests']} requests, {row['req_per_s']:.1f} req/s, "
+            print(f"{kind} {value}: {row['requests']} requests, {row['req_per_s']:.1f} req/s, "
                   f"TTFT p50 {row['ttft_p50_ms']:.1f} ms, {row['errors']} errors", flush=True)
         return rows
     finally:
@@ -330,9 +432,11 @@ def settings(args: argparse.Namespace, calibration: Calibration) -> dict[str, An
         "turns": args.turns,
         "turn_tokens": args.turn_tokens if args.turns > 1 else None,
         "duration_s": args.duration if args.requests is None else None,
+        "open_loop": bool(args.rate),
         "measured_requests": args.requests,
         "warmup_s": args.warmup,
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "load_average": list(os.getloadavg()),  # the machine may be shared
     }
 
 
@@ -341,6 +445,13 @@ def concurrency_list(text: str) -> list[int]:
     if not levels or min(levels) < 1:
         raise argparse.ArgumentTypeError("concurrency levels are positive integers, e.g. 8,32,128")
     return levels
+
+
+def rate_list(text: str) -> list[float]:
+    rates = [float(part) for part in text.split(",") if part.strip()]
+    if not rates or min(rates) <= 0:
+        raise argparse.ArgumentTypeError("rates are positive requests a second, e.g. 10,20")
+    return rates
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -352,6 +463,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "(the CPU columns are the first one's)")
     p.add_argument("--model", default="mocker")
     p.add_argument("--concurrency", type=concurrency_list, default=[8, 32, 128], help="comma-separated levels")
+    p.add_argument("--rate", type=rate_list, default=None,
+                   help="open loop instead: comma-separated request rates a second, each a level (--concurrency unused)")
+    p.add_argument("--arrivals", choices=["poisson", "fixed"], default="poisson",
+                   help="open loop: exponential gaps between starts (Poisson arrivals) or equal ones")
+    p.add_argument("--max-connections", type=int, default=1024,
+                   help="open loop: connections a frontend, the most requests running at once")
+    p.add_argument("--drain-timeout", type=float, default=30.0,
+                   help="open loop: seconds the requests still running after the window get before they are cancelled")
+    p.add_argument("--cpu-of", type=re.compile, default=None, metavar="REGEX",
+                   help="also report the CPU of the processes whose command line matches (from /proc, summed), "
+                        "e.g. 'dynamo frontend' or 'dynamo[.]frontend'")
     p.add_argument("--duration", type=float, default=20.0, help="measured seconds a level")
     p.add_argument("--requests", type=int, default=None, help="measure this many requests a level instead of --duration")
     p.add_argument("--warmup", type=float, default=5.0, help="seconds of load a level before measuring")
@@ -370,6 +492,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--shared-prefix-tokens must be below --prompt-tokens")
     if args.requests is not None and args.requests < 1:
         p.error("--requests must be positive")
+    if args.rate and args.requests is not None:
+        p.error("--rate runs for --duration; --requests is for the closed loop")
     if args.turns < 1 or args.turn_tokens < 1:
         p.error("--turns and --turn-tokens must be positive")
     return args

@@ -22,13 +22,24 @@ def percentile(values: Sequence[float], q: float) -> float:
     return ordered[below] + (ordered[above] - ordered[below]) * (position - below)
 
 
+def tpot_ms(record: RequestRecord) -> float | None:
+    """Milliseconds per output token after the first: (end - first token) / (tokens - 1), as
+    vLLM's and SGLang's benchmarks define it; None for a request without two tokens."""
+    if record.ttft is None or record.output_tokens < 2:
+        return None
+    return (record.e2e - record.ttft) * 1000 / (record.output_tokens - 1)
+
+
 def summarize(records: Sequence[RequestRecord], wall_s: float) -> dict[str, Any]:
     """Throughput over `wall_s` and latency percentiles (ms) of the successful requests.
 
     ITL percentiles pool every token gap of every request, so a request weighs by its length.
+    TPOT (time per output token) is one value a request, its decode time over its later tokens
+    (`tpot_ms`), so each stream weighs the same and merged chunks do not skew it.
     """
     ok = [r for r in records if r.ok]
     ttft = [r.ttft * 1000 for r in ok if r.ttft is not None]
+    tpot = [t for r in ok if (t := tpot_ms(r)) is not None]
     itl = [gap * 1000 for r in ok for gap in r.itl]
     e2e = [r.e2e * 1000 for r in ok]
     output_tokens = sum(r.output_tokens for r in ok)
@@ -43,6 +54,8 @@ def summarize(records: Sequence[RequestRecord], wall_s: float) -> dict[str, Any]
         "output_tok_per_s": output_tokens / wall_s if wall_s > 0 else math.nan,
         "ttft_p50_ms": percentile(ttft, 50),
         "ttft_p99_ms": percentile(ttft, 99),
+        "tpot_p50_ms": percentile(tpot, 50),
+        "tpot_p99_ms": percentile(tpot, 99),
         "itl_p50_ms": percentile(itl, 50),
         "itl_p99_ms": percentile(itl, 99),
         "e2e_p50_ms": percentile(e2e, 50),

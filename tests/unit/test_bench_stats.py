@@ -4,9 +4,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import math
+import os
+import random
+import re
+import statistics
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -18,8 +25,10 @@ from benchmarks.client import StreamClient  # noqa: E402
 from benchmarks.prometheus import gc_collections, prometheus_value  # noqa: E402
 from benchmarks.records import RequestRecord, SseAccountant  # noqa: E402
 from benchmarks.report import append_json_lines, markdown_table  # noqa: E402
-from benchmarks.stats import percentile, summarize  # noqa: E402
-from benchmarks.loadgen import Level, PromptFactory, measured_records, request_marker  # noqa: E402
+from benchmarks.stats import percentile, summarize, tpot_ms  # noqa: E402
+from benchmarks.gateway_table import table as gateway_table  # noqa: E402
+from benchmarks.proc_cpu import cpu_used, matching_cpu  # noqa: E402
+from benchmarks.loadgen import Level, PromptFactory, arrival_gaps, measured_records, request_marker  # noqa: E402
 from benchmarks.trace_replay import PromptBuilder, TraceRequest, ideal_hit_rate, scaled_requests  # noqa: E402
 
 
@@ -317,3 +326,69 @@ def test_every_benchmark_uses_the_one_percentile_definition():
     defining = sorted(p.name for p in benchmarks.glob("*.py") if "def percentile(" in p.read_text())
     assert defining == ["stats.py"]
     assert percentile([1, 2, 3, 4], 50) == 2.5  # interpolated between ranks, as numpy's default
+
+
+# ---------------------------------------------------------------------------------------------
+# time per output token, open-loop arrivals, CPU of other processes
+# ---------------------------------------------------------------------------------------------
+
+
+def test_tpot_is_decode_time_over_the_tokens_after_the_first_one_value_a_request():
+    fast = [RequestRecord(start=0.0, ttft=0.1, end=0.1 + 0.063, output_tokens=64) for _ in range(99)]
+    slow = RequestRecord(start=0.0, ttft=0.1, end=0.1 + 0.63, output_tokens=64)  # 10 ms a token
+    one_token = RequestRecord(start=0.0, ttft=0.1, end=0.2, output_tokens=1)  # no decode time to divide
+    assert tpot_ms(slow) == pytest.approx(10.0)
+    assert tpot_ms(one_token) is None
+    row = summarize([*fast, slow, one_token], wall_s=1.0)
+    assert row["tpot_p50_ms"] == pytest.approx(1.0)
+    # p99 of 100 values sits at rank 98.01: 1% of the way from the 99th to the slow 100th.
+    assert row["tpot_p99_ms"] == pytest.approx(1.0 + 0.01 * 9.0)
+    assert summarize([fast[0], slow], wall_s=1.0)["tpot_p99_ms"] == pytest.approx(1.0 + 0.99 * 9.0)
+    assert math.isnan(summarize([one_token], wall_s=1.0)["tpot_p50_ms"])
+
+
+def test_arrival_gaps_average_to_the_rate_poisson_or_fixed():
+    fixed = list(itertools.islice(arrival_gaps(20.0, "fixed", random.Random(0)), 100))
+    assert set(fixed) == {0.05}
+    poisson = list(itertools.islice(arrival_gaps(20.0, "poisson", random.Random(0)), 20000))
+    assert statistics.fmean(poisson) == pytest.approx(0.05, rel=0.03)
+    assert statistics.pstdev(poisson) == pytest.approx(0.05, rel=0.05)  # exponential: sd = mean
+
+
+def test_cpu_of_sums_the_matching_processes_and_skips_others():
+    marker = f"proc-cpu-test-{os.getpid()}"
+    burn = f"import time; t = time.process_time(); \nwhile time.process_time() - t < 0.3: pass\ntime.sleep(60)  # {marker}"
+    spinners = [subprocess.Popen([sys.executable, "-c", burn]) for _ in range(2)]
+    idle = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)  # other"])
+    try:
+        before = matching_cpu("nothing-matches-this-before")  # every process starts from zero
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            after = matching_cpu(re.escape(marker))
+            if len(after) == 2 and cpu_used(before, after) >= 0.55:
+                break
+            time.sleep(0.1)
+        assert set(after) == {p.pid for p in spinners}
+        assert 0.55 <= cpu_used(before, after) < 1.5
+        assert cpu_used(after, after) == 0.0
+    finally:
+        for p in (*spinners, idle):
+            p.kill()
+            p.wait()
+
+
+def test_gateway_table_pairs_each_of_our_runs_with_dynamos_and_prints_ratios():
+    def run(label: str, rps: float, cpu: float, **level) -> dict:
+        return {"label": label, "req_per_s": rps, "ttft_p50_ms": 10.0, "ttft_p99_ms": 20.0, "tpot_p99_ms": 0.5,
+                "cpu_of_ms_per_request": cpu, "load_average": [3.0, 2.0, 1.0], **level}
+
+    rows = [run("c32-512 ours 1", 150, 3.0, concurrency=32), run("c32-512 dynamo 1", 100, 4.0, concurrency=32),
+            run("c32-512 ours 2", 120, 3.0, concurrency=32), run("c32-512 dynamo 2", 120, 3.0, concurrency=32),
+            run("r-16k ours 1", 9, 50.0, offered_rate=20.0), run("r-16k dynamo 1", 18, 40.0, offered_rate=20.0),
+            run("elsewhere kv", 1, 1.0, concurrency=4)]  # not this harness's: left out
+    lines = gateway_table([dict(r) for r in rows]).splitlines()
+    assert len(lines) == 2 + 3
+    first = [c.strip() for c in lines[2].strip("|").split("|")]
+    assert first[:7] == ["c32-512", "32 streams", "-", "1", "150", "100", "1.50×"]
+    assert first[-2:] == ["0.75×", "3.0"]  # CPU ours/Dynamo, then the load average
+    assert lines[4].startswith("| r-16k | 20/s |") and "0.50×" in lines[4]
