@@ -23,6 +23,7 @@ from dynamo_core.runtime.request_plane import (
     RequestPlaneError,
     RequestPlaneServer,
 )
+from dynamo_core.runtime import request_plane as request_plane_module
 from dynamo_core.runtime.transports import TransportClients, event_plane_spec, request_plane
 
 PLANES = ["tcp", "nats"]
@@ -224,6 +225,43 @@ async def test_large_payloads_cross_intact(server):
     blob = bytes(range(256)) * 40_000  # 10 MB
     assert await _collect(client.call(address, "echo", blob)) == [blob]
     await client.close()
+
+
+async def test_frames_cut_anywhere_by_the_socket_arrive_whole_and_a_burst_as_one_batch():
+    """A worker's frames reach the client in reads that cut them anywhere (byte by byte here),
+    or many in one read: either way each item arrives once, in order, and what came in one
+    read is handed over as one batch."""
+    items = [str(i).encode() * (i % 7 + 1) for i in range(40)]
+
+    async def worker(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        header = await reader.readexactly(4)
+        call = request_plane_module._decoder.decode(await reader.readexactly(int.from_bytes(header, "big")))
+        frames = [request_plane_module.Data(call.stream_id, item) for item in items]
+        frames.append(request_plane_module.End(call.stream_id))
+        wire = b"".join(len(body).to_bytes(4, "big") + body for body in map(request_plane_module._encoder.encode, frames))
+        if call.payload == b"trickle":
+            for i in range(len(wire)):
+                writer.write(wire[i:i + 1])
+                await writer.drain()
+                await asyncio.sleep(0)
+        else:
+            writer.write(wire)  # the whole burst at once
+        await writer.drain()
+        await reader.read()  # until the client goes away
+
+    server = await asyncio.start_server(worker, "127.0.0.1", 0)
+    address = "127.0.0.1:%d" % server.sockets[0].getsockname()[1]
+    client = RequestPlaneClient()
+    try:
+        trickled = await _collect(client.call_batched(address, "generate", b"trickle"))
+        assert [item for batch in trickled for item in batch] == items
+        await client.close()
+        client = RequestPlaneClient()
+        burst = await _collect(client.call_batched(address, "generate", b"burst"))
+        assert burst == [items]
+    finally:
+        await client.close()
+        server.close()
 
 
 async def test_a_load_only_subscription_gets_load_reports_and_no_cache_events():

@@ -216,6 +216,52 @@ class RequestPlaneServer(RequestServer):
 
 
 _END_OF_STREAM = object()
+_READ_BYTES = 1 << 16
+
+
+class _Inbox:
+    """What the connection's reader has received for one stream and its consumer has not
+    taken yet. The consumer takes all of it at once (`take`), so a burst of deltas costs one
+    wake-up, not one queue operation each (an asyncio.Queue per stream did both per item).
+    Invariant: `_waiter` is set only while the consumer waits on an empty inbox."""
+
+    __slots__ = ("items", "_waiter")
+
+    def __init__(self) -> None:
+        self.items: list = []
+        self._waiter: asyncio.Future | None = None
+
+    def put(self, item) -> None:
+        self.items.append(item)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def take(self) -> list:
+        """Everything received so far, waiting for the first item if there is none."""
+        while not self.items:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        items, self.items = self.items, []
+        return items
+
+
+def _frames_in(buffer: bytearray) -> tuple[list[Frame], int]:
+    """The whole frames at the start of `buffer`, and how many bytes they took."""
+    frames, position, size = [], 0, len(buffer)
+    while size - position >= _LEN.size:
+        (length,) = _LEN.unpack_from(buffer, position)
+        if length > MAX_FRAME_BYTES:
+            raise RequestPlaneError(f"frame of {length} bytes exceeds the {MAX_FRAME_BYTES}-byte limit")
+        end = position + _LEN.size + length
+        if end > size:
+            break
+        frames.append(_decoder.decode(buffer[position + _LEN.size : end]))
+        position = end
+    return frames, position
 
 
 class _Connection:
@@ -223,47 +269,53 @@ class _Connection:
         self.address = address
         self._reader = reader
         self.frames = _FrameWriter(writer)
-        self.streams: dict[int, asyncio.Queue] = {}
+        self.streams: dict[int, _Inbox] = {}
         self._ids = itertools.count(1)
         self.closed = False
         self._reader_task = asyncio.create_task(self._read_loop(), name=f"request-plane-{address}")
 
-    def open_stream(self, endpoint: str, payload: bytes) -> tuple[int, asyncio.Queue]:
+    def open_stream(self, endpoint: str, payload: bytes) -> tuple[int, _Inbox]:
         stream_id = next(self._ids)
-        queue: asyncio.Queue = asyncio.Queue()
-        self.streams[stream_id] = queue
+        inbox = _Inbox()
+        self.streams[stream_id] = inbox
         self.frames.send(Call(stream_id, endpoint, payload))
-        return stream_id, queue
+        return stream_id, inbox
 
     def cancel_stream(self, stream_id: int) -> None:
         if self.streams.pop(stream_id, None) is not None and not self.closed:
             self.frames.send(Cancel(stream_id))
 
     async def _read_loop(self) -> None:
-        reason = "connection closed by the worker"
+        reason = f"connection to {self.address} closed by the worker"
+        buffer = bytearray()
         try:
-            while True:
-                frame = await _read_frame(self._reader)
-                queue = self.streams.get(frame.stream_id)
-                if queue is None:
-                    continue  # a stream we cancelled; late frames are dropped
-                if isinstance(frame, Data):
-                    queue.put_nowait(frame.payload)
-                elif isinstance(frame, End):
-                    del self.streams[frame.stream_id]
-                    queue.put_nowait(RemoteError(frame.error) if frame.error else _END_OF_STREAM)
-        except (asyncio.IncompleteReadError, ConnectionError) as exc:
+            # Whatever the socket has is parsed in one go: many small frames (one a token)
+            # cost one read, not two awaited reads each.
+            while data := await self._reader.read(_READ_BYTES):
+                buffer += data
+                frames, used = _frames_in(buffer)
+                del buffer[:used]
+                for frame in frames:
+                    inbox = self.streams.get(frame.stream_id)
+                    if inbox is None:
+                        continue  # a stream we cancelled; late frames are dropped
+                    if isinstance(frame, Data):
+                        inbox.put(frame.payload)
+                    elif isinstance(frame, End):
+                        del self.streams[frame.stream_id]
+                        inbox.put(RemoteError(frame.error) if frame.error else _END_OF_STREAM)
+        except ConnectionError as exc:
             reason = f"connection to {self.address} lost ({type(exc).__name__})"
         except asyncio.CancelledError:
             reason = "client closed"
             raise
-        except RequestPlaneError as exc:
+        except (RequestPlaneError, msgspec.DecodeError) as exc:
             reason = str(exc)
         finally:
             self.closed = True
             self.frames.close()
-            for queue in self.streams.values():
-                queue.put_nowait(ConnectionLostError(reason))
+            for inbox in self.streams.values():
+                inbox.put(ConnectionLostError(reason))
             self.streams.clear()
 
     async def close(self) -> None:
@@ -308,13 +360,11 @@ class RequestPlaneClient(RequestClient):
 
     async def call_batched(self, address: str, endpoint: str, payload: bytes) -> AsyncIterator[list[bytes]]:
         conn = await self._connection(address)
-        stream_id, queue = conn.open_stream(endpoint, payload)
+        stream_id, inbox = conn.open_stream(endpoint, payload)
         finished = False
         try:
             while True:
-                batch = [await queue.get()]
-                while not queue.empty():
-                    batch.append(queue.get_nowait())
+                batch = await inbox.take()
                 end = batch[-1]
                 if end is _END_OF_STREAM or isinstance(end, Exception):
                     finished = True
