@@ -413,3 +413,52 @@ def test_chat_template_flag_replaces_the_models_template(cluster, mistral_tokeni
     model = mistral_tokenizer_dir.name
     tokens = _post_json(f"{base}/tokenize", {"model": model, "messages": [{"role": "user", "content": "quiet words"}]})
     assert _post_json(f"{base}/detokenize", {"model": model, "tokens": tokens["tokens"]})["prompt"].strip() == "QUIET WORDS"
+
+
+def _http_chunks(base: str, path: str, body: dict) -> list[bytes]:
+    """POST `body` and return the response body's HTTP/1.1 chunks as the server wrote them."""
+    import socket
+    from urllib.parse import urlsplit
+
+    url = urlsplit(base)
+    payload = json.dumps(body).encode()
+    with socket.create_connection((url.hostname, url.port), timeout=30) as sock:
+        sock.sendall(b"POST %s HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
+                     b"Connection: close\r\n\r\n%s" % (path.encode(), len(payload), payload))
+        raw = b""
+        while data := sock.recv(65536):
+            raw += data
+    head, _, rest = raw.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200") and b"transfer-encoding: chunked" in head.lower(), head
+    chunks = []
+    while True:
+        size_line, _, rest = rest.partition(b"\r\n")
+        size = int(size_line, 16)
+        if size == 0:
+            return chunks
+        chunks.append(rest[:size])
+        rest = rest[size + 2:]
+
+
+def test_sse_events_ready_together_leave_in_one_write(mocker_serve):
+    """The role chunk goes out with the first token's chunk, and the last token's chunk with
+    the usage chunk and [DONE]: a one-token stream is one write, and every event still parses."""
+    _, base = mocker_serve
+    body = {"model": "test-model", "messages": [{"role": "user", "content": "Hi"}], "stream": True,
+            "stream_options": {"include_usage": True}, "ignore_eos": True}
+    (only,) = _http_chunks(base, "/v1/chat/completions", {**body, "max_tokens": 1})
+    events = [e for e in only.split(b"\n\n") if e]
+    assert len(events) == 4 and events[-1] == b"data: [DONE]"
+    role, token, usage = (json.loads(e.removeprefix(b"data: ")) for e in events[:3])
+    assert role["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    assert token["choices"][0]["finish_reason"] == "length" and usage["usage"]["completion_tokens"] == 1
+
+    chunks = _http_chunks(base, "/v1/chat/completions", {**body, "max_tokens": 24})
+    assert chunks[0].count(b"\n\n") == 2 and b'"role":"assistant"' in chunks[0]
+    assert chunks[-1].endswith(b"data: [DONE]\n\n") and b'"usage"' in chunks[-1]
+    streamed = [json.loads(e.removeprefix(b"data: ")) for e in b"".join(chunks).split(b"\n\n")
+                if e and e != b"data: [DONE]"]
+    assert sum(c["usage"]["completion_tokens"] for c in streamed if c.get("usage")) == 24
+    assert all(c["object"] == "chat.completion.chunk" and c["id"] == streamed[0]["id"] for c in streamed)
+    text = "".join(c["choices"][0]["delta"].get("content") or "" for c in streamed if c["choices"])
+    assert text

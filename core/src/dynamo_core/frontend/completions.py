@@ -200,38 +200,52 @@ def _event_stream(
     opening: list[msgspec.Struct],
     first: ChoiceDelta | None,
     deltas: AsyncIterator[ChoiceDelta],
-    chunk_of: Callable[[ChoiceDelta], msgspec.Struct | list[msgspec.Struct] | None],
+    chunk_of: Callable[[ChoiceDelta], msgspec.Struct | bytes | list[msgspec.Struct] | None],
     usage: UsageCounter,
     tracker: _Tracker,
     usage_chunk: Callable[[Usage], msgspec.Struct] | None,
+    choices: int,
 ) -> Stream:
     """The SSE response both generation endpoints stream: the `opening` chunks, one chunk per
     delta that says something, the usage chunk when asked for, an error event if the stream
     fails, then `[DONE]`. Whatever happens, the engine streams are closed and the request's
-    metrics recorded."""
+    metrics recorded.
+
+    Events that are ready together leave in one write (each write costs a pass through the
+    ASGI server, more than encoding the event): the opening chunks with the first delta's,
+    which is already here, and the last choice's final chunk with the usage chunk and
+    `[DONE]`, which follow it at once. A `chunk_of` that returns bytes has framed the event
+    itself."""
 
     async def events() -> AsyncIterator[bytes]:
         status = "ok"
+        ready = [_sse(chunk) for chunk in opening]
+        finished = 0
         try:
-            for chunk in opening:
-                yield _sse(chunk)
             async for delta in chain_deltas(first, deltas):
                 tracker.on_delta(delta)
                 chunk = chunk_of(delta)
-                if isinstance(chunk, list):
-                    for one in chunk:
-                        yield _sse(one)
+                if isinstance(chunk, bytes):
+                    ready.append(chunk)
+                elif isinstance(chunk, list):
+                    ready += [_sse(one) for one in chunk]
                 elif chunk is not None:
-                    yield _sse(chunk)
+                    ready.append(_sse(chunk))
+                if delta.finish_reason is not None:
+                    finished += 1
+                if ready and finished < choices:
+                    yield b"".join(ready) if len(ready) > 1 else ready[0]
+                    ready = []
             if usage_chunk is not None:
-                yield _sse(usage_chunk(_usage(usage)))
+                ready.append(_sse(usage_chunk(_usage(usage))))
         except Exception as exc:
             status = type(exc).__name__
-            yield _sse_error(exc)
+            ready.append(_sse_error(exc))
         finally:
             await deltas.aclose()
             tracker.finish(status, usage)
-        yield _DONE
+        ready.append(_DONE)
+        yield b"".join(ready)
 
     return Stream(events(), media_type="text/event-stream", headers=SSE_HEADERS)
 
@@ -266,7 +280,7 @@ async def chat_completions(state: ServingState, body: bytes) -> Response:
         ]
         usage_chunk = (lambda u: ChatCompletionChunk(request_id, created, model.name, [], usage=u)) if include_usage else None
         chunks = _chat_chunks(request_id, created, model.name, token_texts, outputs)
-        return _event_stream(opening, first, deltas, chunks, usage, tracker, usage_chunk)
+        return _event_stream(opening, first, deltas, chunks, usage, tracker, usage_chunk, req.n)
     results = await collect_choices(first, deltas, tracker, usage)
     choices_out = []
     for i in range(req.n):
@@ -346,15 +360,53 @@ def _chat_delta(output: ChatOutput, text: str, last: bool) -> Delta:
     return Delta(content=piece.content or None, reasoning_content=piece.reasoning or None, tool_calls=calls or None)
 
 
+class ContentEvents:
+    """The SSE events of a chat stream's text-only chunks, framed around one encoding of such
+    a chunk: between two of them only the text differs (and the choice index, one frame
+    each), so the rest is encoded once a request instead of once a delta. The bytes are those
+    `_sse(ChatCompletionChunk(...))` gives."""
+
+    # Stands for the text in the encoded chunk; no request id or served model name holds it.
+    _MARK = "\x00dynamo-content\x00"
+
+    def __init__(self, request_id: str, created: int, model: str):
+        self._chunk = (request_id, created, model)
+        self._frames: dict[int, tuple[bytes, bytes] | None] = {}
+
+    def event(self, index: int, text: str) -> bytes:
+        frame = self._frames.get(index, False)
+        if frame is False:
+            frame = self._frames[index] = self._frame(index)
+        if frame is None:  # the mark could not be told apart: encode the whole chunk
+            return _sse(self._struct(index, text))
+        return frame[0] + _json.encode(text) + frame[1]
+
+    def _struct(self, index: int, text: str) -> ChatCompletionChunk:
+        return ChatCompletionChunk(*self._chunk, [ChatChunkChoice(index, Delta(content=text))])
+
+    def _frame(self, index: int) -> tuple[bytes, bytes] | None:
+        encoded, mark = _sse(self._struct(index, self._MARK)), _json.encode(self._MARK)
+        if encoded.count(mark) != 1:
+            return None
+        head, _, tail = encoded.partition(mark)
+        return head, tail
+
+
 def _chat_chunks(
     request_id: str, created: int, model: str, token_texts: TokenTexts | None, outputs: list[ChatOutput]
-) -> Callable[[ChoiceDelta], ChatCompletionChunk | None]:
-    """A choice delta as a chat chunk through its choice's output parsers (None: nothing to say yet)."""
+) -> Callable[[ChoiceDelta], ChatCompletionChunk | bytes | None]:
+    """A choice delta as a chat chunk through its choice's output parsers (None: nothing to say
+    yet; bytes: a text-only chunk, already an SSE event)."""
 
-    def chunk_of(delta: ChoiceDelta) -> ChatCompletionChunk | None:
-        logprobs = ChatLogprobs(token_texts.chat(delta)) if token_texts is not None and delta.logprobs else None
+    content_events = ContentEvents(request_id, created, model)
+
+    def chunk_of(delta: ChoiceDelta) -> ChatCompletionChunk | bytes | None:
         output = outputs[delta.index]
         finish = delta.finish_reason
+        if finish is None and token_texts is None and output.passthrough:
+            # The streaming common case, once a token: text only.
+            return content_events.event(delta.index, delta.text) if delta.text else None
+        logprobs = ChatLogprobs(token_texts.chat(delta)) if token_texts is not None and delta.logprobs else None
         if output.passthrough:
             message = Delta(content=delta.text or None)
         else:
@@ -392,7 +444,7 @@ async def completions(state: ServingState, body: bytes) -> Response:
         ]
         usage_chunk = (lambda u: Completion(request_id, created, model.name, [], usage=u)) if include_usage else None
         chunks = _completion_chunks(request_id, created, model.name, echo_text, token_texts, echo_prompt_ids)
-        return _event_stream(opening, first, deltas, chunks, usage, tracker, usage_chunk)
+        return _event_stream(opening, first, deltas, chunks, usage, tracker, usage_chunk, len(choices))
     results = await collect_choices(first, deltas, tracker, usage)
     choices_out = []
     for c in choices:
