@@ -13,6 +13,7 @@ import uuid
 import weakref
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import msgspec
 from litestar import Response
@@ -124,6 +125,38 @@ def _usage(counter: UsageCounter) -> Usage:
     )
 
 
+class _ModelMetrics:
+    """One model's labelled metric children, looked up once: `labels()` hashes its label values
+    and takes a lock, which a request would otherwise pay a dozen times."""
+
+    def __init__(self, model: str):
+        self.model = model
+        self.ttft = metrics.TTFT.labels(model)
+        self.itl = metrics.ITL.labels(model)
+        self.inflight = metrics.INFLIGHT.labels(model)
+        self.duration = metrics.DURATION.labels(model)
+        self.input_tokens = metrics.INPUT_TOKENS.labels(model)
+        self.cached_tokens = metrics.CACHED_TOKENS.labels(model)
+        self.output_tokens = metrics.OUTPUT_TOKENS.labels(model)
+        self._requests: dict[tuple[str, str], Any] = {}
+
+    def requests(self, endpoint: str, status: str):
+        child = self._requests.get((endpoint, status))
+        if child is None:
+            child = self._requests[(endpoint, status)] = metrics.REQUESTS.labels(self.model, endpoint, status)
+        return child
+
+
+_MODEL_METRICS: dict[str, _ModelMetrics] = {}
+
+
+def _model_metrics(model: str) -> _ModelMetrics:
+    found = _MODEL_METRICS.get(model)
+    if found is None:
+        found = _MODEL_METRICS[model] = _ModelMetrics(model)
+    return found
+
+
 class _Tracker:
     """Times one request for the metrics: TTFT, inter-token latency, duration."""
 
@@ -133,29 +166,30 @@ class _Tracker:
         weakref.finalize(self, ticket.release)  # a stream never started still frees its slot
         self.start = self.last = time.perf_counter()
         self.first = True
-        self._itl = metrics.ITL.labels(model)  # looked up once: observed per delta
-        metrics.INFLIGHT.labels(model).inc()
+        self._metrics = _model_metrics(model)
+        self._metrics.inflight.inc()
 
     def on_delta(self, delta: ChoiceDelta) -> None:
         now = time.perf_counter()
         if self.first:
-            metrics.TTFT.labels(self.model).observe(now - self.start)
+            self._metrics.ttft.observe(now - self.start)
             self.first = False
         elif delta.token_ids:
             per_token = (now - self.last) / len(delta.token_ids)
-            observe = self._itl.observe
+            observe = self._metrics.itl.observe
             for _ in delta.token_ids:
                 observe(per_token)
         self.last = now
 
     def finish(self, status: str, usage: UsageCounter) -> None:
         self._ticket.release()
-        metrics.INFLIGHT.labels(self.model).dec()
-        metrics.DURATION.labels(self.model).observe(time.perf_counter() - self.start)
-        metrics.REQUESTS.labels(self.model, self.endpoint, status).inc()
-        metrics.INPUT_TOKENS.labels(self.model).inc(usage.prompt_tokens)
-        metrics.CACHED_TOKENS.labels(self.model).inc(usage.cached_tokens)
-        metrics.OUTPUT_TOKENS.labels(self.model).inc(usage.completion_tokens)
+        m = self._metrics
+        m.inflight.dec()
+        m.duration.observe(time.perf_counter() - self.start)
+        m.requests(self.endpoint, status).inc()
+        m.input_tokens.inc(usage.prompt_tokens)
+        m.cached_tokens.inc(usage.cached_tokens)
+        m.output_tokens.inc(usage.completion_tokens)
 
 
 async def _primed(deltas: AsyncIterator[ChoiceDelta]) -> tuple[ChoiceDelta | None, AsyncIterator[ChoiceDelta]]:
