@@ -4,7 +4,7 @@ A server's own /metrics is not enough to compare two servers: NVIDIA Dynamo's fr
 not export `process_cpu_seconds_total`, and a frontend split over several processes exports it
 once per process. So the load generator samples /proc before and after a level
 (`--cpu-of REGEX`) and reports the difference, summed over every matching process (all its
-threads). A process that starts during the level counts from zero; one that exits during it
+threads) and their descendants (our frontend's prompt pool). A process that starts during the level counts from zero; one that exits during it
 is lost (its last CPU seconds cannot be read any more), which a steady server never does.
 
     python -m benchmarks.proc_cpu 'dynamo frontend|dynamo\\.frontend'   # prints pid, CPU s, command
@@ -53,21 +53,37 @@ def _ancestors(proc: Path) -> set[int]:
     return pids
 
 
+def _parent(pid_dir: Path) -> int | None:
+    try:
+        stat = (pid_dir / "stat").read_text()
+    except OSError:
+        return None
+    return int(stat[stat.rindex(")") + 2 :].split()[1])
+
+
 def matching_cpu(pattern: str | re.Pattern[str], proc: Path = Path("/proc")) -> dict[int, tuple[float, str]]:
     """{pid: (CPU seconds, command line)} of the live processes whose command line matches
-    `pattern` (re.search), this process and its ancestors excepted."""
+    `pattern` (re.search) and of their descendants (a frontend's prompt-processing pool,
+    whose command lines name nothing), this process and its ancestors excepted."""
     regex = re.compile(pattern) if isinstance(pattern, str) else pattern
     mine = _ancestors(proc)
-    found: dict[int, tuple[float, str]] = {}
+    commands: dict[int, str] = {}
+    parents: dict[int, int | None] = {}
     for entry in proc.iterdir():
-        if not entry.name.isdigit() or int(entry.name) in mine:
-            continue
-        command = _command_line(entry)
-        if not command or not regex.search(command):
-            continue
-        cpu = _cpu_seconds(entry)
+        if entry.name.isdigit() and int(entry.name) not in mine:
+            commands[int(entry.name)] = _command_line(entry) or ""
+            parents[int(entry.name)] = _parent(entry)
+    chosen = {pid for pid, command in commands.items() if command and regex.search(command)}
+    grew = True
+    while grew:  # add children of chosen processes until none is left
+        before = len(chosen)
+        chosen |= {pid for pid, parent in parents.items() if parent in chosen}
+        grew = len(chosen) > before
+    found: dict[int, tuple[float, str]] = {}
+    for pid in chosen:
+        cpu = _cpu_seconds(proc / str(pid))
         if cpu is not None:
-            found[int(entry.name)] = (cpu, command)
+            found[pid] = (cpu, commands[pid])
     return found
 
 

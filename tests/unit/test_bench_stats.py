@@ -359,19 +359,26 @@ def test_cpu_of_sums_the_matching_processes_and_skips_others():
     marker = f"proc-cpu-test-{os.getpid()}"
     burn = f"import time; t = time.process_time(); \nwhile time.process_time() - t < 0.3: pass\ntime.sleep(60)  # {marker}"
     spinners = [subprocess.Popen([sys.executable, "-c", burn]) for _ in range(2)]
+    # A child of a matching process counts too, though its own command line names nothing.
+    child_burn = burn.replace(marker, "unnamed child")
+    parent = subprocess.Popen([sys.executable, "-c", f"import subprocess, sys, time; "
+                               f"subprocess.Popen([sys.executable, '-c', {child_burn!r}]); time.sleep(60)  # {marker}"])
+    spinners.append(parent)
     idle = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)  # other"])
     try:
         before = matching_cpu("nothing-matches-this-before")  # every process starts from zero
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             after = matching_cpu(re.escape(marker))
-            if len(after) == 2 and cpu_used(before, after) >= 0.55:
+            if len(after) == 4 and cpu_used(before, after) >= 0.85:
                 break
             time.sleep(0.1)
-        assert set(after) == {p.pid for p in spinners}
-        assert 0.55 <= cpu_used(before, after) < 1.5
+        assert {p.pid for p in spinners} < set(after) and len(after) == 4  # the third is the child
+        assert 0.85 <= cpu_used(before, after) < 2.5
         assert cpu_used(after, after) == 0.0
     finally:
+        for pid in set(matching_cpu(re.escape(marker))) - {p.pid for p in spinners}:
+            os.kill(pid, 9)  # the child, started by its parent
         for p in (*spinners, idle):
             p.kill()
             p.wait()
