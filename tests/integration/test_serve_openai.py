@@ -454,7 +454,8 @@ def test_sse_events_ready_together_leave_in_one_write(mocker_serve):
     assert token["choices"][0]["finish_reason"] == "length" and usage["usage"]["completion_tokens"] == 1
 
     chunks = _http_chunks(base, "/v1/chat/completions", {**body, "max_tokens": 24})
-    assert chunks[0].count(b"\n\n") == 2 and b'"role":"assistant"' in chunks[0]
+    # The role chunk never leaves alone (under load the whole stream may be one write).
+    assert chunks[0].count(b"\n\n") >= 2 and b'"role":"assistant"' in chunks[0]
     assert chunks[-1].endswith(b"data: [DONE]\n\n") and b'"usage"' in chunks[-1]
     streamed = [json.loads(e.removeprefix(b"data: ")) for e in b"".join(chunks).split(b"\n\n")
                 if e and e != b"data: [DONE]"]

@@ -251,25 +251,38 @@ def _event_stream(
     `[DONE]`, which follow it at once. A `chunk_of` that returns bytes has framed the event
     itself."""
 
+    ready = [_sse(chunk) for chunk in opening]
+    finished = 0
+
+    def add(delta: ChoiceDelta) -> bool:
+        """Frame `delta`'s events; whether they should leave now (not the last choice's end)."""
+        nonlocal finished
+        tracker.on_delta(delta)
+        chunk = chunk_of(delta)
+        if isinstance(chunk, bytes):
+            ready.append(chunk)
+        elif isinstance(chunk, list):
+            ready.extend(_sse(one) for one in chunk)
+        elif chunk is not None:
+            ready.append(_sse(chunk))
+        if delta.finish_reason is not None:
+            finished += 1
+        return bool(ready) and finished < choices
+
+    def take() -> bytes:
+        out = b"".join(ready) if len(ready) > 1 else ready[0]
+        ready.clear()
+        return out
+
     async def events() -> AsyncIterator[bytes]:
         status = "ok"
-        ready = [_sse(chunk) for chunk in opening]
-        finished = 0
         try:
-            async for delta in chain_deltas(first, deltas):
-                tracker.on_delta(delta)
-                chunk = chunk_of(delta)
-                if isinstance(chunk, bytes):
-                    ready.append(chunk)
-                elif isinstance(chunk, list):
-                    ready += [_sse(one) for one in chunk]
-                elif chunk is not None:
-                    ready.append(_sse(chunk))
-                if delta.finish_reason is not None:
-                    finished += 1
-                if ready and finished < choices:
-                    yield b"".join(ready) if len(ready) > 1 else ready[0]
-                    ready = []
+            # `first` by itself, not through chain_deltas: one generator less on every delta.
+            if first is not None and add(first):
+                yield take()
+            async for delta in deltas:
+                if add(delta):
+                    yield take()
             if usage_chunk is not None:
                 ready.append(_sse(usage_chunk(_usage(usage))))
         except Exception as exc:

@@ -80,19 +80,25 @@ async def _run_one(choice: PreparedChoice, post: ChoicePostprocessor, open_strea
         await stream.aclose()
 
 
-async def run_choices(
+def run_choices(
     choices: list[PreparedChoice],
     tokenizer: TokenizerBundle,
     stop: list[str],
     open_stream: StreamFactory,
     usage: UsageCounter,
 ) -> AsyncIterator[ChoiceDelta]:
-    """Yield every choice's deltas as they come. Closing this iterator cancels them all."""
+    """Every choice's deltas as they come. Closing this iterator cancels them all."""
     posts = [ChoicePostprocessor(c.index, tokenizer, stop, usage) for c in choices]
-    if len(choices) == 1:  # the common case needs no tasks or queue
-        async for delta in _run_one(choices[0], posts[0], open_stream):
-            yield delta
-        return
+    if len(choices) == 1:
+        # The common case needs no tasks or queue, nor a generator around the choice's own:
+        # each delta passes one generator less.
+        return _run_one(choices[0], posts[0], open_stream)
+    return _run_many(choices, posts, open_stream)
+
+
+async def _run_many(
+    choices: list[PreparedChoice], posts: list[ChoicePostprocessor], open_stream: StreamFactory
+) -> AsyncIterator[ChoiceDelta]:
     queue: asyncio.Queue = asyncio.Queue()
     done = object()
 
