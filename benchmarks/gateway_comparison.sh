@@ -19,6 +19,7 @@
 # which `dynamo serve` starts; Dynamo's: `python -m dynamo.frontend`), reported as CPU-ms a request.
 #   bash benchmarks/gateway_comparison.sh               # PAIRS=2 DURATION=15 WARMUP=5
 #   ROWS=c32-512 PAIRS=3 OUR_ARGS="--some-flag" LABEL_SUFFIX=" after" bash benchmarks/gateway_comparison.sh
+# SETTLE (default 10): seconds between a server's start and its load.
 # DYNAMO_VENV (default /work/venvs/dynamo161): Dynamo 1.6.1 installed apart from this repo (see
 # kv_workloads.sh for how). PORT (default 23100) and PORT+1.. are used.
 set -euo pipefail
@@ -108,6 +109,9 @@ for row in ${ROWS:-c32-512 c128-512 c32-16 r-16k r-8k}; do
         start_dynamo "$log"
         cpu_of=$dynamo_cpu
       fi
+      # Startup work (our prompt pool's processes import and load the tokenizer for ~1 CPU-s
+      # after /health is up) is not the load's: let it end before the CPU is sampled.
+      sleep "${SETTLE:-10}"
       # shellcheck disable=SC2086
       uv run python -m benchmarks.loadgen --url "http://127.0.0.1:$port" --model "$model" $load \
         --duration "$duration" --warmup "$warmup" --cpu-of "$cpu_of" \
