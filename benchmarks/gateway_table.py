@@ -65,14 +65,16 @@ def _ratio(ours: Any, theirs: Any) -> str:
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    ours: dict[tuple[str, str, str, str], dict[str, Any]] = {}
-    theirs: dict[tuple[str, str, str, str], dict[str, Any]] = {}
+    # A key seen again (the harness run twice with the same labels) keeps every run, in order:
+    # the n-th of our runs pairs with the n-th of Dynamo's and shows as pair "P.n".
+    ours: dict[tuple[str, str, str, str], list[dict[str, Any]]] = {}
+    theirs: dict[tuple[str, str, str, str], list[dict[str, Any]]] = {}
     for row in rows:
         parsed = parse_label(row.get("label") or "")
         if parsed is None:
             continue
         name, side, pair, variant = parsed
-        (ours if side == "ours" else theirs)[(name, _level(row), pair, variant)] = row
+        (ours if side == "ours" else theirs).setdefault((name, _level(row), pair, variant), []).append(row)
     head = ["row", "level", "variant", "pair"]
     for _, header, _, ratio in METRICS:
         head += [f"{header} ours", f"{header} Dynamo"] + (["ours/Dynamo"] if ratio else [])
@@ -80,17 +82,18 @@ def table(rows: list[dict[str, Any]]) -> str:
     lines = ["| " + " | ".join(head) + " |", "| " + " | ".join(["---"] * 4 + ["---:"] * (len(head) - 4)) + " |"]
     for key in sorted(ours, key=lambda k: (k[0], k[1].zfill(12), k[3], k[2])):
         name, level, pair, variant = key
-        mine = ours[key]
-        other = theirs.get(key) or next(
-            (r for (n, lv, p, _), r in sorted(theirs.items()) if (n, lv, p) == (name, level, pair)), {})
-        cells = [name, level, variant or "-", pair]
-        for metric, _, spec, ratio in METRICS:
-            cells += [_cell(mine.get(metric), spec), _cell(other.get(metric), spec)]
-            if ratio:
-                cells.append(_ratio(mine.get(metric), other.get(metric)))
-        load = mine.get("load_average")
-        cells.append(f"{load[0]:.1f}" if load else "-")
-        lines.append("| " + " | ".join(cells) + " |")
+        others = theirs.get(key) or next(
+            (r for (n, lv, p, _), r in sorted(theirs.items()) if (n, lv, p) == (name, level, pair)), [])
+        for n, mine in enumerate(ours[key]):
+            other = others[n] if n < len(others) else {}
+            cells = [name, level, variant or "-", pair if n == 0 else f"{pair}.{n + 1}"]
+            for metric, _, spec, ratio in METRICS:
+                cells += [_cell(mine.get(metric), spec), _cell(other.get(metric), spec)]
+                if ratio:
+                    cells.append(_ratio(mine.get(metric), other.get(metric)))
+            load = mine.get("load_average")
+            cells.append(f"{load[0]:.1f}" if load else "-")
+            lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
