@@ -9,7 +9,9 @@ Each frame is a 4-byte big-endian length followed by a msgpack-encoded ``Frame``
 - ``Cancel(stream_id)`` tells the server the caller gave up: its handler task is cancelled.
 
 Payloads are opaque bytes (the layers above encode their own Structs). Frames written in
-one event-loop iteration leave in one ``write`` call, which keeps syscalls per token low.
+one event-loop iteration leave in one ``write`` call, which keeps syscalls per token low; the
+client's reader parses every whole frame a socket read brings in one go and hands each stream
+what it got as one batch.
 """
 
 from __future__ import annotations
