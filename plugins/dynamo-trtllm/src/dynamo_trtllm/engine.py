@@ -30,7 +30,7 @@ from dynamo_core.protocols.engine import EngineInfo, EngineOutput, FinishReason,
 from dynamo_core.protocols.kv_events import KvStored, LoadMetrics
 from dynamo_core.runtime.tasks import cancel_and_wait
 from dynamo_trtllm import disagg
-from dynamo_trtllm.availability import TrtllmUnavailableError, require_trtllm
+from dynamo_trtllm.availability import import_trtllm, require_trtllm
 from dynamo_trtllm.kv_events import KvEventTranslator
 from dynamo_trtllm.load import IterationLoad
 from dynamo_trtllm.options import LlmArguments, adapted_to_release, llm_arguments
@@ -72,6 +72,7 @@ class TrtllmEngine(Engine):
         # TensorRT-LLM's request classes, bound once it is imported (stand-ins in tests).
         self._sampling_params: Any = None
         self._disaggregated_params: Any = None
+        self._logprob: Any = None
         self._block_size = args.block_size or DEFAULT_TOKENS_PER_BLOCK
         self._bytes_per_block = 0
         self._load = IterationLoad()
@@ -87,23 +88,19 @@ class TrtllmEngine(Engine):
         return cls(context, llm_arguments(context.options, context.model_path, context.role))
 
     async def start(self) -> EngineInfo:
-        try:
-            from tensorrt_llm import LLM, SamplingParams
-            from tensorrt_llm.disaggregated_params import DisaggregatedParams
-        except ImportError as exc:
-            raise TrtllmUnavailableError(f"could not import TensorRT-LLM ({exc})") from exc
+        api = import_trtllm()
         kwargs = self._llm_kwargs(self._args.kwargs)
         log.info("starting TensorRT-LLM for %s with %s", self._context.model_path,
                  {k: v for k, v in kwargs.items() if k != "model"})
         # Blocks this loop until the model is loaded and the KV cache allocated; the worker
         # registers nowhere and serves nothing before that. It stays on the loop's thread:
         # TensorRT-LLM binds its results' async queues to the loop running when they are made.
-        return await self.started(LLM(**kwargs), SamplingParams, DisaggregatedParams)
+        return await self.started(api.llm(**kwargs), api.sampling_params, api.disaggregated_params, api.logprob)
 
-    async def started(self, llm: Any, sampling_params: Any, disaggregated_params: Any) -> EngineInfo:
+    async def started(self, llm: Any, sampling_params: Any, disaggregated_params: Any, logprob: Any = None) -> EngineInfo:
         """Serve with this started LLM and these request classes (TensorRT-LLM's; stand-ins in
         tests): read what the model card needs and start the event and stats readers."""
-        self.bind(llm, sampling_params, disaggregated_params)
+        self.bind(llm, sampling_params, disaggregated_params, logprob)
         args = getattr(llm, "args", None)
         kv_config = getattr(args, "kv_cache_config", None)
         self._block_size = int(getattr(kv_config, "tokens_per_block", None) or self._block_size)
@@ -162,9 +159,10 @@ class TrtllmEngine(Engine):
             return kwargs
         return update_llm_args_with_extra_dict({}, kwargs)
 
-    def bind(self, llm: Any, sampling_params: Any, disaggregated_params: Any) -> None:
+    def bind(self, llm: Any, sampling_params: Any, disaggregated_params: Any, logprob: Any = None) -> None:
         """Use this LLM and these request classes (TensorRT-LLM's; stand-ins in tests)."""
         self._llm, self._sampling_params, self._disaggregated_params = llm, sampling_params, disaggregated_params
+        self._logprob = logprob
 
     def _request_args(self, request: PreprocessedRequest) -> tuple[list[int], dict[str, Any], Any, int, disagg.DecodePlan | None]:
         """prompt, SamplingParams kwargs, DisaggregatedParams (or None), output tokens to skip, decode plan."""
