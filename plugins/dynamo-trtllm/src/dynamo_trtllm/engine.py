@@ -173,7 +173,7 @@ class TrtllmEngine(Engine):
         if phase == "decode":
             plan = disagg.decode_plan(request)
             if plan.state is not None:
-                params = self._disaggregated_params(**disagg.generation_params_kwargs(plan.state))
+                params = self._disaggregated_params(**disagg.generation_params_kwargs(plan.state, self._logprob))
                 return plan.prompt, sampling_kwargs(request, extra_tokens=plan.skip_tokens), params, plan.skip_tokens, plan
             log.warning("request %s computes its prompt on this decode worker: %s", request.request_id, plan.reason)
             return list(request.token_ids), sampling_kwargs(request), None, 0, plan
@@ -194,7 +194,11 @@ class TrtllmEngine(Engine):
         except Exception as exc:  # refused before it started (ValueError, RequestError, ...)
             yield EngineOutput(finish_reason=FinishReason.ERROR, error=f"TensorRT-LLM: {exc}")
             return
-        stream = OutputStream(top_logprobs=request.output.logprobs, block_size=self._block_size, skip_tokens=skip)
+        # A decode worker reports the prefill worker's cached tokens: TensorRT-LLM counts a
+        # generation-only request's whole transferred prompt as cached.
+        transferred = plan.state if plan is not None else None
+        stream = OutputStream(top_logprobs=request.output.logprobs, block_size=self._block_size, skip_tokens=skip,
+                              cached_tokens=transferred.cached_tokens if transferred is not None else None)
         self._load.in_flight += 1
         try:
             if phase == "prefill":
@@ -204,6 +208,7 @@ class TrtllmEngine(Engine):
                 output.kv_transfer = disagg.prefill_result(
                     getattr(completion, "disaggregated_params", None), worker_id=self._context.worker_id,
                     request_id=request.request_id, prompt_tokens=len(prompt), block_size=self._block_size,
+                    cached_tokens=output.cached_tokens or 0,
                 )
                 yield output
                 return
