@@ -90,13 +90,17 @@ class StandInResult:
     """Steps through `steps`: each a list of new token ids; the last finishes with `reason`."""
 
     def __init__(self, request_id: int, prompt: list[int], params: dict, steps: list[list[int]], reason: str,
-                 disaggregated: DisaggregatedParams | None, cached: int, logprob_top: int | None):
+                 disaggregated: DisaggregatedParams | None, cached: int, logprob_top: int | None,
+                 kv_arrived: asyncio.Event | None = None):
         self.request_id, self.prompt_token_ids, self.params = request_id, prompt, params
         self.outputs = [CompletionOutput(0)]
         self.cached_tokens = cached
         self.finished = False
         self.aborted = False
         self._steps, self._reason, self._disaggregated, self._top = list(steps), reason, disaggregated, logprob_top
+        # A generation-only request's first update waits for its KV (set: it has arrived).
+        self._kv_arrived = kv_arrived
+        self.aborted_before_kv = False
 
     def _step(self) -> None:
         out = self.outputs[0]
@@ -122,6 +126,8 @@ class StandInResult:
 
     def abort(self) -> None:
         self.aborted = True
+        if self._kv_arrived is not None and not self._kv_arrived.is_set():
+            self.aborted_before_kv = True
 
     def __aiter__(self):
         return self
@@ -129,6 +135,8 @@ class StandInResult:
     async def __anext__(self):
         if self.finished:
             raise StopAsyncIteration
+        if self._kv_arrived is not None:
+            await self._kv_arrived.wait()
         await asyncio.sleep(0)
         self._step()
         return self
@@ -175,8 +183,10 @@ class IterationResult:
 
 class StandInLLM:
     def __init__(self, steps: list[list[int]], reason: str = "length", cached: int = 0, refuse: str | None = None,
-                 kv_events: list[dict] | None = None, stats: list[dict] | None = None):
+                 kv_events: list[dict] | None = None, stats: list[dict] | None = None,
+                 kv_arrived: asyncio.Event | None = None):
         self.steps, self.reason, self.cached, self.refuse = steps, reason, cached, refuse
+        self.kv_arrived = kv_arrived
         self.kv_events, self.stats = IterationResult(kv_events), IterationResult(stats)
         self.calls: list[dict] = []
         self.results: list[StandInResult] = []
@@ -187,8 +197,10 @@ class StandInLLM:
         self.calls.append({"inputs": inputs, "params": sampling_params, "streaming": streaming,
                            "disaggregated_params": disaggregated_params})
         steps = self.steps[:1] if disaggregated_params and disaggregated_params.request_type == "context_only" else self.steps
+        generation_only = disaggregated_params is not None and disaggregated_params.request_type == "generation_only"
         result = StandInResult(len(self.calls), inputs["prompt_token_ids"], sampling_params, steps, self.reason,
-                               disaggregated_params, self.cached, sampling_params.get("logprobs"))
+                               disaggregated_params, self.cached, sampling_params.get("logprobs"),
+                               self.kv_arrived if generation_only else None)
         self.results.append(result)
         return result
 
@@ -377,6 +389,56 @@ async def test_a_decode_request_without_context_state_computes_its_prompt_and_sa
     assert llm.calls[0]["disaggregated_params"] is None
     assert llm.calls[0]["inputs"] == {"prompt_token_ids": [1, 2, 3, 4, 5, 42]}
     assert [o.token_ids for o in outputs] == [[7], [8]] and "no TensorRT-LLM context state" in outputs[0].kv_pull.recomputed
+
+
+async def _decode_request_waiting_for_kv(kv_arrived: asyncio.Event):
+    """A decode worker's engine and a consumer of one of its generation-only requests whose KV
+    has not arrived yet."""
+    kv = disagg.prefill_result(DisaggregatedParams(request_type="context_only", first_gen_tokens=[42], opaque_state=b"x"),
+                               worker_id="P", request_id="r", prompt_tokens=5, block_size=4)
+    follow = request(100, prompt=[1, 2, 3, 4, 5, 42])
+    follow.disagg = DisaggParams(phase="decode", kv=kv)
+    llm = StandInLLM(steps=[[42]] + [[i] for i in range(10**5)], kv_arrived=kv_arrived)
+    engine = engine_with(llm, role="decode")
+
+    async def consume():
+        async for _ in engine.generate(follow):
+            pass
+
+    task = asyncio.create_task(consume())
+    await asyncio.sleep(0.01)
+    return engine, llm, task
+
+
+async def test_a_decode_request_cancelled_while_its_kv_is_in_flight_is_aborted_once_it_arrives():
+    kv_arrived = asyncio.Event()
+    engine, llm, task = await _decode_request_waiting_for_kv(kv_arrived)
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    await asyncio.sleep(0.01)
+    result = llm.results[0]
+    assert not result.aborted and engine._load.in_flight == 0  # not while the transfer runs
+    kv_arrived.set()
+    await asyncio.sleep(0.01)
+    assert result.aborted and not result.aborted_before_kv and not engine._deferred_aborts
+
+
+async def test_a_decode_request_cancelled_after_its_kv_arrived_is_aborted_at_once():
+    kv_arrived = asyncio.Event()
+    kv_arrived.set()
+    engine, llm, task = await _decode_request_waiting_for_kv(kv_arrived)
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    assert llm.results[0].aborted and not engine._deferred_aborts
+
+
+async def test_stopping_the_engine_ends_the_aborts_that_wait_for_kv():
+    engine, llm, task = await _decode_request_waiting_for_kv(asyncio.Event())
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    assert len(engine._deferred_aborts) == 1
+    await engine.stop()
+    assert not engine._deferred_aborts and not llm.results[0].aborted_before_kv
 
 
 def test_a_decode_request_that_does_not_continue_the_prefill_token_is_computed_whole():

@@ -6,7 +6,9 @@
 - Requests: token ids and `SamplingParams` with an explicit `end_id` (`sampling.py`) go to
   `generate_async(..., streaming=True)`; the result is iterated as it updates and its
   cumulative outputs become deltas (`outputs.py`). A stream that is closed or cancelled before
-  the request finished (the client went away) calls the result's `abort()`.
+  the request finished (the client went away) calls the result's `abort()`; a decode worker's
+  generation-only request whose KV is still in flight is aborted once the KV has arrived
+  (`_abort_after_kv_arrives`).
 - KV events: `get_kv_cache_events_async` is drained by a task on the worker's loop; the events
   are translated (`kv_events.py`), kept in a mirror (for snapshots) and published.
 - Load: `get_stats_async` is drained likewise into `load.IterationLoad`.
@@ -79,6 +81,8 @@ class TrtllmEngine(Engine):
         self._mirror = KvCacheMirror()
         self._translator: KvEventTranslator | None = None
         self._tasks: list[asyncio.Task] = []
+        # Aborts of decode requests that wait for their KV to arrive (`_abort_after_kv_arrives`).
+        self._deferred_aborts: set[asyncio.Task] = set()
 
     @classmethod
     def from_context(cls, context: EngineContext) -> "TrtllmEngine":
@@ -200,6 +204,9 @@ class TrtllmEngine(Engine):
         stream = OutputStream(top_logprobs=request.output.logprobs, block_size=self._block_size, skip_tokens=skip,
                               cached_tokens=transferred.cached_tokens if transferred is not None else None)
         self._load.in_flight += 1
+        # A generation-only request has no update before its KV has arrived from the prefill
+        # worker (its first one carries the context's token).
+        awaiting_kv = disaggregated is not None and phase == "decode"
         try:
             if phase == "prefill":
                 await result
@@ -214,6 +221,7 @@ class TrtllmEngine(Engine):
                 return
             first = True
             async for update in result:
+                awaiting_kv = False
                 output = stream.delta(update)
                 if output is None:
                     continue
@@ -228,8 +236,35 @@ class TrtllmEngine(Engine):
             self._load.in_flight -= 1
             if not result.finished:
                 # The consumer went away (or the stream failed): free the request's slot and KV.
+                if awaiting_kv:
+                    self._abort_after_kv_arrives(result, request.request_id)
+                else:
+                    with contextlib.suppress(Exception):
+                        result.abort()
+
+    def _abort_after_kv_arrives(self, result: Any, request_id: str) -> None:
+        """Abort a generation-only request once its KV has arrived, not while it is in flight.
+
+        TensorRT-LLM's cancel of a request whose KV transfer is under way reaches only queued
+        transfers: an in-flight one kept its blocks, and under bursts of cancellations left the
+        workers wedged (TensorRT-LLM PRs #12314, #13713; in-flight cancel is opt-in there,
+        `TRTLLM_DISAGG_ENABLE_INFLIGHT_CANCEL=1`, for some transceivers only). NVIDIA's Dynamo
+        (`_DeferredAbort`, for 1.3.0rc22) therefore reads the result until its first update, which
+        comes once the transfer is complete, and aborts then. So does this. A transfer that never
+        completes ends the request itself at the transceiver's `kv_transfer_timeout_ms`."""
+
+        async def abort_when_arrived() -> None:
+            with contextlib.suppress(Exception):
+                async for _ in result:
+                    break
+            if not result.finished:
                 with contextlib.suppress(Exception):
                     result.abort()
+            log.debug("request %s aborted after its KV arrived", request_id)
+
+        task = asyncio.get_running_loop().create_task(abort_when_arrived(), name=f"trtllm-abort-{request_id}")
+        self._deferred_aborts.add(task)
+        task.add_done_callback(self._deferred_aborts.discard)
 
     async def _poll(self, drain) -> None:
         loop = asyncio.get_running_loop()
@@ -286,7 +321,7 @@ class TrtllmEngine(Engine):
         return self._mirror.snapshot()
 
     async def stop(self) -> None:
-        await cancel_and_wait(self._tasks)
+        await cancel_and_wait([*self._tasks, *self._deferred_aborts])  # shutdown() ends their requests
         self._tasks = []
         if self._llm is not None:
             llm, self._llm = self._llm, None
