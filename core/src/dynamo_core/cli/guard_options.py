@@ -32,7 +32,9 @@ def add_frontend_guard_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--migration-limit", type=non_negative_int, default=env_default("DYN_MIGRATION_LIMIT", DEFAULT_MIGRATION_LIMIT),
         help="times one request may move to another worker when its worker fails mid-stream; 0: never "
-             "(the stream ends with an error) (env DYN_MIGRATION_LIMIT; default: %(default)s)",
+             "(the stream ends with an error); also the times a rendezvous (SGLang) prefill/decode split that "
+             "failed before its first token is tried again in a fresh room (env DYN_MIGRATION_LIMIT; "
+             "default: %(default)s)",
     )
     group.add_argument(
         "--stall-timeout", type=non_negative_float, default=env_default("DYN_STALL_TIMEOUT", 0.0),

@@ -29,7 +29,8 @@ REROUTES = Counter(
     "dynamo_frontend_reroutes",
     "Requests routed to another worker because theirs lost its connection before answering "
     "(reason=connection_lost), sent nothing within --stall-timeout (reason=stalled) or declined them "
-    "while draining (reason=declined)",
+    "while draining (reason=declined); rendezvous splits tried again with a fresh room because the "
+    "prefill failed (reason=prefill_failed) or the decode worker could not get the KV (reason=decode_kv_failed)",
     ["model", "reason"],
 )
 MIGRATIONS = Counter(
