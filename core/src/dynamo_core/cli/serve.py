@@ -24,7 +24,7 @@ import urllib.request
 from dynamo_core.cli import guard_options, options
 from dynamo_core.cli.parsers import build_frontend_parser, build_worker_parser
 from dynamo_core.runtime.children import die_with_parent
-from dynamo_core.runtime.restart_policy import RestartPolicy
+from dynamo_core.runtime.restart_policy import RestartPolicy, describe_exit
 
 log = logging.getLogger("dynamo_core.serve")
 READY_TIMEOUT_S = 300.0
@@ -166,16 +166,16 @@ class Supervisor:
                     delay = self.policies[name].on_exit(code)
                     if delay is None:
                         self.given_up.add(name)
-                        log.error("%s exited with code %s within %.0f s of its start %d times in a row; giving up "
-                                  "on it (its log above says why)", name, code, self.policies[name].startup_window_s,
+                        log.error("%s %s within %.0f s of its start %d times in a row; giving up on it (its log "
+                                  "above says why)", name, describe_exit(code), self.policies[name].startup_window_s,
                                   self.policies[name].quick_deaths)
                         if len(self.given_up) == len(self.roles):
                             log.error("no worker is left; stopping")
                             exit_code = 1
                             stop.set()
                     else:
-                        log.warning("%s (pid %d) exited with code %s; restarting it in %.1f s (restart %d); the "
-                                    "others keep serving", name, self.procs[name].pid, code, delay,
+                        log.warning("%s (pid %d) %s; restarting it in %.1f s (restart %d); the others keep "
+                                    "serving", name, self.procs[name].pid, describe_exit(code), delay,
                                     self.policies[name].restarts)
                         task = asyncio.create_task(self._restart(name, delay))
                         restarts.add(task)
