@@ -1,9 +1,13 @@
-"""`dynamo serve` restarts a worker that died, and gives up on one that dies at start-up."""
+"""`dynamo serve` restarts a worker that died, gives up on one that dies at start-up (by an error
+or a signal), and stops every child whatever ends it."""
 
 from __future__ import annotations
 
 import os
+import re
 import signal
+import subprocess
+import sys
 import time
 
 import pytest
@@ -43,6 +47,19 @@ def test_serve_gives_up_on_a_worker_that_keeps_crashing_at_start_up(cluster):
 
 def _worker_children(parent: int) -> list[int]:
     """Pids of `dynamo worker` processes whose parent is `parent` (read from /proc)."""
+    return _children(parent, b"worker")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _children(parent: int, role: bytes) -> list[int]:
+    """Pids of `dynamo <role>` processes whose parent is `parent` (read from /proc)."""
     found = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -54,7 +71,7 @@ def _worker_children(parent: int) -> list[int]:
                 argv = f.read().split(b"\0")
         except (OSError, ValueError, IndexError):
             continue  # it ended while we looked
-        if ppid == parent and b"worker" in argv:
+        if ppid == parent and role in argv:
             found.append(int(entry))
     return found
 
@@ -78,3 +95,45 @@ def test_serve_backs_off_and_gives_up_on_a_worker_killed_by_a_signal_at_each_sta
     assert "was killed by SIGKILL; restarting it in 1.0 s (restart 2)" in output
     assert "worker-0 was killed by SIGKILL within 15 s of its start 3 times in a row; giving up on it" in output
     assert "no worker is left; stopping" in output
+
+
+# `dynamo serve` whose spawns fail once the first three (frontend, two workers) are up: a
+# restart then raises in the supervisor itself (as a fork refused for want of memory would).
+FAILING_RESTART = """
+import sys
+from dynamo_core.cli import main, serve
+spawned = []
+real = serve._dynamo_command
+def command():
+    spawned.append(1)
+    return real() if len(spawned) <= 3 else ["/nonexistent/dynamo"]
+serve._dynamo_command = command
+sys.exit(main.main(sys.argv[1:]))
+"""
+
+
+def test_serve_stops_every_child_when_the_supervisor_itself_fails(cluster):
+    port = free_port()
+    log = cluster.tmp_path / "failing-serve.log"
+    with open(log, "wb") as out:  # a file, not a pipe: the children hold a pipe open until they end
+        serve = subprocess.Popen([sys.executable, "-c", FAILING_RESTART, "serve", "--workers", "2", "--http-port",
+                                  str(port)], env=cluster.env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        instances = cluster.wait_for_workers(f"http://127.0.0.1:{port}", 2)
+        children = _children(serve.pid, b"frontend") + _children(serve.pid, b"worker")
+        assert len(children) == 3
+        os.kill(instances[0]["pid"], signal.SIGKILL)
+        serve.wait(60)
+        running = [pid for pid in children if _alive(pid)]
+        output = log.read_text(errors="replace")
+        # Stopped by serve before it exits (the surviving worker drains and leaves discovery),
+        # not left running past its exit for the parent-death signal to reach later.
+        assert serve.returncode == 1, output[-3000:]
+        assert not running, output[-3000:]
+        assert "dynamo serve failed; stopping every process it started" in output
+        assert "FileNotFoundError" in output
+        assert re.search(r"worker\[\d+\] \S+: worker \S+ stopping", output), output[-3000:]
+        assert output.rstrip().endswith("stopped"), output[-3000:]
+    finally:
+        if serve.poll() is None:
+            serve.kill()

@@ -25,6 +25,7 @@ from dynamo_core.cli import guard_options, options
 from dynamo_core.cli.parsers import build_frontend_parser, build_worker_parser
 from dynamo_core.runtime.children import die_with_parent
 from dynamo_core.runtime.restart_policy import RestartPolicy, describe_exit
+from dynamo_core.runtime.tasks import cancel_and_wait
 
 log = logging.getLogger("dynamo_core.serve")
 READY_TIMEOUT_S = 300.0
@@ -86,6 +87,7 @@ class Supervisor:
         self.policies: dict[str, RestartPolicy] = {}
         self.given_up: set[str] = set()
         self._stopping = False
+        self._helpers: set[asyncio.Task] = set()  # the supervisor's own tasks, cancelled when it ends
         self._scheme = "https" if ns.tls_cert else "http"
 
     async def _spawn(self, name: str, argv: list[str]) -> None:
@@ -122,6 +124,19 @@ class Supervisor:
         return False
 
     async def run(self) -> int:
+        """Supervise until stopped; however that ends (an error in the supervisor itself, such as
+        a worker that cannot be spawned again, included), every child started is stopped."""
+        try:
+            return await self._supervise()
+        except Exception:
+            log.exception("dynamo serve failed; stopping every process it started")
+            return 1
+        finally:
+            self._stopping = True
+            await cancel_and_wait(self._helpers)  # a worker a restart started is stopped below
+            await self._stop_all()
+
+    async def _supervise(self) -> int:
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -134,12 +149,14 @@ class Supervisor:
         restarts: set[asyncio.Task] = set()
         ready = asyncio.create_task(self._wait_ready())
         stop_task = asyncio.create_task(stop.wait())
+        self._helpers = restarts | {ready, stop_task}
         exit_code = 0
         pending = set(watchers) | {ready, stop_task}
         while True:
             done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
             for task in done & restarts:
                 restarts.discard(task)
+                self._helpers.discard(task)
                 name = task.result()
                 watcher = asyncio.create_task(self.procs[name].wait(), name=name)
                 watchers[watcher] = name
@@ -179,20 +196,15 @@ class Supervisor:
                                     self.policies[name].restarts)
                         task = asyncio.create_task(self._restart(name, delay))
                         restarts.add(task)
+                        self._helpers.add(task)
                         pending.add(task)
             if stop.is_set():
                 break
-        self._stopping = True
-        ready.cancel()
-        for task in restarts:
-            task.cancel()
-        await asyncio.gather(*restarts, return_exceptions=True)  # a worker it started is stopped below
-        await self._stop_all()
         return exit_code
 
     async def _stop_all(self) -> None:
         # Workers first (they drain and leave discovery), then the frontend.
-        order = [n for n in self.procs if n != "frontend"] + ["frontend"]
+        order = [n for n in self.procs if n != "frontend"] + [n for n in self.procs if n == "frontend"]
         for name in order:
             proc = self.procs[name]
             if proc.returncode is None:
