@@ -480,8 +480,16 @@ async def publish_events(source: EventSource, config: PlaneConfig) -> Unpublish:
     source.add_listener(forward)
 
     async def unpublish() -> None:
-        with contextlib.suppress(Exception):
-            await nc.close()
+        # Undo all of it: no more forwarding (each later event would spawn a publish on a closed
+        # connection), the forwards under way sent, then the snapshot responder unsubscribed and
+        # the connection's buffer flushed by the drain before it closes.
+        source.remove_listener(forward)
+        await asyncio.gather(*pending, return_exceptions=True)
+        try:
+            await nc.drain()
+        except Exception:  # noqa: BLE001 - NATS gone: nothing left to flush
+            with contextlib.suppress(Exception):
+                await nc.close()
 
     return unpublish
 
