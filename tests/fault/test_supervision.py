@@ -137,3 +137,18 @@ def test_serve_stops_every_child_when_the_supervisor_itself_fails(cluster):
     finally:
         if serve.poll() is None:
             serve.kill()
+
+
+def test_serve_reads_the_api_key_file_once_so_a_worker_restart_does_not_need_it(cluster, tmp_path):
+    keys = tmp_path / "keys"
+    keys.write_text("sk-once\n")
+    serve, base = cluster.serve("--api-key-file", str(keys), workers=1)
+    victim = http_get(f"{base}/health")[1]["instances"][0]
+    keys.unlink()  # rotated away after start: only the frontend ever needed it, at its start
+    os.kill(victim["pid"], signal.SIGKILL)
+
+    def replaced():
+        now = http_get(f"{base}/health")[1]["instances"]
+        return len(now) == 1 and now[0]["pid"] != victim["pid"]
+    wait_until(replaced, 30, serve)
+    assert "Traceback" not in serve.output()

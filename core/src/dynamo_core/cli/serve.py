@@ -89,14 +89,14 @@ class Supervisor:
         self._stopping = False
         self._helpers: set[asyncio.Task] = set()  # the supervisor's own tasks, cancelled when it ends
         self._scheme = "https" if ns.tls_cert else "http"
+        self._api_keys = guard_options.api_keys_from(ns)  # read once: only the frontend gets them
 
     async def _spawn(self, name: str, argv: list[str]) -> None:
         command = _dynamo_command() + argv
         log.debug("starting %s: %s", name, " ".join(command))
         env = None
-        keys = guard_options.api_keys_from(self.ns)
-        if name == "frontend" and keys:  # not on its command line, where `ps` would show them
-            env = {**os.environ, "DYN_API_KEYS": ",".join(keys)}
+        if name == "frontend" and self._api_keys:  # not on its command line, where `ps` would show them
+            env = {**os.environ, "DYN_API_KEYS": ",".join(self._api_keys)}
         self.procs[name] = await asyncio.create_subprocess_exec(*command, preexec_fn=die_with_parent, env=env)
         self.argv[name] = argv
         self.policies.setdefault(name, RestartPolicy()).on_start()
@@ -242,8 +242,9 @@ async def _serve_in_process(ns: argparse.Namespace, parser: argparse.ArgumentPar
     for worker in workers:
         await worker.start()
     frontend = asyncio.create_task(run_frontend(frontend_config_from(ns, parser)))
+    scheme = "https" if ns.tls_cert else "http"
     print(
-        f"dynamo serving on http://{ns.http_host}:{ns.http_port}/v1 (engine={ns.engine}, router={ns.router}, "
+        f"dynamo serving on {scheme}://{ns.http_host}:{ns.http_port}/v1 (engine={ns.engine}, router={ns.router}, "
         f"workers={ns.workers}, in one process); Ctrl-C to stop",
         flush=True,
     )
