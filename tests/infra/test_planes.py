@@ -352,3 +352,48 @@ async def test_nats_restart_never_hangs_or_silently_drops_stream_items_and_calls
         raise AssertionError("calls did not recover after NATS restarted")
     await client.close()
     await server.stop()
+
+
+async def test_unpublishing_nats_events_sends_what_was_under_way_and_stops_forwarding(nats_server):
+    """`unpublish` undoes `publish_events`: the last batch still goes out, the snapshot responder
+    leaves, and events published afterwards start no publish on the closed connection."""
+    import gc
+
+    import nats as nats_client
+
+    from dynamo_core.runtime.nats_plane import events_subject, publish_events
+
+    loop = asyncio.get_running_loop()
+    errors: list[dict] = []
+    loop.set_exception_handler(lambda _loop, context: errors.append(context))
+    publisher = EventPublisher("w-unpub", lambda: [])
+    unpublish = await publish_events(publisher, PlaneConfig(nats_url=nats_server.url, namespace="t", worker_id="w-unpub"))
+    subject = events_subject("t", "w-unpub")
+    observer = await nats_client.connect(nats_server.url)
+    received: asyncio.Queue[bytes] = asyncio.Queue()
+
+    async def receive(msg) -> None:
+        received.put_nowait(msg.data)
+
+    await observer.subscribe(subject, cb=receive)
+    await observer.flush()
+    try:
+        assert (await observer.request(f"{subject}.snapshot", b"", timeout=5)).data  # publishing
+        publisher.publish_load(LoadMetrics(worker_id="w-unpub", running_requests=7, waiting_requests=0,
+                                           active_kv_blocks=0, total_kv_blocks=1))
+        await unpublish()  # in the same loop iteration: the forward is still under way
+        last = await asyncio.wait_for(received.get(), 5)
+        assert b"w-unpub" in last
+        with pytest.raises(nats_client.errors.NoRespondersError):
+            await observer.request(f"{subject}.snapshot", b"", timeout=2)
+        for running in range(3):
+            publisher.publish_load(LoadMetrics(worker_id="w-unpub", running_requests=running, waiting_requests=0,
+                                               active_kv_blocks=0, total_kv_blocks=1))
+        await asyncio.sleep(0.2)
+        gc.collect()  # an unretrieved task exception is reported when its task is collected
+        await asyncio.sleep(0)
+        assert not errors, errors
+        assert received.empty()
+    finally:
+        loop.set_exception_handler(None)
+        await observer.close()

@@ -76,6 +76,20 @@ def api_keys_from(ns: argparse.Namespace) -> tuple[str, ...]:
     return tuple(dict.fromkeys(k for k in keys if k))
 
 
+def check_api_key_file(parser: argparse.ArgumentParser, ns: argparse.Namespace) -> None:
+    """At start, not when a child reads it: a key file that cannot be read, or holds no key (which
+    would leave /v1/* open while the flag says it is protected), is a usage error."""
+    if not ns.api_key_file:
+        return
+    try:
+        with open(ns.api_key_file, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        parser.error(f"--api-key-file {ns.api_key_file}: cannot read it ({getattr(exc, 'strerror', None) or exc})")
+    if not any(line.strip() and not line.lstrip().startswith("#") for line in lines):
+        parser.error(f"--api-key-file {ns.api_key_file}: holds no key (one a line; # starts a comment)")
+
+
 def check_tls(parser: argparse.ArgumentParser, ns: argparse.Namespace) -> None:
     if bool(ns.tls_cert) != bool(ns.tls_key):
         parser.error("--tls-cert and --tls-key go together")

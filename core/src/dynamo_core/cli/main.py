@@ -76,6 +76,7 @@ def cmd_frontend(argv: list[str]) -> int:
     parser = build_frontend_parser(pre.router)
     ns = parser.parse_args(argv)
     guard_options.check_tls(parser, ns)
+    guard_options.check_api_key_file(parser, ns)
     setup_logging("frontend")
     from dynamo_core.frontend.app import run_frontend
 
@@ -102,6 +103,7 @@ def cmd_serve(argv: list[str]) -> int:
     if ns.model and not os.path.isdir(ns.model):
         parser.error(f"--model {ns.model}: not a directory (an HF-format model directory is expected)")
     guard_options.check_tls(parser, ns)
+    guard_options.check_api_key_file(parser, ns)
     setup_logging("serve")
     from dynamo_core.cli.serve import serve
 

@@ -67,6 +67,11 @@ class EventPublisher(KvEventSink):
         """Also hand every encoded message to `listener` (e.g. to republish it on NATS)."""
         self._listeners.append(listener)
 
+    def remove_listener(self, listener: Callable[[bytes], None]) -> None:
+        """Stop handing messages to `listener` (its plane stopped publishing)."""
+        if listener in self._listeners:
+            self._listeners.remove(listener)
+
     def snapshot_payload(self) -> bytes:
         """The current cache as an encoded `KvSnapshot` (pending events flushed first)."""
         self._flush()
