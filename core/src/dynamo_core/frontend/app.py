@@ -53,6 +53,7 @@ from dynamo_core.protocols.openai import (
 from dynamo_core.runtime.discovery import DiscoveryBackend, DiscoveryConfig
 from dynamo_core.runtime.gc_heap import freeze_heap
 from dynamo_core.runtime.peer_plane import PeerPlane
+from dynamo_core.runtime.peer_transports import LocalPeerTransport, NatsPeerTransport, PeerTransport
 from dynamo_core.runtime.transports import TransportClients
 
 log = logging.getLogger(__name__)
@@ -108,7 +109,8 @@ class FrontendConfig:
     discovery: str = "file"
     discovery_config: DiscoveryConfig = field(default_factory=DiscoveryConfig)
     nats_url: str | None = None
-    # "nats": share routers' in-flight requests with the other frontends (runtime/peer_plane.py).
+    # Routers share their in-flight requests with the other frontends (runtime/peer_plane.py):
+    # "nats" over NATS; with file discovery, over loopback UDP between this host's frontends.
     event_plane: str = "tcp"
     # Fault tolerance and protection (cli/guard_options.py says what each does).
     migration_limit: int = DEFAULT_MIGRATION_LIMIT
@@ -125,6 +127,16 @@ async def _peer_connection(url: str | None):
     from dynamo_core.runtime.nats_plane import connect, nats_url
 
     return await connect(nats_url(url), "dynamo-frontend-peers")
+
+
+def _peer_transport(config: FrontendConfig, discovery: DiscoveryBackend) -> PeerTransport | None:
+    """NATS where frontends have it; else, on one host (file discovery), loopback UDP; none
+    with mem discovery (one frontend by definition) or etcd without NATS."""
+    if config.event_plane == "nats":
+        return NatsPeerTransport(config.namespace, lambda: _peer_connection(config.nats_url))
+    if config.discovery == "file":
+        return LocalPeerTransport(discovery, config.namespace)
+    return None
 
 
 def _no_workers_message(registry: ModelRegistry) -> str:
@@ -281,9 +293,9 @@ def create_app(config: FrontendConfig, discovery: DiscoveryBackend | None = None
     discovery = discovery or plugins.get("discovery", config.discovery).create(config.discovery_config)
     client = TransportClients(config.nats_url)
     peers: PeerPlane | None = None
-    if config.event_plane == "nats":
-        peers = PeerPlane(config.namespace, lambda: _peer_connection(config.nats_url),
-                          lambda request: registry.on_peer_request(request), lambda peer: registry.on_peer_gone(peer))
+    if (transport := _peer_transport(config, discovery)) is not None:
+        peers = PeerPlane(transport, lambda request: registry.on_peer_request(request),
+                          lambda peer: registry.on_peer_gone(peer))
     registry = ModelRegistry(discovery, client, config.namespace, router_spec.create, config.router_options,
                              share=peers.publish if peers is not None else (lambda request: None))
     engine_client = EngineClient(client, config.migration_limit, config.stall_timeout_s)

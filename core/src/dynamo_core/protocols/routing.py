@@ -35,3 +35,13 @@ class PeerHeartbeat(msgspec.Struct, tag="heartbeat", kw_only=True):
 
 
 PeerMessage = PeerRequest | PeerHeartbeat
+
+
+class PeerAddress(msgspec.Struct, kw_only=True):
+    """Where frontend ``frontend_id`` receives its peers' messages on this host (a discovery
+    record of the local peer transport: loopback UDP ``host:port``)."""
+
+    frontend_id: str
+    host: str
+    port: int
+    pid: int
