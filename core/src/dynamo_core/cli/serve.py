@@ -72,9 +72,10 @@ def worker_roles(ns: argparse.Namespace) -> list[str]:
 
 
 def describe_workers(ns: argparse.Namespace) -> str:
+    http = f", http processes={ns.http_workers}" if ns.http_workers > 1 else ""
     if ns.disagg:
-        return f"prefill workers={ns.prefill_workers}, decode workers={ns.decode_workers}, transfer={ns.transfer}"
-    return f"workers={ns.workers}"
+        return f"prefill workers={ns.prefill_workers}, decode workers={ns.decode_workers}, transfer={ns.transfer}{http}"
+    return f"workers={ns.workers}{http}"
 
 
 class Supervisor:

@@ -8,7 +8,9 @@ wires its start and stop to the app's lifespan.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
+import os
 import socket
 import time
 from dataclasses import dataclass, field
@@ -18,7 +20,7 @@ import msgspec
 import uvicorn
 from litestar import Litestar, Request, Response, get, post
 from litestar.params import FromPath
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from dynamo_core.frontend import metrics
 from dynamo_core.frontend.completions import ServingState, chat_completions, completions, decode_body, find_model
@@ -26,6 +28,7 @@ from dynamo_core.frontend.disagg import DisaggregatingClient
 from dynamo_core.frontend.admission import DEFAULT_MAX_BODY_BYTES, Admission
 from dynamo_core.frontend.auth import ApiKeyGuard
 from dynamo_core.frontend.engine_client import EngineClient
+from dynamo_core.frontend.http_processes import signal_ready
 from dynamo_core.frontend.migration import DEFAULT_MIGRATION_LIMIT
 from dynamo_core.frontend.errors import BadRequestError, openai_error_handler
 from dynamo_core.frontend.model_registry import ModelRegistry
@@ -86,6 +89,7 @@ class Health(msgspec.Struct, omit_defaults=True):
 
 class Live(msgspec.Struct):
     status: str = "live"
+    pid: int = 0  # the answering process: one of N under --http-workers N
 
 
 class RoutingScores(msgspec.Struct):
@@ -121,6 +125,8 @@ class FrontendConfig:
     protect_metrics: bool = False
     tls_cert: str | None = None
     tls_key: str | None = None
+    # One of the N processes of `--http-workers N`: bind the port with SO_REUSEPORT beside them.
+    reuse_port: bool = False
 
 
 async def _peer_connection(url: str | None):
@@ -241,14 +247,29 @@ async def health(request: Request) -> Response:
 
 @get("/live", summary="200 while the process runs", opt=api(response=Live))
 async def live() -> Response:
-    return _json_response(Live())
+    return _json_response(Live(pid=os.getpid()))
 
 
 @get("/metrics", summary="Prometheus metrics", opt=api(media_type="text/plain"))
 async def prometheus_metrics(request: Request) -> Response:
     for model in _serving(request).registry.models.values():
         metrics.WORKERS.labels(model.name).set(len(model.workers))
-    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+    return Response(generate_latest(_metrics_registry()), media_type=CONTENT_TYPE_LATEST)
+
+
+def _metrics_registry() -> CollectorRegistry:
+    """This process's metrics; under `--http-workers N` (PROMETHEUS_MULTIPROC_DIR set by the
+    supervisor) those of all N, summed by prometheus_client's multiprocess collector."""
+    from prometheus_client import REGISTRY
+
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if not directory:
+        return REGISTRY
+    from prometheus_client import multiprocess
+
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry, directory)
+    return registry
 
 
 @post(
@@ -358,6 +379,8 @@ async def run_frontend(config: FrontendConfig, discovery: DiscoveryBackend | Non
     # Bind before saying "listening": a taken port is an exit naming it, not a log line first.
     sock = socket.socket(socket.AF_INET6 if ":" in config.http_host else socket.AF_INET)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if config.reuse_port:  # the kernel spreads connections over the N processes bound so
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
         sock.bind((config.http_host, config.http_port))
     except OSError as exc:
@@ -369,4 +392,14 @@ async def run_frontend(config: FrontendConfig, discovery: DiscoveryBackend | Non
         "https" if config.tls_cert else "http", config.http_host, config.http_port, config.router, config.discovery,
         config.namespace, len(config.api_keys),
     )
-    await server.serve(sockets=[sock])
+    ready = asyncio.create_task(_signal_when_started(server))
+    try:
+        await server.serve(sockets=[sock])
+    finally:
+        ready.cancel()
+
+
+async def _signal_when_started(server: uvicorn.Server) -> None:
+    while not server.started:
+        await asyncio.sleep(0.05)
+    signal_ready()

@@ -1,0 +1,214 @@
+"""`dynamo frontend --http-workers N`: N full frontend processes serving one port.
+
+One Python process is one event loop: past a few hundred requests a second its loop, not the
+workers, is the gateway's limit. So the command becomes a supervisor of N `dynamo frontend`
+children, each binding the same port with ``SO_REUSEPORT`` (the kernel spreads new
+connections among them). Each child is a whole frontend: its own loop, tokenizer, prompt
+pool, routers and KV-event subscriptions. They route as one through the routing peers
+(`runtime/peer_plane.py`): on one host without NATS, loopback UDP to the addresses they
+register in file discovery (`runtime/peer_transports.py`), so each knows what the others have
+in flight on every worker.
+
+What the supervisor keeps:
+- Readiness: each child writes a line to an inherited pipe once its server listens; the
+  supervisor logs each, and "all N ready" once they all are.
+- Supervision: a child that exits is restarted with the backoff of `RestartPolicy` (the others
+  keep serving); one that keeps failing at start-up makes the whole command exit non-zero.
+  SIGINT/SIGTERM stops every child.
+- Metrics: prometheus_client's multiprocess mode, over a directory of this supervisor's
+  (``PROMETHEUS_MULTIPROC_DIR``), so `/metrics` from any child reports the sum over all of them.
+- The prompt pool: unless ``--preprocess-workers`` is given, the host's default is divided
+  among the children, so N of them do not start N times as many tokenizer processes as CPUs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import sys
+import tempfile
+
+from dynamo_core.cli import guard_options, options
+from dynamo_core.runtime.children import die_with_parent
+from dynamo_core.runtime.restart_policy import RestartPolicy
+
+log = logging.getLogger("dynamo_core.frontend.http_processes")
+STOP_TIMEOUT_S = 15.0
+# Set in each child: its index among the N, and the pipe it reports readiness on.
+PROCESS_INDEX_ENV = "DYN_HTTP_PROCESS_INDEX"
+READY_FD_ENV = "DYN_HTTP_READY_FD"
+
+
+def preprocess_workers_per_process(total_default: int, processes: int) -> int:
+    """The host-sized default pool split among ``processes``; 0 (a thread) once it is
+    thinner than one process each, since the HTTP processes already use the cores."""
+    return total_default // processes
+
+
+def _given(argv: list[str], flag: str, env: str) -> bool:
+    return env in os.environ or any(a == flag or a.startswith(flag + "=") for a in argv)
+
+
+def child_argv(ns: argparse.Namespace, parser: argparse.ArgumentParser, argv: list[str]) -> list[str]:
+    """One child's `dynamo frontend` arguments: the supervisor's own, one HTTP process each."""
+    args = options.child_args(parser, ns, parser, always={"router"},
+                              skip={"http_workers", "preprocess_workers", *guard_options.API_KEY_DESTS})
+    preprocess = ns.preprocess_workers
+    if not _given(argv, "--preprocess-workers", "DYN_PREPROCESS_WORKERS"):
+        preprocess = preprocess_workers_per_process(ns.preprocess_workers, ns.http_workers)
+    return ["frontend", *args, "--http-workers", "1", "--preprocess-workers", str(preprocess)]
+
+
+def signal_ready() -> None:
+    """In a child: tell the supervisor that this process listens (no-op when alone)."""
+    fd = os.environ.pop(READY_FD_ENV, None)
+    if fd is None:
+        return
+    with contextlib.suppress(OSError):
+        os.write(int(fd), f"{os.getpid()}\n".encode())
+        os.close(int(fd))
+
+
+async def _read_ready(fd: int) -> bool:
+    """True once the child wrote its line; False at EOF (it died first)."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[bytes] = loop.create_future()
+
+    def readable() -> None:
+        if not done.done():
+            try:
+                done.set_result(os.read(fd, 64))
+            except OSError:
+                done.set_result(b"")
+
+    loop.add_reader(fd, readable)
+    try:
+        return bool(await done)
+    finally:
+        loop.remove_reader(fd)
+        os.close(fd)
+
+
+class HttpProcessGroup:
+    """Start, watch and stop the N HTTP processes of one `dynamo frontend`."""
+
+    def __init__(self, command: list[str], argv: list[str], processes: int, env: dict[str, str]):
+        self._command = command  # how to start `dynamo` again
+        self._argv = argv
+        self._count = processes
+        self._env = env
+        self._procs: dict[int, asyncio.subprocess.Process] = {}
+        self._policies = {i: RestartPolicy() for i in range(processes)}
+        self._ready: set[int] = set()
+        self._metrics_dir = ""
+
+    async def _spawn(self, index: int) -> asyncio.Task:
+        read_fd, write_fd = os.pipe()
+        env = {**self._env, PROCESS_INDEX_ENV: str(index), READY_FD_ENV: str(write_fd),
+               "PROMETHEUS_MULTIPROC_DIR": self._metrics_dir}
+        try:
+            proc = await asyncio.create_subprocess_exec(*self._command, *self._argv, env=env, pass_fds=(write_fd,),
+                                                        preexec_fn=die_with_parent)
+        finally:
+            os.close(write_fd)
+        self._procs[index] = proc
+        self._policies[index].on_start()
+        return asyncio.create_task(self._announce(index, proc.pid, read_fd), name=f"http-{index}-ready")
+
+    async def _announce(self, index: int, pid: int, read_fd: int) -> None:
+        if not await _read_ready(read_fd):
+            return
+        self._ready.add(index)
+        log.info("HTTP process %d/%d ready (pid %d)", index + 1, self._count, pid)
+        if len(self._ready) == self._count:
+            log.info("all %d HTTP processes ready", self._count)
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        self._metrics_dir = tempfile.mkdtemp(prefix="dynamo-frontend-metrics-")
+        announcers: set[asyncio.Task] = set()
+        try:
+            for index in range(self._count):
+                announcers.add(await self._spawn(index))
+            exit_code = await self._watch(stop, announcers)
+        finally:
+            await self._stop_all()
+            for task in announcers:
+                task.cancel()
+            shutil.rmtree(self._metrics_dir, ignore_errors=True)
+        return exit_code
+
+    async def _watch(self, stop: asyncio.Event, announcers: set[asyncio.Task]) -> int:
+        from prometheus_client import multiprocess
+
+        watchers = {asyncio.create_task(p.wait()): i for i, p in self._procs.items()}
+        restarts: dict[asyncio.Task, int] = {}
+        stop_task = asyncio.create_task(stop.wait())
+        try:
+            while True:
+                done, _ = await asyncio.wait({*watchers, *restarts, stop_task}, return_when=asyncio.FIRST_COMPLETED)
+                if stop_task in done:
+                    return 0
+                for task in done:
+                    if task in restarts:
+                        index = restarts.pop(task)
+                        announcers.add(await self._spawn(index))
+                        watchers[asyncio.create_task(self._procs[index].wait())] = index
+                        continue
+                    index = watchers.pop(task)
+                    code, pid = task.result(), self._procs[index].pid
+                    self._ready.discard(index)
+                    multiprocess.mark_process_dead(pid, self._metrics_dir)  # its live gauges stop counting
+                    delay = self._policies[index].on_exit(code)
+                    if delay is None:
+                        log.error("HTTP process %d exited with code %s within %.0f s of its start %d times in a row; "
+                                  "stopping the frontend (its log above says why)", index + 1, code,
+                                  self._policies[index].startup_window_s, self._policies[index].quick_deaths)
+                        return code or 1
+                    log.warning("HTTP process %d (pid %d) exited with code %s; restarting it in %.1f s; the others "
+                                "keep serving", index + 1, pid, code, delay)
+                    restarts[asyncio.create_task(asyncio.sleep(delay))] = index
+        finally:
+            for task in [*watchers, *restarts, stop_task]:
+                task.cancel()
+
+    async def _stop_all(self) -> None:
+        for proc in self._procs.values():
+            if proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.send_signal(signal.SIGTERM)
+        for index, proc in self._procs.items():
+            try:
+                await asyncio.wait_for(proc.wait(), STOP_TIMEOUT_S)
+            except asyncio.TimeoutError:
+                log.warning("HTTP process %d did not stop in %.0f s; killing it", index + 1, STOP_TIMEOUT_S)
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+                await proc.wait()
+
+
+def run_http_processes(ns: argparse.Namespace, parser: argparse.ArgumentParser, argv: list[str]) -> int:
+    """`dynamo frontend --http-workers N` (N > 1): check the port, then supervise N children."""
+    from dynamo_core.cli.check import check_port
+    from dynamo_core.cli.serve import _dynamo_command
+
+    port = check_port(ns.http_host, ns.http_port)
+    if port.status != "ok":
+        print(f"dynamo frontend: error: cannot listen on {ns.http_host}:{ns.http_port}: {port.detail}; "
+              "choose another port with --http-port", file=sys.stderr)
+        return 1
+    env = dict(os.environ)
+    keys = guard_options.api_keys_from(ns)
+    if keys:  # not on the children's command lines, where `ps` would show them
+        env["DYN_API_KEYS"] = ",".join(keys)
+    log.info("starting %d HTTP processes on %s:%d", ns.http_workers, ns.http_host, ns.http_port)
+    group = HttpProcessGroup(_dynamo_command(), child_argv(ns, parser, argv), ns.http_workers, env)
+    return asyncio.run(group.run())
