@@ -73,6 +73,8 @@ def test_two_http_workers_serve_one_port_from_both_processes(cluster):
                       {"model": "mocker", "messages": [{"role": "user", "content": f"hi {i}"}], "max_tokens": 3})
         assert reply["choices"][0]["message"]["content"]
     assert {_requests_total(base) for _ in range(6)} == {float(sent)}
+    # Multiprocess mode has no process metrics of its own: the CPU of the N is summed in.
+    assert re.search(r"^process_cpu_seconds_total [1-9]", http_get(f"{base}/metrics")[1], re.M)
 
     # A killed process is restarted; the port keeps serving meanwhile.
     victim = min(children)

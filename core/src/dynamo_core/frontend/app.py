@@ -267,8 +267,11 @@ def _metrics_registry() -> CollectorRegistry:
         return REGISTRY
     from prometheus_client import multiprocess
 
+    from dynamo_core.frontend.http_processes import GroupProcessCollector
+
     registry = CollectorRegistry()
     multiprocess.MultiProcessCollector(registry, directory)
+    registry.register(GroupProcessCollector(directory))
     return registry
 
 

@@ -16,7 +16,10 @@ What the supervisor keeps:
   keep serving); one that keeps failing at start-up makes the whole command exit non-zero.
   SIGINT/SIGTERM stops every child.
 - Metrics: prometheus_client's multiprocess mode, over a directory of this supervisor's
-  (``PROMETHEUS_MULTIPROC_DIR``), so `/metrics` from any child reports the sum over all of them.
+  (``PROMETHEUS_MULTIPROC_DIR``), so `/metrics` from any child reports the sum over all of them
+  (counters and histograms summed, the in-flight gauge summed over live processes). That mode
+  has no process metrics; `GroupProcessCollector` adds ``process_cpu_seconds_total`` and
+  ``process_resident_memory_bytes`` summed over the live children.
 - The prompt pool: unless ``--preprocess-workers`` is given, the host's default is divided
   among the children, so N of them do not start N times as many tokenizer processes as CPUs.
 """
@@ -28,6 +31,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
 import shutil
 import signal
 import sys
@@ -42,6 +46,36 @@ STOP_TIMEOUT_S = 15.0
 # Set in each child: its index among the N, and the pipe it reports readiness on.
 PROCESS_INDEX_ENV = "DYN_HTTP_PROCESS_INDEX"
 READY_FD_ENV = "DYN_HTTP_READY_FD"
+
+
+_PID_FILE = re.compile(r"_(\d+)\.db$")
+_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+class GroupProcessCollector:
+    """CPU and memory of the live processes that write metrics into ``directory``: the N HTTP
+    processes (a dead one's CPU leaves the sum with it)."""
+
+    def __init__(self, directory: str) -> None:
+        self._directory = directory
+
+    def collect(self):
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        cpu = rss = 0.0
+        pids = {int(m.group(1)) for name in os.listdir(self._directory) if (m := _PID_FILE.search(name))}
+        for pid in pids:
+            try:
+                with open(f"/proc/{pid}/stat", "rb") as f:
+                    fields = f.read().rsplit(b")", 1)[1].split()
+            except OSError:
+                continue  # exited
+            cpu += (int(fields[11]) + int(fields[12])) / _TICKS  # utime, stime
+            rss += int(fields[21]) * _PAGE
+        yield CounterMetricFamily("process_cpu_seconds", "CPU seconds of the live HTTP processes, summed", value=cpu)
+        yield GaugeMetricFamily("process_resident_memory_bytes", "Resident memory of the live HTTP processes, summed",
+                                value=rss)
 
 
 def preprocess_workers_per_process(total_default: int, processes: int) -> int:
