@@ -26,6 +26,10 @@
 # in .git/info/exclude and in `carry`), then:
 #   SITE=/root/site-gateway; source scripts/gpu/dev_env.sh
 #   NO_UV=1 DYNAMO_PY=python3 TOKENIZER_DIR=.bench-tok bash benchmarks/gateway_scaling.sh
+# A call there runs at most 600 s: a configuration takes about 15 s to start plus
+# (WARMUP + DURATION + a few s) a level, so split the sweep over calls, e.g.
+# PROCS="1 2" SYSTEMS=ours, then PROCS="4 8" SYSTEMS=ours, then SYSTEMS=dynamo (same OUT_JSON;
+# `python3 -m benchmarks.gateway_scaling_table table OUT_JSON` prints them all).
 # (dev_env.sh puts the wheels and the repository's packages with their entry points on
 # PYTHONPATH; ai-dynamo imports as `dynamo`, ours as `dynamo_core`, so one target holds both).
 # Building the tokenizer directory here:
