@@ -109,3 +109,30 @@ def test_serve_passes_http_workers_to_its_frontend(cluster):
     wait_until(lambda: len(_answering_pids(base, 30)) == 2, 30, serve)
     reply = _post(f"{base}/v1/completions", {"model": "mocker", "prompt": "hello", "max_tokens": 2})
     assert reply["choices"][0]["text"]
+
+
+def test_http_workers_route_as_one_with_the_kv_router(cluster):
+    """A request one process routed weighs on its worker in every process's view: the
+    siblings learn it over the routing peers (loopback UDP through file discovery)."""
+    import threading
+
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    frontend = cluster.start("frontend", "--http-port", str(port), "--http-workers", "2", "--router", "kv")
+    # Prefill at 50 tokens/s: a 400-token prompt waits 8 s for its first token, long enough to see.
+    for _ in range(2):
+        cluster.start("worker", "--engine", "mocker", "--prefill-tokens-per-s", "50")
+    wait_until(lambda: "all 2 HTTP processes ready" in frontend.output(), 60, frontend)
+    wait_until(lambda: all(_ready_instances(base) == 2 for _ in range(10)), 30)
+    prompt = [(t * 7) % 250 + 3 for t in range(400)]
+    threading.Thread(target=lambda: _post(f"{base}/v1/completions", {"model": "mocker", "prompt": prompt,
+                                                                       "max_tokens": 2}), daemon=True).start()
+
+    def queued_views() -> list[list[int]]:
+        probe = {"model": "mocker", "prompt": [(t * 11) % 250 + 3 for t in range(400)], "max_tokens": 1}
+        return [sorted(w["queued_prefill_tokens"] for w in _post(f"{base}/debug/routing", probe)["workers"].values())
+                for _ in range(20)]
+
+    # Twenty views on new connections (both processes answer some): every one sees the 400 tokens.
+    views = wait_until(lambda: (v := queued_views()) and all(view == [0, 400] for view in v) and v, 6)
+    assert len(views) == 20
