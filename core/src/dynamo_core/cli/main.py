@@ -77,6 +77,9 @@ def cmd_frontend(argv: list[str]) -> int:
     ns = parser.parse_args(argv)
     guard_options.check_tls(parser, ns)
     setup_logging("frontend")
+    from dynamo_core.frontend.http_processes import claim_ready_pipe
+
+    claim_ready_pipe()
     if ns.http_workers > 1:
         from dynamo_core.frontend.http_processes import run_http_processes
 

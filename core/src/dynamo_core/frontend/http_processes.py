@@ -13,7 +13,8 @@ What the supervisor keeps:
 - Readiness: each child writes a line to an inherited pipe once its server listens; the
   supervisor logs each, and "all N ready" once they all are.
 - Supervision: a child that exits is restarted with the backoff of `RestartPolicy` (the others
-  keep serving); one that keeps failing at start-up makes the whole command exit non-zero.
+  keep serving); one that keeps failing at start-up (exits with an error before it listens, or
+  within the policy's window after) makes the whole command exit non-zero.
   SIGINT/SIGTERM stops every child.
 - Metrics: prometheus_client's multiprocess mode, over a directory of this supervisor's
   (``PROMETHEUS_MULTIPROC_DIR``), so `/metrics` from any child reports the sum over all of them
@@ -30,6 +31,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import re
 import shutil
@@ -98,14 +100,29 @@ def child_argv(ns: argparse.Namespace, parser: argparse.ArgumentParser, argv: li
     return ["frontend", *args, "--http-workers", "1", "--preprocess-workers", str(preprocess)]
 
 
+_ready_fd: int | None = None
+
+
+def claim_ready_pipe() -> None:
+    """In a child, first thing: take the readiness pipe out of the environment and keep it
+    from the processes this one starts (the prompt pool), so that only we write or hold it."""
+    global _ready_fd
+    fd = os.environ.pop(READY_FD_ENV, None)
+    if fd is not None:
+        _ready_fd = int(fd)
+        with contextlib.suppress(OSError):
+            os.set_inheritable(_ready_fd, False)
+
+
 def signal_ready() -> None:
     """In a child: tell the supervisor that this process listens (no-op when alone)."""
-    fd = os.environ.pop(READY_FD_ENV, None)
-    if fd is None:
+    global _ready_fd
+    if _ready_fd is None:
         return
+    fd, _ready_fd = _ready_fd, None
     with contextlib.suppress(OSError):
-        os.write(int(fd), f"{os.getpid()}\n".encode())
-        os.close(int(fd))
+        os.write(fd, f"{os.getpid()}\n".encode())
+        os.close(fd)
 
 
 async def _read_ready(fd: int) -> bool:
@@ -151,13 +168,16 @@ class HttpProcessGroup:
         finally:
             os.close(write_fd)
         self._procs[index] = proc
-        self._policies[index].on_start()
+        # Until it listens a child is still starting, however long its imports take on a busy
+        # host: an error exit before then is a start-up failure (`_announce` starts the clock).
+        self._policies[index].started_at = math.inf
         return asyncio.create_task(self._announce(index, proc.pid, read_fd), name=f"http-{index}-ready")
 
     async def _announce(self, index: int, pid: int, read_fd: int) -> None:
         if not await _read_ready(read_fd):
             return
         self._ready.add(index)
+        self._policies[index].on_start()
         log.info("HTTP process %d/%d ready (pid %d)", index + 1, self._count, pid)
         if len(self._ready) == self._count:
             log.info("all %d HTTP processes ready", self._count)

@@ -79,8 +79,9 @@ class PeerPlane:
                 await self._transport.stop()
 
     def publish(self, request: PeerRequest) -> None:
-        """Queue ``request`` (its ``frontend_id`` is replaced by ours) for this loop iteration."""
-        if not self._started:
+        """Queue ``request`` (its ``frontend_id`` is replaced by ours) for this loop iteration;
+        dropped while no peer listens (a lone frontend pays nothing per request)."""
+        if not self._started or not self._transport.has_peers:
             return
         self._pending.append(msgspec.structs.replace(request, frontend_id=self.frontend_id))
         if not self._flush_scheduled:

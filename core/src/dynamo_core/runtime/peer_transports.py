@@ -49,6 +49,10 @@ class PeerTransport(Protocol):
 
     description: str  # for logs: where the messages go
 
+    @property
+    def has_peers(self) -> bool:
+        """False when no other peer is known to listen: `PeerPlane` then skips encoding."""
+
     async def start(self, frontend_id: str, receive: Callable[[bytes], None]) -> None:
         """Join the peers as ``frontend_id``; ``receive`` gets every batch another peer sends
         (and may get our own, which `PeerPlane` skips)."""
@@ -68,6 +72,10 @@ class NatsPeerTransport:
         self._connect = connect
         self._nc: Any = None  # a nats.aio.client.Client; nats is imported only when used
         self.description = f"NATS subject {self._subject}"
+
+    @property
+    def has_peers(self) -> bool:
+        return self._nc is not None  # subscribers are not known here
 
     async def start(self, frontend_id: str, receive: Callable[[bytes], None]) -> None:
         self._nc = await self._connect()
@@ -115,8 +123,8 @@ class LocalPeerTransport:
         self.description = f"loopback UDP (peers in discovery under {self._prefix})"
 
     @property
-    def peer_addresses(self) -> list[tuple[str, int]]:
-        return sorted(self._peers.values())
+    def has_peers(self) -> bool:
+        return bool(self._peers)
 
     async def start(self, frontend_id: str, receive: Callable[[bytes], None]) -> None:
         loop = asyncio.get_running_loop()
