@@ -81,7 +81,7 @@ def cmd_frontend(argv: list[str]) -> int:
 
     claim_ready_pipe()
     if ns.http_workers > 1:
-        from dynamo_core.frontend.http_processes import run_http_processes
+        from dynamo_core.cli.frontend_processes import run_http_processes
 
         return run_http_processes(ns, parser, argv)
     from dynamo_core.frontend.app import run_frontend

@@ -31,7 +31,7 @@ READY_TIMEOUT_S = 300.0
 STOP_TIMEOUT_S = 15.0
 
 
-def _dynamo_command() -> list[str]:
+def dynamo_command() -> list[str]:
     """How to start `dynamo` again: the console script when there is one, so `ps` reads well."""
     argv0 = sys.argv[0]
     if os.path.basename(argv0) == "dynamo" and os.path.exists(argv0):
@@ -90,7 +90,7 @@ class Supervisor:
         self._scheme = "https" if ns.tls_cert else "http"
 
     async def _spawn(self, name: str, argv: list[str]) -> None:
-        command = _dynamo_command() + argv
+        command = dynamo_command() + argv
         log.debug("starting %s: %s", name, " ".join(command))
         env = None
         keys = guard_options.api_keys_from(self.ns)

@@ -114,7 +114,7 @@ class FrontendConfig:
     discovery_config: DiscoveryConfig = field(default_factory=DiscoveryConfig)
     nats_url: str | None = None
     # Routers share their in-flight requests with the other frontends (runtime/peer_plane.py):
-    # "nats" over NATS; with file discovery, over loopback UDP between this host's frontends.
+    # "nats" over NATS; else over loopback UDP between this host's frontends (discovery finds them).
     event_plane: str = "tcp"
     # Fault tolerance and protection (cli/guard_options.py says what each does).
     migration_limit: int = DEFAULT_MIGRATION_LIMIT
@@ -136,11 +136,11 @@ async def _peer_connection(url: str | None):
 
 
 def _peer_transport(config: FrontendConfig, discovery: DiscoveryBackend) -> PeerTransport | None:
-    """NATS where frontends have it; else, on one host (file discovery), loopback UDP; none
-    with mem discovery (one frontend by definition) or etcd without NATS."""
+    """NATS where frontends have it (any host); else loopback UDP between the frontends of
+    this host, found through discovery; none with mem discovery (one frontend by definition)."""
     if config.event_plane == "nats":
         return NatsPeerTransport(config.namespace, lambda: _peer_connection(config.nats_url))
-    if config.discovery == "file":
+    if config.discovery != "mem":
         return LocalPeerTransport(discovery, config.namespace)
     return None
 

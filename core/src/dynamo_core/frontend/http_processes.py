@@ -22,12 +22,12 @@ What the supervisor keeps:
   has no process metrics; `GroupProcessCollector` adds ``process_cpu_seconds_total`` and
   ``process_resident_memory_bytes`` summed over the live children.
 - The prompt pool: unless ``--preprocess-workers`` is given, the host's default is divided
-  among the children, so N of them do not start N times as many tokenizer processes as CPUs.
+  among the children, so N of them do not start N times as many tokenizer processes as CPUs
+  (`cli/frontend_processes.py` builds the children's command line).
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import logging
@@ -36,10 +36,8 @@ import os
 import re
 import shutil
 import signal
-import sys
 import tempfile
 
-from dynamo_core.cli import guard_options, options
 from dynamo_core.runtime.children import die_with_parent
 from dynamo_core.runtime.restart_policy import RestartPolicy
 
@@ -78,26 +76,6 @@ class GroupProcessCollector:
         yield CounterMetricFamily("process_cpu_seconds", "CPU seconds of the live HTTP processes, summed", value=cpu)
         yield GaugeMetricFamily("process_resident_memory_bytes", "Resident memory of the live HTTP processes, summed",
                                 value=rss)
-
-
-def preprocess_workers_per_process(total_default: int, processes: int) -> int:
-    """The host-sized default pool split among ``processes``; 0 (a thread) once it is
-    thinner than one process each, since the HTTP processes already use the cores."""
-    return total_default // processes
-
-
-def _given(argv: list[str], flag: str, env: str) -> bool:
-    return env in os.environ or any(a == flag or a.startswith(flag + "=") for a in argv)
-
-
-def child_argv(ns: argparse.Namespace, parser: argparse.ArgumentParser, argv: list[str]) -> list[str]:
-    """One child's `dynamo frontend` arguments: the supervisor's own, one HTTP process each."""
-    args = options.child_args(parser, ns, parser, always={"router"},
-                              skip={"http_workers", "preprocess_workers", *guard_options.API_KEY_DESTS})
-    preprocess = ns.preprocess_workers
-    if not _given(argv, "--preprocess-workers", "DYN_PREPROCESS_WORKERS"):
-        preprocess = preprocess_workers_per_process(ns.preprocess_workers, ns.http_workers)
-    return ["frontend", *args, "--http-workers", "1", "--preprocess-workers", str(preprocess)]
 
 
 _ready_fd: int | None = None
@@ -247,22 +225,3 @@ class HttpProcessGroup:
                 with contextlib.suppress(ProcessLookupError):
                     proc.kill()
                 await proc.wait()
-
-
-def run_http_processes(ns: argparse.Namespace, parser: argparse.ArgumentParser, argv: list[str]) -> int:
-    """`dynamo frontend --http-workers N` (N > 1): check the port, then supervise N children."""
-    from dynamo_core.cli.check import check_port
-    from dynamo_core.cli.serve import _dynamo_command
-
-    port = check_port(ns.http_host, ns.http_port)
-    if port.status != "ok":
-        print(f"dynamo frontend: error: cannot listen on {ns.http_host}:{ns.http_port}: {port.detail}; "
-              "choose another port with --http-port", file=sys.stderr)
-        return 1
-    env = dict(os.environ)
-    keys = guard_options.api_keys_from(ns)
-    if keys:  # not on the children's command lines, where `ps` would show them
-        env["DYN_API_KEYS"] = ",".join(keys)
-    log.info("starting %d HTTP processes on %s:%d", ns.http_workers, ns.http_host, ns.http_port)
-    group = HttpProcessGroup(_dynamo_command(), child_argv(ns, parser, argv), ns.http_workers, env)
-    return asyncio.run(group.run())

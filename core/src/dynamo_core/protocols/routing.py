@@ -38,10 +38,11 @@ PeerMessage = PeerRequest | PeerHeartbeat
 
 
 class PeerAddress(msgspec.Struct, kw_only=True):
-    """Where frontend ``frontend_id`` receives its peers' messages on this host (a discovery
-    record of the local peer transport: loopback UDP ``host:port``)."""
+    """Where frontend ``frontend_id`` receives its peers' messages (a discovery record of the
+    local peer transport: loopback UDP ``host:port`` on host ``hostname``)."""
 
     frontend_id: str
+    hostname: str  # peers on other hosts (etcd discovery) cannot reach this loopback address
     host: str
     port: int
     pid: int

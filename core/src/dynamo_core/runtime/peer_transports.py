@@ -9,7 +9,9 @@ transport only moves opaque byte batches to every other frontend, best effort:
 - `LocalPeerTransport`: single-host planes (file discovery, TCP request plane) have no
   broker, so each frontend binds a UDP socket on 127.0.0.1 and registers its address in
   discovery under ``{namespace}/frontend/routing-peers/{frontend_id}`` on its own lease; a
-  batch is one datagram sent to each registered peer. Datagrams on loopback are not lost to
+  batch is one datagram sent to each registered peer of the same host (with etcd discovery
+  and no NATS, the frontends of one host share; those of other hosts are skipped, since their
+  loopback is not ours). Datagrams on loopback are not lost to
   the network, only to a full receive buffer, which the heartbeat expiry covers like any loss.
   The N HTTP processes of one `dynamo frontend --http-workers N` find each other this way.
 """
@@ -115,6 +117,7 @@ class LocalPeerTransport:
         self._discovery = discovery
         self._prefix = peers_prefix(namespace)
         self._host = host
+        self._hostname = socket.gethostname()
         self._key = ""
         self._frontend_id = ""
         self._transport: asyncio.DatagramTransport | None = None
@@ -138,7 +141,7 @@ class LocalPeerTransport:
         self._key = self._prefix + frontend_id
         # Known peers before we announce ourselves: the first routed request already reaches them.
         self._apply(await self._discovery.get_prefix(self._prefix))
-        record = PeerAddress(frontend_id=frontend_id, host=host, port=port, pid=os.getpid())
+        record = PeerAddress(frontend_id=frontend_id, hostname=self._hostname, host=host, port=port, pid=os.getpid())
         await self._discovery.put(self._key, msgspec.msgpack.encode(record))
         self._tasks.append(asyncio.create_task(self._watch(), name="routing-peers-watch"))
         self.description = f"loopback UDP {host}:{port} (peers in discovery under {self._prefix})"
@@ -155,7 +158,8 @@ class LocalPeerTransport:
         except msgspec.DecodeError:
             log.warning("routing peers: undecodable peer record %s", key)
             return
-        self._peers[key] = (address.host, address.port)
+        if address.hostname == self._hostname:
+            self._peers[key] = (address.host, address.port)
 
     async def _watch(self) -> None:
         while True:
