@@ -5,9 +5,9 @@ workers, is the gateway's limit. So the command becomes a supervisor of N `dynam
 children, each binding the same port with ``SO_REUSEPORT`` (the kernel spreads new
 connections among them). Each child is a whole frontend: its own loop, tokenizer, prompt
 pool, routers and KV-event subscriptions. They route as one through the routing peers
-(`runtime/peer_plane.py`): on one host without NATS, loopback UDP to the addresses they
-register in file discovery (`runtime/peer_transports.py`), so each knows what the others have
-in flight on every worker.
+(`runtime/peer_plane.py`): without NATS, loopback UDP to the addresses they register in
+discovery (`runtime/peer_transports.py`), so each knows what the others have in flight on
+every worker.
 
 What the supervisor keeps:
 - Readiness: each child writes a line to an inherited pipe once its server listens; the
