@@ -258,6 +258,8 @@ async def run_level(clients: list[StreamClient], args: argparse.Namespace, concu
         row["frontend_gc_per_1k"] = sum(collections) * per_1k
         row["frontend_full_gc"] = collections[2]
     row["loadgen_cpu_s_per_1k"] = own_cpu * per_1k
+    row["level_wall_s"] = wall  # warm-up and drain included, as the CPU columns
+    row["sent_requests"] = len(records)
     row["loadgen_cpu_util"] = own_cpu / wall
     return row
 

@@ -76,6 +76,12 @@ def add_http_options(parser: argparse.ArgumentParser, serving: bool = True) -> N
     if not serving:
         return
     group.add_argument(
+        "--http-workers", type=http_workers_option, default=env_default("DYN_HTTP_WORKERS", "1"),
+        help="frontend processes serving the port together (SO_REUSEPORT), each with its own event loop, "
+             "tokenizer and router, sharing their in-flight requests; 'auto': one per usable CPU "
+             "(env DYN_HTTP_WORKERS; default: %(default)s)",
+    )
+    group.add_argument(
         "--preprocess-workers", type=non_negative_int,
         default=env_default("DYN_PREPROCESS_WORKERS", default_preprocess_workers()),
         help="processes that template and tokenize prompts (over --preprocess-min-chars) off the event loop; "
@@ -109,6 +115,19 @@ def default_preprocess_workers() -> int:
     process costs only memory: an interpreter, and a model's tokenizer once it has served one
     of that model's prompts."""
     return max(1, usable_cpus() - 1)
+
+
+def http_workers_option(text: str) -> int:
+    """`--http-workers`: a count of at least 1, or 'auto' for the usable CPUs."""
+    if text == "auto":
+        return _usable_cpus()
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number or 'auto', got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def non_negative_int(text: str) -> int:

@@ -32,7 +32,7 @@ READY_TIMEOUT_S = 300.0
 STOP_TIMEOUT_S = 15.0
 
 
-def _dynamo_command() -> list[str]:
+def dynamo_command() -> list[str]:
     """How to start `dynamo` again: the console script when there is one, so `ps` reads well."""
     argv0 = sys.argv[0]
     if os.path.basename(argv0) == "dynamo" and os.path.exists(argv0):
@@ -73,9 +73,10 @@ def worker_roles(ns: argparse.Namespace) -> list[str]:
 
 
 def describe_workers(ns: argparse.Namespace) -> str:
+    http = f", http processes={ns.http_workers}" if ns.http_workers > 1 else ""
     if ns.disagg:
-        return f"prefill workers={ns.prefill_workers}, decode workers={ns.decode_workers}, transfer={ns.transfer}"
-    return f"workers={ns.workers}"
+        return f"prefill workers={ns.prefill_workers}, decode workers={ns.decode_workers}, transfer={ns.transfer}{http}"
+    return f"workers={ns.workers}{http}"
 
 
 class Supervisor:
@@ -92,7 +93,7 @@ class Supervisor:
         self._api_keys = guard_options.api_keys_from(ns)  # read once: only the frontend gets them
 
     async def _spawn(self, name: str, argv: list[str]) -> None:
-        command = _dynamo_command() + argv
+        command = dynamo_command() + argv
         log.debug("starting %s: %s", name, " ".join(command))
         env = None
         if name == "frontend" and self._api_keys:  # not on its command line, where `ps` would show them

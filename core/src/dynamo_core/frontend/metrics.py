@@ -9,7 +9,8 @@ _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 
 REQUESTS = Counter(
     "dynamo_frontend_requests", "HTTP requests by model, endpoint and outcome", ["model", "endpoint", "status"]
 )
-INFLIGHT = Gauge("dynamo_frontend_inflight_requests", "Requests being served", ["model"])
+# multiprocess_mode: how `--http-workers N` sums a gauge over its processes (frontend/http_processes.py).
+INFLIGHT = Gauge("dynamo_frontend_inflight_requests", "Requests being served", ["model"], multiprocess_mode="livesum")
 TTFT = Histogram(
     "dynamo_frontend_time_to_first_token_seconds", "Time from request to first output text", ["model"],
     buckets=_LATENCY_BUCKETS,
@@ -40,7 +41,7 @@ MIGRATIONS = Counter(
     "timed out (reason=draining)",
     ["model", "reason"],
 )
-WORKERS = Gauge("dynamo_frontend_workers", "Live worker instances per model", ["model"])
+WORKERS = Gauge("dynamo_frontend_workers", "Live worker instances per model", ["model"], multiprocess_mode="livemax")
 
 # Disaggregated serving (models with prefill and decode workers).
 DISAGG_REQUESTS = Counter(
