@@ -17,7 +17,8 @@
 # Knobs (env): PROCS ("1 2 4 8"), SYSTEMS ("ours dynamo"), ROUTER (round-robin; also kv, which
 # Dynamo gets as --router-mode kv), WORKERS, SPEEDUP, CONCURRENCY, PROMPT_TOKENS, OUTPUT_TOKENS,
 # DURATION (20 s a level), WARMUP (5 s), PORT (8140), ROUNDS (1: repeat the whole sweep, so
-# systems alternate), TOKENIZER_DIR (/tmp/router-bench-tok, built from the test tokenizer here).
+# systems alternate), LOADGENS (1: load-generator processes side by side, each with 1/LOADGENS of
+# a level's streams, merged into one row: p50s averaged, p99 the worst generator's), TOKENIZER_DIR (/tmp/router-bench-tok, built from the test tokenizer here).
 #
 # On the GPU machine (16 cores, Python 3.12, no uv, no network): carry the wheels made by
 # scripts/gpu/fetch_gateway_wheels.sh (WHL=.whl-gateway SITE=/root/site-gateway
@@ -50,6 +51,7 @@ duration=${DURATION:-20}
 warmup=${WARMUP:-5}
 port=${PORT:-8140}
 rounds=${ROUNDS:-1}
+loadgens=${LOADGENS:-1}
 out=${OUT_JSON:-bench-results/gateway_scaling.jsonl}
 tok=${TOKENIZER_DIR:-/tmp/router-bench-tok}
 model=$(basename "$tok")
@@ -137,9 +139,25 @@ run_levels() {  # run_levels LABEL: one loadgen run per level, the frontend tree
   local label=$1 frontend_pid=${pids[0]} level before after
   for level in $levels; do
     before=$("${PY[@]}" -m benchmarks.process_tree_cpu "$frontend_pid")
-    "${PY[@]}" -m benchmarks.loadgen --url "http://127.0.0.1:$port" --model "$model" --concurrency "$level" \
-      --duration "$duration" --warmup "$warmup" --prompt-tokens "$prompt_tokens" \
-      --output-tokens "$output_tokens" --label "$label" --json-out "$out"
+    if [ "$loadgens" = 1 ]; then
+      "${PY[@]}" -m benchmarks.loadgen --url "http://127.0.0.1:$port" --model "$model" --concurrency "$level" \
+        --duration "$duration" --warmup "$warmup" --prompt-tokens "$prompt_tokens" \
+        --output-tokens "$output_tokens" --label "$label" --json-out "$out"
+    else  # LOADGENS generators side by side, level/LOADGENS streams each, merged into one row
+      local parts=() gens=() g
+      for g in $(seq 1 "$loadgens"); do
+        parts+=("$out.gen$g")
+        rm -f "$out.gen$g"
+        "${PY[@]}" -m benchmarks.loadgen --url "http://127.0.0.1:$port" --model "$model" \
+          --concurrency $((level / loadgens)) --duration "$duration" --warmup "$warmup" \
+          --prompt-tokens "$prompt_tokens" --output-tokens "$output_tokens" --label "$label" \
+          --json-out "$out.gen$g" > "$out.gen$g.log" 2>&1 &
+        gens+=($!)
+      done
+      for g in "${gens[@]}"; do wait "$g"; done
+      "${PY[@]}" -m benchmarks.gateway_scaling_table merge "$out" "${parts[@]}"
+      rm -f "${parts[@]}"
+    fi
     after=$("${PY[@]}" -m benchmarks.process_tree_cpu "$frontend_pid")
     "${PY[@]}" -m benchmarks.gateway_scaling_table annotate "$out" "$before" "$after" \
       "processes=${label##*=}" "cpus=$(nproc)" "load=$(cut -d' ' -f1-3 /proc/loadavg | tr ' ' /)"
