@@ -1,8 +1,13 @@
 """The scaling benchmark's merge of side-by-side load generators into one row."""
 
 import json
+import sys
+from pathlib import Path
 
-from benchmarks.gateway_scaling_table import merge
+# The benchmarks are scripts of the repository, not an installed distribution.
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from benchmarks.gateway_scaling_table import merge  # noqa: E402
 
 
 def test_merge_sums_rates_weights_p50s_and_keeps_the_worst_p99(tmp_path):
