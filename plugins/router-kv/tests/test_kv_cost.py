@@ -178,11 +178,13 @@ def test_debug_scores_and_log_show_the_time_terms(caplog):
     assert b["cost_model"] == "ttft" and b["chosen"]
     assert (b["overlap_blocks"], b["uncached_tokens"], b["queued_prefill_tokens"]) == (43, 740 - 43 * BLOCK, 0)
     assert scores["a"]["uncached_tokens"] == 740 and scores["a"]["prefill_s"] > b["prefill_s"]
+    assert b["attention_pairs"] == 52 * (43 * BLOCK + 26) and scores["a"]["attention_pairs"] == 740 * 370
+    assert b["prefill_s_per_pair"] == 0.0 and b["depth_s"] == 0.0  # no depth effect seen yet
     with caplog.at_level(logging.DEBUG, logger="dynamo_router_kv"):
         router.select_worker(_req(0, _user(0)), WORKERS)
     [record] = [r for r in caplog.records if r.name == "dynamo_router_kv"]
     message = record.getMessage()
-    for term in ("uncached=", "queued=", "speed=", "prefill=", "running=", "decode="):
+    for term in ("uncached=", "queued=", "speed=", "pairs=", "depth=", "prefill=", "running=", "decode="):
         assert term in message, message
 
 
