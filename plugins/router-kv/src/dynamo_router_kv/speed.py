@@ -45,8 +45,8 @@ _MIN_RELATIVE_SPREAD = 0.05
 
 
 def attention_pairs(new_tokens: int, cached_tokens: int) -> float:
-    """(query, key) pairs a prefill of ``new_tokens`` after ``cached_tokens`` computes beyond
-    one per token: each new token attends to every token before it."""
+    """The (query, key) pairs of attention a prefill of ``new_tokens`` after ``cached_tokens``
+    computes: each new token attends to every token before it (to within ``new_tokens / 2``)."""
     return new_tokens * (cached_tokens + new_tokens / 2.0)
 
 
