@@ -16,7 +16,7 @@ from dynamo_core.protocols.kv_events import KvBlock, KvEventBatch, KvSnapshot, K
 from dynamo_core.routers.base import RouterContext, WorkerState
 from dynamo_router_kv.config import KvRouterConfig
 from dynamo_router_kv.router import KvRouter
-from dynamo_router_kv.speed import LinearFit, PrefillFit, PrefillSpeed, WorkerSpeeds, attention_pairs
+from dynamo_router_kv.speed import LinearFit, WorkerSpeeds
 
 BLOCK = 16
 PREFIX = list(range(700))  # a shared system prompt: 43 full blocks
@@ -178,13 +178,11 @@ def test_debug_scores_and_log_show_the_time_terms(caplog):
     assert b["cost_model"] == "ttft" and b["chosen"]
     assert (b["overlap_blocks"], b["uncached_tokens"], b["queued_prefill_tokens"]) == (43, 740 - 43 * BLOCK, 0)
     assert scores["a"]["uncached_tokens"] == 740 and scores["a"]["prefill_s"] > b["prefill_s"]
-    assert b["attention_pairs"] == 52 * (43 * BLOCK + 26) and scores["a"]["attention_pairs"] == 740 * 370
-    assert b["prefill_s_per_pair"] == 0.0 and b["depth_s"] == 0.0  # no depth effect seen yet
     with caplog.at_level(logging.DEBUG, logger="dynamo_router_kv"):
         router.select_worker(_req(0, _user(0)), WORKERS)
     [record] = [r for r in caplog.records if r.name == "dynamo_router_kv"]
     message = record.getMessage()
-    for term in ("uncached=", "queued=", "speed=", "pairs=", "depth=", "prefill=", "running=", "decode="):
+    for term in ("uncached=", "queued=", "speed=", "prefill=", "running=", "decode="):
         assert term in message, message
 
 
@@ -203,103 +201,8 @@ def test_linear_fit_recovers_overhead_and_slope_and_falls_back_through_the_origi
 
 def test_a_worker_without_samples_of_its_own_uses_the_fit_over_all_workers():
     speeds = WorkerSpeeds(default_prefill_tokens_per_s=1000.0)
-    assert speeds.prefill_speed("new") == PrefillSpeed(0.0, 0.001)
+    assert speeds.prefill_line("new") == (0.0, 0.001)
     for x in (100, 200, 300, 400):
         for _ in range(3):
             speeds.observed_first_token("a", x, 0.01 + x / 5000)
-    speed = speeds.prefill_speed("new")
-    assert (speed.overhead_s, speed.s_per_token, speed.s_per_pair) == pytest.approx((0.01, 1 / 5000, 0.0))
-
-
-# --- the depth term: new tokens after a long cached prefix cost more than from scratch ------
-
-LONG = [400_000 + t for t in range(3200)]  # a long shared prefix: 200 full blocks
-DOUBLING = 1024  # the context depth at which a prompt token costs twice as much
-
-
-def _true_prefill_s(new: int, cached: int) -> float:
-    """The mocker's prefill time (`TimingProfile.prefill_seconds`) at 10k tokens/s, plus 2 ms."""
-    return 0.002 + new / 10_000 * (1 + (cached + new / 2) / DOUBLING)
-
-
-def _observe_depths(router: KvRouter, clock: Clock) -> None:
-    """a holds LONG and serves, one at a time, prompts of LONG[:cached] + new unique tokens."""
-    _store(router, "a", LONG)
-    i = 0
-    for cached in (0, 512, 1024, 2048):
-        for new in (40, 200, 400):
-            i += 1
-            request = _req(2000 + i, LONG[:cached] + [500_000 + i * 1000 + t for t in range(new)])
-            assert router.select_worker(request, WORKERS[:1]) == "a"
-            clock.now += _true_prefill_s(new, cached)
-            router.on_first_token(request.request_id, "a")
-            router.on_request_finished(request.request_id, "a", 1)
-
-
-def test_the_prefill_fit_learns_the_depth_term_from_observed_first_tokens():
-    clock = Clock()
-    router = _router(clock)
-    _observe_depths(router, clock)
-    speed = router.speeds.prefill_speed("a")
-    assert speed.overhead_s == pytest.approx(0.002, rel=1e-4)
-    assert speed.s_per_token == pytest.approx(1 / 10_000, rel=1e-4)
-    assert speed.s_per_pair == pytest.approx(1 / 10_000 / DOUBLING, rel=1e-4)
-    # 40 new tokens after 3,008 cached cost four times what 40 from scratch do, and the cost says so.
-    scores = router.debug_scores(_req(0, LONG[:3008] + [900_000 + t for t in range(40)]), WORKERS[:2])
-    assert scores["a"]["attention_pairs"] == 40 * (3008 + 20)
-    assert scores["a"]["prefill_s"] == pytest.approx(_true_prefill_s(40, 3008), rel=1e-3)
-    assert scores["a"]["depth_s"] == pytest.approx(scores["a"]["prefill_s"] - 0.002 - 40 / 10_000, rel=1e-3)
-    assert scores["b"]["prefill_s"] == pytest.approx(_true_prefill_s(3048, 0), rel=1e-3)  # the fit over all
-
-
-def test_a_long_prefix_home_is_left_when_its_queue_of_deep_prefills_really_is_longer():
-    """Requests of LONG[:3008] + 40 unique tokens pile up on a (no first token yet). Each costs
-    a 16 ms there, not the 4 ms its 40 tokens alone would say: the queue outweighs prefilling the
-    whole 3,048-token prompt on b (0.76 s, ×1.1 for the home's margin) after ~53 of them;
-    a fit in tokens alone (`test_a_fit_in_tokens_alone_misprices_deep_prefills`: 9 ms a request)
-    would keep about 80 there."""
-    clock = Clock()
-    router = _router(clock)
-    _observe_depths(router, clock)
-    picks = [router.select_worker(_req(i, LONG[:3008] + [700_000 + i * 100 + t for t in range(40)]), WORKERS[:2])
-             for i in range(80)]
-    first_away = picks.index("b")
-    assert 50 <= first_away <= 56, picks
-    # The queued depth work is priced: a's estimate for the next one is the true wait there.
-    queued = picks.count("a")
-    score = router.debug_scores(_req(99, LONG[:3008] + [990_000 + t for t in range(40)]), WORKERS[:1])["a"]
-    assert score["prefill_s"] == pytest.approx(0.002 + (queued + 1) * (_true_prefill_s(40, 3008) - 0.002), rel=1e-2)
-
-
-def test_a_fit_in_tokens_alone_misprices_deep_prefills():
-    """The same samples without their depth: the line through them is off by far more than
-    the home margin for the deep prompt above: about half its true time."""
-    fit = PrefillFit()
-    for cached in (0, 512, 1024, 2048):
-        for new in (40, 200, 400):
-            fit.add(new, 0.0, _true_prefill_s(new, cached))
-    flat = fit.speed()
-    assert flat.s_per_pair == 0.0
-    assert flat.seconds(40, 0.0) < 0.6 * _true_prefill_s(40, 3008)
-
-
-def test_the_depth_term_waits_for_enough_samples_that_vary_in_depth():
-    few = PrefillFit()
-    for cached, new in ((0, 40), (2048, 40), (0, 400), (2048, 400)):
-        few.add(new, attention_pairs(new, cached), _true_prefill_s(new, cached))
-    assert few.speed().s_per_pair == 0.0  # 4 samples: a line in tokens
-    shallow = PrefillFit()
-    for _ in range(4):
-        for new in (40, 200, 400):
-            shallow.add(new, attention_pairs(new, 0), 0.002 + new / 10_000)
-    # From-scratch prompts of varied length do vary in depth (n²/2 pairs), but the times show
-    # no depth effect: the depth term is 0, not negative, and the line is exact.
-    speed = shallow.speed()
-    assert speed.s_per_pair == pytest.approx(0.0, abs=1e-12)
-    assert (speed.overhead_s, speed.s_per_token) == pytest.approx((0.002, 1 / 10_000), rel=1e-6)
-    noisy = PrefillFit()
-    for cached in (0, 512, 1024, 2048):
-        for new in (40, 200, 400):
-            # faster at depth (noise, a cache effect): a negative depth term is refused
-            noisy.add(new, attention_pairs(new, cached), 0.002 + new / 10_000 - cached * 1e-6)
-    assert noisy.speed().s_per_pair == 0.0 and noisy.speed().s_per_token > 0
+    assert speeds.prefill_line("new") == pytest.approx((0.01, 1 / 5000))

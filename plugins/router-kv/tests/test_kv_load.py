@@ -93,17 +93,6 @@ def test_running_requests_count_only_requests_past_their_first_token():
     assert loads.load("a").running_requests == 5
 
 
-def test_queued_attention_pairs_are_released_with_their_prefill():
-    loads = LoadTracker()
-    loads.routed("r1", "a", prefill_tokens=40, decode_blocks=3, now=0.0, attention_pairs=4000.0)
-    loads.routed("r2", "a", prefill_tokens=40, decode_blocks=3, now=0.0, attention_pairs=500.0)
-    request = loads.first_token("r2", now=0.01)
-    assert (request.work_tokens, request.work_pairs) == (80, 4500.0)  # what was ahead, and its own
-    assert loads.load("a").prefill_pairs == 4000.0
-    loads.finished("r1")
-    assert loads.load("a").prefill_pairs == 0.0
-
-
 def test_now_is_keyword_only():
     loads = LoadTracker()
     with pytest.raises(TypeError):

@@ -28,7 +28,6 @@ class PeerRequest(msgspec.Struct, tag="request", kw_only=True):
     state: PeerRequestState
     prefill_tokens: int = 0  # uncached prompt tokens until the first token
     decode_blocks: int = 0  # KV blocks it occupies until it ends
-    attention_pairs: float = 0.0  # its prefill's depth work (new tokens × context they attend to)
 
 
 class PeerHeartbeat(msgspec.Struct, tag="heartbeat", kw_only=True):

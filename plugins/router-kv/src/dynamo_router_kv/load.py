@@ -13,8 +13,6 @@ sent itself and has not seen finish:
   longer outputs. Requests are summed without discounting shared prefixes: the time of a
   decode step grows with every sequence's context, shared or not.
 
-- attention pairs in flight: the same requests' depth work (`speed.attention_pairs`: new
-  tokens after a long cached prefix cost more than from scratch), released with their tokens;
 - decoding requests: each request from its first token until it ends (the batch whose steps
   it lengthens). A request still waiting for its first token is prefill work, counted above,
   not yet part of the decode batch.
@@ -50,10 +48,8 @@ class RoutedRequest:
     worker_id: str
     prefill_tokens: int
     decode_blocks: int
-    attention_pairs: float = 0.0  # its prefill's depth work (`speed.attention_pairs`)
     routed_at: float = 0.0  # the router's clock
     work_tokens: int = 0  # prefill tokens queued on the worker when routed, plus its own
-    work_pairs: float = 0.0  # the same for attention pairs
     prefilling: bool = True
     first_token_at: float = 0.0
     batch_at_first_token: int = 0  # decoding requests on the worker then, itself included
@@ -64,7 +60,6 @@ class WorkerLoad:
     """One worker's load as this router sees it."""
 
     prefill_tokens: int = 0  # tracked: sent, first token not seen yet
-    prefill_pairs: float = 0.0  # tracked: the attention pairs of those tokens
     decode_blocks: int = 0  # tracked: sent, not finished
     decoding: int = 0  # tracked: first token seen, not finished
     reported: LoadMetrics | None = None
@@ -114,7 +109,7 @@ class LoadTracker:
         return len(self._workers)
 
     def routed(self, request_id: str, worker_id: str, prefill_tokens: int, decode_blocks: int, *,
-               now: float, attention_pairs: float = 0.0) -> None:
+               now: float) -> None:
         """``request_id`` was sent to ``worker_id`` at ``now``; count it until it finishes.
 
         ``now`` is keyword-only: it sits beside three other numbers, and a time passed as a
@@ -123,11 +118,9 @@ class LoadTracker:
         """
         self.finished(request_id)
         load = self._workers.setdefault(worker_id, WorkerLoad())
-        self._requests[request_id] = RoutedRequest(
-            worker_id, prefill_tokens, decode_blocks, attention_pairs, routed_at=now,
-            work_tokens=load.prefill_tokens + prefill_tokens, work_pairs=load.prefill_pairs + attention_pairs)
+        work = load.prefill_tokens + prefill_tokens
+        self._requests[request_id] = RoutedRequest(worker_id, prefill_tokens, decode_blocks, now, work)
         load.prefill_tokens += prefill_tokens
-        load.prefill_pairs += attention_pairs
         load.decode_blocks += decode_blocks
 
     def first_token(self, request_id: str, *, now: float) -> RoutedRequest | None:
@@ -141,17 +134,10 @@ class LoadTracker:
         request.first_token_at = now
         load = self._workers.get(request.worker_id)
         if load is not None:
-            self._release_prefill(load, request)
+            load.prefill_tokens -= request.prefill_tokens
             load.decoding += 1
             request.batch_at_first_token = load.running_requests
         return request
-
-    @staticmethod
-    def _release_prefill(load: WorkerLoad, request: RoutedRequest) -> None:
-        load.prefill_tokens -= request.prefill_tokens
-        load.prefill_pairs -= request.attention_pairs
-        if load.prefill_tokens <= 0:
-            load.prefill_pairs = 0.0  # no float residue once nothing waits
 
     def finished(self, request_id: str) -> RoutedRequest | None:
         """The request ended (finished, failed or cancelled): release what it counted.
@@ -163,7 +149,7 @@ class LoadTracker:
         if load is None:
             return request
         if request.prefilling:
-            self._release_prefill(load, request)
+            load.prefill_tokens -= request.prefill_tokens
         else:
             load.decoding -= 1
         load.decode_blocks -= request.decode_blocks
@@ -174,9 +160,9 @@ class LoadTracker:
         return f"peer:{frontend_id}/{request_id}"
 
     def peer_routed(self, frontend_id: str, request_id: str, worker_id: str, prefill_tokens: int,
-                    decode_blocks: int, *, now: float, attention_pairs: float = 0.0) -> None:
+                    decode_blocks: int, *, now: float) -> None:
         key = self.peer_key(frontend_id, request_id)
-        self.routed(key, worker_id, prefill_tokens, decode_blocks, now=now, attention_pairs=attention_pairs)
+        self.routed(key, worker_id, prefill_tokens, decode_blocks, now=now)
         self._peer_requests.setdefault(frontend_id, set()).add(key)
         self._peer_expiry.append((now, frontend_id, key))
 

@@ -30,7 +30,7 @@ from dynamo_router_kv.hashing import prompt_block_hashes
 from dynamo_router_kv.indexer import KvIndexer
 from dynamo_router_kv.load import LoadTracker
 from dynamo_router_kv.scheduler import WorkerScore, choose, score_workers
-from dynamo_router_kv.speed import WorkerSpeeds, attention_pairs
+from dynamo_router_kv.speed import WorkerSpeeds
 
 log = logging.getLogger("dynamo_router_kv")
 
@@ -105,10 +105,8 @@ class KvRouter(Router):
             prefill_tokens = 1
         else:
             prefill_tokens = max(prompt_tokens - chosen.overlap_blocks * self.block_size, 1)
-        pairs = attention_pairs(prefill_tokens, max(prompt_tokens - prefill_tokens, 0))
-        self.loads.routed(request.request_id, chosen.worker_id, prefill_tokens, prompt_blocks + 1,
-                          now=self._clock(), attention_pairs=pairs)
-        self._share_change(request.request_id, chosen.worker_id, "routed", prefill_tokens, prompt_blocks + 1, pairs)
+        self.loads.routed(request.request_id, chosen.worker_id, prefill_tokens, prompt_blocks + 1, now=self._clock())
+        self._share_change(request.request_id, chosen.worker_id, "routed", prefill_tokens, prompt_blocks + 1)
         if self._assumed is not None:
             self._assumed.routed(chosen.worker_id, hashes)
             self._indexed_blocks.set(self.indexer.distinct_blocks)
@@ -126,9 +124,8 @@ class KvRouter(Router):
 
     def debug_scores(self, request: PreprocessedRequest, workers: Sequence[WorkerState]) -> dict:
         """Per worker: the terms of the cost (`scheduler.WorkerScore`: ``overlap_blocks``,
-        ``uncached_tokens``, ``queued_prefill_tokens``, ``attention_pairs``,
-        ``prefill_tokens_per_s``, ``prefill_overhead_s``, ``prefill_s_per_pair``, ``depth_s``,
-        ``prefill_s``, ``running_requests``, ``decode_s``, and the
+        ``uncached_tokens``, ``queued_prefill_tokens``, ``prefill_tokens_per_s``,
+        ``prefill_overhead_s``, ``prefill_s``, ``running_requests``, ``decode_s``, and the
         block counts of the ``--kv-overlap-weight`` cost), ``prompt_blocks``, ``cost``,
         ``cost_model`` (``ttft`` or ``blocks``), ``probability`` (of being chosen) and
         ``chosen`` (true for the one worker a routing now would pick; at a temperature above
@@ -153,8 +150,7 @@ class KvRouter(Router):
         request = self.loads.first_token(request_id, now=now)
         if request is not None:
             self._share_change(request_id, request.worker_id, "first_token")
-            self.speeds.observed_first_token(request.worker_id, request.work_tokens, now - request.routed_at,
-                                             attention_pairs=request.work_pairs)
+            self.speeds.observed_first_token(request.worker_id, request.work_tokens, now - request.routed_at)
 
     def on_request_finished(self, request_id: str, worker_id: str, output_tokens: int) -> None:
         now = self._clock()
@@ -170,10 +166,10 @@ class KvRouter(Router):
     # --- routing peers (other frontends) ----------------------------------------------------
 
     def _share_change(self, request_id: str, worker_id: str, state: PeerRequestState,
-                      prefill_tokens: int = 0, decode_blocks: int = 0, pairs: float = 0.0) -> None:
+                      prefill_tokens: int = 0, decode_blocks: int = 0) -> None:
         self._share(PeerRequest(frontend_id="", model=self.model, pool=self._pool, request_id=request_id,
                                 worker_id=worker_id, state=state, prefill_tokens=prefill_tokens,
-                                decode_blocks=decode_blocks, attention_pairs=pairs))
+                                decode_blocks=decode_blocks))
 
     def on_peer_request(self, request: PeerRequest) -> None:
         """A peer's request counts as load like ours (its timings are the peer's to sample)."""
@@ -181,8 +177,7 @@ class KvRouter(Router):
         if request.state == "routed":
             if request.worker_id in self._workers:
                 self.loads.peer_routed(request.frontend_id, request.request_id, request.worker_id,
-                                       request.prefill_tokens, request.decode_blocks, now=now,
-                                       attention_pairs=request.attention_pairs)
+                                       request.prefill_tokens, request.decode_blocks, now=now)
         elif request.state == "first_token":
             self.loads.first_token(self.loads.peer_key(request.frontend_id, request.request_id), now=now)
         else:
@@ -252,7 +247,6 @@ def _describe(score: WorkerScore, ttft: bool) -> str:
         return (f"{score.worker_id} cost={score.cost * 1000:.1f}ms overlap={score.overlap_blocks} "
                 f"uncached={score.uncached_tokens} queued={score.queued_prefill_tokens} "
                 f"speed={score.prefill_tokens_per_s:.0f}tok/s overhead={score.prefill_overhead_s * 1000:.1f}ms "
-                f"pairs={score.attention_pairs:.0f} depth={score.depth_s * 1000:.1f}ms "
                 f"prefill={score.prefill_s * 1000:.1f}ms running={score.running_requests} "
                 f"decode={score.decode_s * 1000:.1f}ms p={score.probability:.3f}")
     return (f"{score.worker_id} cost={score.cost:.2f} overlap={score.overlap_blocks} prefill={score.blocks_to_prefill} "

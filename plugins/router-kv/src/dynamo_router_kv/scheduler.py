@@ -4,19 +4,13 @@ The default cost is the time the user waits for the first token if the request g
 
     cost(worker) = prefill_s + decode_s
     prefill_s    = overhead + (queued_prefill_tokens + uncached_tokens) × seconds_per_token
-                 + attention_pairs × seconds_per_pair
     decode_s     = seconds_per_sequence × running_requests
 
 - ``uncached_tokens``: the prompt's tokens minus those in the leading blocks the worker
   holds (at least one: an engine computes the last token even on a full hit);
 - ``queued_prefill_tokens``: uncached tokens of requests already sent there that wait for
   their first token (this router's and, when shared, its peers', see `load`);
-- ``attention_pairs``: the depth work of those tokens, queued and this request's: its
-  ``uncached_tokens`` attend to the cached prefix before them and to each other
-  (`speed.attention_pairs`), so a short rest after a long cached prefix costs more than the
-  same tokens from scratch;
-- ``overhead``, ``seconds_per_token``, ``seconds_per_pair``: the prefill speed the worker has
-  shown (`speed`; ``seconds_per_pair`` 0 until the samples show a depth effect);
+- ``overhead``, ``seconds_per_token``: the prefill speed the worker has shown (`speed`);
 - ``running_requests``: the batch decoding there (requests past their first token); each of
   its sequences lengthens every step, the one that carries this request's prefill included
   (``seconds_per_sequence``, `speed`). Requests still waiting for their first token are in
@@ -56,7 +50,7 @@ import msgspec
 from dynamo_core.routers.base import WorkerState
 
 from dynamo_router_kv.load import LoadTracker
-from dynamo_router_kv.speed import WorkerSpeeds, attention_pairs
+from dynamo_router_kv.speed import WorkerSpeeds
 
 # Costs closer than this (relative) are a tie: float sums of equal terms can differ by an ulp.
 _TIE_TOLERANCE = 1e-9
@@ -80,9 +74,6 @@ class WorkerScore(msgspec.Struct, kw_only=True):
     queued_prefill_tokens: int = 0
     prefill_tokens_per_s: float = 0.0
     prefill_overhead_s: float = 0.0
-    attention_pairs: float = 0.0
-    prefill_s_per_pair: float = 0.0
-    depth_s: float = 0.0  # the part of ``prefill_s`` that ``attention_pairs`` adds
     prefill_s: float = 0.0
     running_requests: int = 0
     decode_s: float = 0.0
@@ -133,16 +124,12 @@ def score_workers(
         if overlap_weight is not None:
             score.cost = worker_cost(overlap_weight, to_prefill, decode, queued)
         else:
-            speed = speeds.prefill_speed(worker.worker_id)
+            overhead, s_per_token = speeds.prefill_line(worker.worker_id)
             score.uncached_tokens = max(prompt_tokens - overlap * block_size, 1)
             score.queued_prefill_tokens = max(load.prefill_tokens, 0)
-            own_pairs = attention_pairs(score.uncached_tokens, max(prompt_tokens - score.uncached_tokens, 0))
-            score.attention_pairs = max(load.prefill_pairs, 0.0) + own_pairs
-            score.prefill_tokens_per_s = 1.0 / speed.s_per_token
-            score.prefill_overhead_s = speed.overhead_s
-            score.prefill_s_per_pair = speed.s_per_pair
-            score.depth_s = score.attention_pairs * speed.s_per_pair
-            score.prefill_s = speed.seconds(score.queued_prefill_tokens + score.uncached_tokens, score.attention_pairs)
+            score.prefill_tokens_per_s = 1.0 / s_per_token
+            score.prefill_overhead_s = overhead
+            score.prefill_s = overhead + (score.queued_prefill_tokens + score.uncached_tokens) * s_per_token
             score.running_requests = load.running_requests
             score.decode_s = speeds.decode_seconds_per_sequence() * score.running_requests
             score.cost = score.prefill_s + score.decode_s
