@@ -8,12 +8,13 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable
 
+import msgspec
 import pytest
 
 from dynamo_core.protocols.discovery import InstanceRecord
 from dynamo_core.protocols.kv_events import KvBlock, KvEventBatch, KvSnapshot, KvStored, LoadMetrics
 from dynamo_core.protocols.names import EVENTS_ENDPOINT
-from dynamo_core.runtime.event_plane import EventPublisher, subscribe
+from dynamo_core.runtime.event_plane import MALFORMED_MESSAGES, EventPublisher, subscribe
 from dynamo_core.runtime.nats_plane import NatsRequestClient, NatsRequestServer
 from dynamo_core.runtime.plane import PlaneConfig, RequestClient, RequestServer
 from dynamo_core.runtime.request_plane import (
@@ -163,6 +164,35 @@ async def test_event_subscribers_get_a_snapshot_then_ordered_batches_and_load(pl
         assert isinstance(batch, KvEventBatch) and batch.event_id == snapshot.event_id + 1
         load = await asyncio.wait_for(messages.__anext__(), 10)
         assert isinstance(load, LoadMetrics) and load.running_requests == 1
+    finally:
+        await messages.aclose()
+        await clients.close()
+        if unpublish is not None:
+            await unpublish()
+
+
+async def test_a_malformed_event_message_is_counted_and_skipped_and_the_stream_goes_on(plane):
+    """A payload that does not decode (a corrupted frame, a version skew) between two batches:
+    the subscriber logs and counts it, and the next batch still arrives on the same stream."""
+    publisher = EventPublisher("w-bad", lambda: [])
+    _, address = await plane.server(**{EVENTS_ENDPOINT: publisher.serve_subscription})
+    config = PlaneConfig(nats_url=plane.nats_url, namespace="t", worker_id="w-bad")
+    unpublish = await event_plane_spec(plane.name).publish(publisher, config)
+    record = InstanceRecord(instance_id="w-bad", namespace="t", component="backend", endpoint="generate",
+                            address=address, transport=plane.name, event_plane=plane.name)
+    clients = TransportClients(plane.nats_url)
+    messages = clients.events(record)
+    counted = MALFORMED_MESSAGES.labels("worker")
+    try:
+        snapshot = await asyncio.wait_for(messages.__anext__(), 10)
+        assert isinstance(snapshot, KvSnapshot)
+        before = counted._value.get()
+        publisher._fan_out(b"\xc1 not msgpack")  # what a worker's stream carries, as sent
+        publisher._fan_out(msgspec.msgpack.encode({"type": "kv", "worker_id": 7}))  # decodes, fails validation
+        publisher.publish([KvStored(parent_hash=None, blocks=[KvBlock(3, [1, 2, 3, 4])])])
+        batch = await asyncio.wait_for(messages.__anext__(), 10)
+        assert isinstance(batch, KvEventBatch) and batch.event_id == snapshot.event_id + 1
+        assert counted._value.get() == before + 2
     finally:
         await messages.aclose()
         await clients.close()

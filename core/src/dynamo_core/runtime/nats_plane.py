@@ -42,6 +42,7 @@ from nats.aio.msg import Msg
 
 from dynamo_core.protocols.discovery import InstanceRecord
 from dynamo_core.protocols.kv_events import EventPlaneMessage, KvEventBatch, KvSnapshot
+from dynamo_core.runtime.event_plane import decode_message
 from dynamo_core.runtime.plane import EventSource, Handler, PlaneConfig, RequestClient, RequestServer, Unpublish
 from dynamo_core.runtime.request_plane import ConnectionLostError, Data, End, RemoteError
 from dynamo_core.runtime.tasks import cancel_and_wait
@@ -451,7 +452,9 @@ async def subscribe_events(nc: NatsConnection, subject: str) -> AsyncIterator[Ev
         yield snapshot
         last = snapshot.event_id
         while True:
-            message = _event_decoder.decode(await queue.get())
+            message = decode_message(await queue.get(), subject)
+            if message is None:
+                continue  # skipped; a lost batch shows as a gap in event_id
             if isinstance(message, KvEventBatch):
                 if message.event_id <= last:
                     continue  # already part of the snapshot
