@@ -270,6 +270,8 @@ class LevelCpu:
             row["cpu_of_util"] = used / wall
         row["loadgen_cpu_s_per_1k"] = own * per_1k
         row["loadgen_cpu_util"] = own / wall
+        row["level_wall_s"] = wall  # warm-up and drain included, as the CPU columns
+        row["sent_requests"] = requests_sent
 
 
 def _next_body(args: argparse.Namespace, prompts: PromptFactory, chat: Conversation | None) -> dict[str, Any]:

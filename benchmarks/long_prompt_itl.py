@@ -128,7 +128,7 @@ async def run_phase(
     started = time.perf_counter()  # run_level's own start is one /metrics scrape later
     stop = asyncio.Event()
     sender = asyncio.create_task(send_long_prompts(long_client, long_bodies, args.long_rate, stop)) if long_bodies else None
-    row = await run_level(client, args, args.concurrency, prompts)
+    row = await run_level([client], args, args.concurrency, prompts)
     stop.set()
     row.update(itl_tail(client.records, started + args.warmup, started + args.warmup + args.duration))
     if sender is None:
@@ -205,8 +205,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.concurrency < 1 or args.long_rate <= 0:
         p.error("--concurrency and --long-rate must be positive")
-    # What loadgen's calibration and levels read: no shared prefixes, duration mode.
+    # What loadgen's calibration and levels read: no shared prefixes, single turns, duration mode.
     args.shared_prefix_tokens, args.prefix_groups, args.requests = 0, 1, None
+    args.turns, args.turn_tokens = 1, 0
     return args
 
 

@@ -10,7 +10,7 @@
 # KV_BLOCKS=N overrides the per-worker KV capacity (e.g. an engine with host-memory offload);
 # ENGINE_SPEED=F makes each engine F times faster than the H100 profile (F=2: half the load);
 # TRACES / ROUTERS narrow the runs; ROUTER_ARGS adds router flags (e.g. "--kv-overlap-weight 2"),
-# LABEL_SUFFIX tells such runs apart in the results.
+# LABEL_SUFFIX tells such runs apart in the results; PORT (default 8131) is the server's HTTP port.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 max_requests=${1:-100000}
@@ -26,7 +26,7 @@ kv_blocks=${KV_BLOCKS:-$(python3 -c "print(max(64, round(470000 * $token_scale /
 traces_dir=${TRACES_DIR:-benchmarks/traces}
 out=${OUT_JSON:-bench-results/router_comparison.jsonl}
 mkdir -p "$(dirname "$out")"
-port=8131
+port=${PORT:-8131}
 source benchmarks/serve.sh
 mkdir -p bench-results
 trap stop_serve EXIT

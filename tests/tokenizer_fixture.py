@@ -135,3 +135,11 @@ def build_mistral_tokenizer_dir(path: Path) -> Path:
     }
     (path / "config.json").write_text(json.dumps(model_config, indent=2), encoding="utf-8")
     return path
+
+
+def pool_prefix_cache_hits(source: str, card: bytes) -> int:
+    """Run in a prompt-pool process (importable there, unlike a test module): the prefix-cache
+    hits of that process's bundle for the model."""
+    from dynamo_core.frontend import prompt_pool
+
+    return prompt_pool._worker_model(source, card).tokenizer.prefix_cache.stats.hits

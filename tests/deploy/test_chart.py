@@ -64,6 +64,24 @@ def test_workers_have_probes_grace_period_gpus_and_shared_memory(example: Path):
         assert "podAntiAffinity" in spec["affinity"]
 
 
+def _assert_selects_its_own_group(objects: list[dict], group: str, selector: dict[str, str]) -> None:
+    """`selector` matches every pod of worker group `group` and no pod of another group."""
+    pods = {obj["metadata"]["name"]: obj["spec"]["template"]["metadata"]["labels"]
+            for obj in objects if obj["kind"] == "Deployment"}
+    own = f"{RELEASE}-dynamo-worker-{group}"
+    selected = {name for name, labels in pods.items() if selector.items() <= labels.items()}
+    assert selected == {own}, (selector, selected)
+
+
+def test_preferred_anti_affinity_selects_the_groups_own_pods():
+    values = example_values(CHART_DIR / "examples" / "vllm-disagg.yaml", {"workerDefaults": {"antiAffinity": "preferred"}})
+    objects = render(values)
+    for group in values["workers"]:
+        spec = find(objects, "Deployment", f"{RELEASE}-dynamo-worker-{group['name']}")["spec"]["template"]["spec"]
+        term = spec["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"][0]
+        _assert_selects_its_own_group(objects, group["name"], term["podAffinityTerm"]["labelSelector"]["matchLabels"])
+
+
 def test_multinode_workers_require_separate_nodes_and_use_nixl():
     values = example_values(CHART_DIR / "examples" / "multinode-nixl.yaml")
     objects = render(values)
@@ -71,6 +89,7 @@ def test_multinode_workers_require_separate_nodes_and_use_nixl():
         spec = find(objects, "Deployment", f"{RELEASE}-dynamo-worker-{name}")["spec"]["template"]["spec"]
         term = spec["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][0]
         assert term["topologyKey"] == "kubernetes.io/hostname"
+        _assert_selects_its_own_group(objects, name, term["labelSelector"]["matchLabels"])
         env = {e["name"]: e.get("value") for e in spec["containers"][0]["env"]}
         assert env["DYN_TRANSFER"] == "nixl" and env["DYN_WORKER_MODE"] == name
         assert spec["initContainers"][0]["name"] == "download-model"

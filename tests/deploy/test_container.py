@@ -68,3 +68,16 @@ def test_health_check_asks_what_the_servers_answer():
     for name in ("DYN_WORKER_HEALTH_PORT", "DYN_WORKER_HOST", "DYN_HTTP_PORT"):
         assert name in DOCKERFILE and f'"{name}"' in source
     assert "/live" in DOCKERFILE
+
+
+def test_the_venv_is_built_on_the_image_it_runs_on():
+    # A venv links to the interpreter that made it: built on one image and copied onto another
+    # (another Python, or none), `dynamo` would not start. One base for both stages, and the
+    # runtime stage runs the venv's Python, so a base without a usable one fails the build.
+    stages = re.findall(r"^FROM\s+(\S+)\s+AS\s+(\w+)", DOCKERFILE, flags=re.MULTILINE)
+    assert [name for _, name in stages] == ["build", "runtime"]
+    assert {image for image, _ in stages} == {"${BASE_IMAGE}"}, stages
+    assert len(re.findall(r"^ARG\s+\w*IMAGE\b", DOCKERFILE, flags=re.MULTILINE)) == 1
+    runtime = DOCKERFILE.split("AS runtime", 1)[1]
+    check = runtime.index('/opt/venv/bin/python -c "import dynamo_core"')
+    assert runtime.index("COPY --from=build /opt/venv /opt/venv") < check < runtime.index("ENTRYPOINT")

@@ -6,7 +6,9 @@ request goes to both workers' request planes at once, as dynamo's `DisaggParams`
 prefill worker's bootstrap host/port and a fresh room; SGLang's prefill engine computes the
 prompt and its decode engine receives the KV over NIXL and generates the same greedy tokens as
 the aggregated worker. Then through the frontend, once the aggregated worker has left: the
-frontend must split the request itself and answer the same text.
+frontend must split the request itself and answer the same text, split a one-token request
+too, and split a structured-output request (or refuse it with a 400 when the grammar backend
+is none).
 
 Skipped without SGLang, NIXL or a CUDA GPU.
 """
@@ -111,6 +113,29 @@ def _split_directly(records: dict, bootstrap: dict, prompt: list[int]) -> tuple[
     return asyncio.run(both())
 
 
+def _check_one_token_and_structured_output_through_the_split(client, base: str, model: str, records: dict) -> None:
+    """With only prefill and decode workers (an SGLang decode engine serves nothing alone): a
+    one-token request is split too; a constrained one is split when both workers' cards say
+    they apply grammars, and refused with a 400 (not a 503) when the grammar backend is none."""
+    split = metric(base, "dynamo_frontend_disagg_requests_total")
+    one = client.completions.create(model=model, prompt=list(range(200, 220)), max_tokens=1, temperature=0)
+    assert one.usage.completion_tokens == 1
+    assert metric(base, "dynamo_frontend_disagg_requests_total") == split + 1
+    grammar = all(records[role].model.structured_output for role in ("prefill", "decode"))
+    ask = dict(model=model, prompt=list(range(300, 340)), max_tokens=8, temperature=0,
+               extra_body={"guided_choice": ["alpha", "beta"]})
+    if grammar:
+        constrained = client.completions.create(**ask)
+        print(f"structured output through the split: {constrained.choices[0].text!r}", flush=True)
+        assert constrained.choices[0].text in ("alpha", "beta")
+        assert metric(base, "dynamo_frontend_disagg_requests_total") == split + 2
+    else:
+        with pytest.raises(openai.BadRequestError) as refused:
+            client.completions.create(**ask)
+        print(f"structured output without a grammar backend: {refused.value.message}", flush=True)
+        assert "structured output" in refused.value.message
+
+
 def test_sglang_prefill_and_decode_workers_move_kv_with_nixl(tmp_path_factory):
     model = model_dir(tmp_path_factory)
     tmp = tmp_path_factory.mktemp("disagg")
@@ -157,6 +182,8 @@ def test_sglang_prefill_and_decode_workers_move_kv_with_nixl(tmp_path_factory):
         text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
         print(f"chat stream, split: {len(chunks)} chunks, usage {chunks[-1].usage.model_dump()}, text {text[:40]!r}")
         assert chunks[-1].usage.completion_tokens == 12 and text
+        _check_one_token_and_structured_output_through_the_split(client, base, model.name, records)
+
         for child in children[2:]:  # what SGLang said about its transfer, for the record
             lines = [line for line in child.output().splitlines() if re.search(r"(?i)nixl|bootstrap", line)]
             print(f"{child.log.name}: " + "\n  ".join(lines[:6]))

@@ -8,12 +8,13 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable
 
+import msgspec
 import pytest
 
 from dynamo_core.protocols.discovery import InstanceRecord
 from dynamo_core.protocols.kv_events import KvBlock, KvEventBatch, KvSnapshot, KvStored, LoadMetrics
 from dynamo_core.protocols.names import EVENTS_ENDPOINT
-from dynamo_core.runtime.event_plane import EventPublisher, subscribe
+from dynamo_core.runtime.event_plane import MALFORMED_MESSAGES, EventPublisher, subscribe
 from dynamo_core.runtime.nats_plane import NatsRequestClient, NatsRequestServer
 from dynamo_core.runtime.plane import PlaneConfig, RequestClient, RequestServer
 from dynamo_core.runtime.request_plane import (
@@ -164,6 +165,35 @@ async def test_event_subscribers_get_a_snapshot_then_ordered_batches_and_load(pl
         assert isinstance(batch, KvEventBatch) and batch.event_id == snapshot.event_id + 1
         load = await asyncio.wait_for(messages.__anext__(), 10)
         assert isinstance(load, LoadMetrics) and load.running_requests == 1
+    finally:
+        await messages.aclose()
+        await clients.close()
+        if unpublish is not None:
+            await unpublish()
+
+
+async def test_a_malformed_event_message_is_counted_and_skipped_and_the_stream_goes_on(plane):
+    """A payload that does not decode (a corrupted frame, a version skew) between two batches:
+    the subscriber logs and counts it, and the next batch still arrives on the same stream."""
+    publisher = EventPublisher("w-bad", lambda: [])
+    _, address = await plane.server(**{EVENTS_ENDPOINT: publisher.serve_subscription})
+    config = PlaneConfig(nats_url=plane.nats_url, namespace="t", worker_id="w-bad")
+    unpublish = await event_plane_spec(plane.name).publish(publisher, config)
+    record = InstanceRecord(instance_id="w-bad", namespace="t", component="backend", endpoint="generate",
+                            address=address, transport=plane.name, event_plane=plane.name)
+    clients = TransportClients(plane.nats_url)
+    messages = clients.events(record)
+    counted = MALFORMED_MESSAGES.labels("worker")
+    try:
+        snapshot = await asyncio.wait_for(messages.__anext__(), 10)
+        assert isinstance(snapshot, KvSnapshot)
+        before = counted._value.get()
+        publisher._fan_out(b"\xc1 not msgpack")  # what a worker's stream carries, as sent
+        publisher._fan_out(msgspec.msgpack.encode({"type": "kv", "worker_id": 7}))  # decodes, fails validation
+        publisher.publish([KvStored(parent_hash=None, blocks=[KvBlock(3, [1, 2, 3, 4])])])
+        batch = await asyncio.wait_for(messages.__anext__(), 10)
+        assert isinstance(batch, KvEventBatch) and batch.event_id == snapshot.event_id + 1
+        assert counted._value.get() == before + 2
     finally:
         await messages.aclose()
         await clients.close()
@@ -390,3 +420,48 @@ async def test_nats_restart_never_hangs_or_silently_drops_stream_items_and_calls
         raise AssertionError("calls did not recover after NATS restarted")
     await client.close()
     await server.stop()
+
+
+async def test_unpublishing_nats_events_sends_what_was_under_way_and_stops_forwarding(nats_server):
+    """`unpublish` undoes `publish_events`: the last batch still goes out, the snapshot responder
+    leaves, and events published afterwards start no publish on the closed connection."""
+    import gc
+
+    import nats as nats_client
+
+    from dynamo_core.runtime.nats_plane import events_subject, publish_events
+
+    loop = asyncio.get_running_loop()
+    errors: list[dict] = []
+    loop.set_exception_handler(lambda _loop, context: errors.append(context))
+    publisher = EventPublisher("w-unpub", lambda: [])
+    unpublish = await publish_events(publisher, PlaneConfig(nats_url=nats_server.url, namespace="t", worker_id="w-unpub"))
+    subject = events_subject("t", "w-unpub")
+    observer = await nats_client.connect(nats_server.url)
+    received: asyncio.Queue[bytes] = asyncio.Queue()
+
+    async def receive(msg) -> None:
+        received.put_nowait(msg.data)
+
+    await observer.subscribe(subject, cb=receive)
+    await observer.flush()
+    try:
+        assert (await observer.request(f"{subject}.snapshot", b"", timeout=5)).data  # publishing
+        publisher.publish_load(LoadMetrics(worker_id="w-unpub", running_requests=7, waiting_requests=0,
+                                           active_kv_blocks=0, total_kv_blocks=1))
+        await unpublish()  # in the same loop iteration: the forward is still under way
+        last = await asyncio.wait_for(received.get(), 5)
+        assert b"w-unpub" in last
+        with pytest.raises(nats_client.errors.NoRespondersError):
+            await observer.request(f"{subject}.snapshot", b"", timeout=2)
+        for running in range(3):
+            publisher.publish_load(LoadMetrics(worker_id="w-unpub", running_requests=running, waiting_requests=0,
+                                               active_kv_blocks=0, total_kv_blocks=1))
+        await asyncio.sleep(0.2)
+        gc.collect()  # an unretrieved task exception is reported when its task is collected
+        await asyncio.sleep(0)
+        assert not errors, errors
+        assert received.empty()
+    finally:
+        loop.set_exception_handler(None)
+        await observer.close()

@@ -1,5 +1,6 @@
-"""Two real frontends with `--router kv` over real NATS route as one: each sees the other's
-in-flight requests, and a killed frontend's requests lapse from the survivor's load."""
+"""Two real frontends with `--router kv` route as one, over real NATS and, on one host with
+file or etcd discovery and the TCP planes, over loopback UDP: each sees the other's in-flight
+requests, and a killed frontend's requests lapse from the survivor's load."""
 
 from __future__ import annotations
 
@@ -40,7 +41,24 @@ def _instances(base: str) -> int:
 
 
 def test_a_second_frontend_sees_the_first_ones_requests_and_drops_them_when_it_dies(cluster, nats_server):
-    planes = ["--event-plane", "nats", "--nats-url", nats_server.url]
+    _second_frontend_sees_the_first_ones_requests(cluster, ["--event-plane", "nats", "--nats-url", nats_server.url])
+
+
+def test_frontends_on_one_host_share_requests_without_nats(cluster):
+    """File discovery and the TCP planes (`dynamo serve`'s defaults): the peers' messages go
+    over loopback UDP to the addresses the frontends registered in discovery."""
+    _second_frontend_sees_the_first_ones_requests(cluster, ["--discovery", "file", "--request-plane", "tcp",
+                                                            "--event-plane", "tcp"])
+
+
+def test_frontends_on_one_host_share_requests_over_etcd_discovery_without_nats(cluster, etcd_server):
+    """etcd discovery, TCP planes: the frontends of one host find each other's UDP addresses
+    in etcd (those of other hosts would be skipped)."""
+    _second_frontend_sees_the_first_ones_requests(cluster, ["--discovery", "etcd", "--etcd-endpoints", etcd_server.url,
+                                                            "--event-plane", "tcp"])
+
+
+def _second_frontend_sees_the_first_ones_requests(cluster, planes: list[str]) -> None:
     first, base_a = cluster.frontend("--router", "kv", *planes)
     _, base_b = cluster.frontend("--router", "kv", *planes)
     # Prefill at 100 tokens/s: a 400-token prompt waits 4 s for its first token, long enough to see.

@@ -153,3 +153,18 @@ def _get_post(base: str, cafile: str) -> tuple[int, dict, dict]:
         response = http.post(f"{base}/v1/completions", headers={"Authorization": f"Bearer {KEY}"},
                              json={"model": "test-model", "prompt": "third", "max_tokens": 2})
     return response.status_code, response.json(), {k.lower(): v for k, v in response.headers.items()}
+
+
+def test_serve_in_one_process_over_tls_prints_an_https_url(cluster, tmp_path):
+    cert, key = _self_signed(tmp_path)
+    port = free_port()
+    serve = cluster.start("serve", "--discovery", "mem", "--http-port", str(port), "--tls-cert", cert, "--tls-key", key)
+    wait_until(lambda: "dynamo serving on" in serve.output(), 60, serve)
+    assert f"dynamo serving on https://127.0.0.1:{port}/v1" in serve.output()
+
+    def live() -> bool:
+        try:
+            return _get(f"https://127.0.0.1:{port}/live", cert)[0] == 200
+        except OSError:
+            return False
+    wait_until(live, 30, serve)

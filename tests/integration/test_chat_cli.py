@@ -1,6 +1,6 @@
 """`dynamo chat` driven through a pseudo-terminal against a real `dynamo serve`: it streams each
 reply, keeps the conversation (the second turn's prompt holds the first), forgets it on
-/reset, and reports a server it cannot reach."""
+/reset, and reports a server it cannot reach or that goes away mid-reply."""
 
 from __future__ import annotations
 
@@ -8,8 +8,11 @@ import os
 import pty
 import re
 import select
+import socket
+import struct
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -106,3 +109,55 @@ def test_chat_says_when_it_cannot_reach_the_server():
     result = subprocess.run(DYNAMO + ["chat", "--url", "http://127.0.0.1:9/v1"], input="", capture_output=True,
                             text=True, timeout=60)
     assert result.returncode == 1 and "cannot reach http://127.0.0.1:9/v1" in result.stderr, result.stderr
+
+
+def test_chat_reports_a_server_that_goes_away_mid_reply(cluster):
+    # A frontend started apart from its worker, so it can be killed alone while it streams.
+    frontend, base = cluster.frontend()
+    cluster.start("worker", "--speedup-ratio", "0.05")
+    cluster.wait_for_workers(base, 1)
+    term = Terminal(DYNAMO + ["chat", "--url", f"{base}/v1", "--max-tokens", "400"])
+    try:
+        term.expect(r"\n> ")
+        term.send("go")
+        term.expect(r"go\n\S")  # the reply has begun
+        frontend.proc.kill()
+        failure = term.expect(r"\[error: (.*)\]\n> ")
+        assert f"the connection to {base}/v1 broke mid-reply" in failure.group(1), failure.group(1)
+        assert "Traceback" not in term.seen
+        term.send("/exit")
+        assert term.close() == 0
+    finally:
+        if term.proc.poll() is None:
+            term.proc.kill()
+
+
+def _server_that_resets_mid_stream(listener: socket.socket) -> None:
+    """Answer /models, then start a chunked SSE reply and reset the connection in its middle."""
+    for _ in range(2):
+        conn, _ = listener.accept()
+        request = conn.recv(65536)
+        if b"/models" in request.split(b"\r\n", 1)[0]:
+            body = b'{"object": "list", "data": [{"id": "m"}]}'
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
+                         b"Connection: close\r\n\r\n%s" % (len(body), body))
+            conn.close()
+            continue
+        event = b'data: {"choices": [{"delta": {"content": "partial"}}]}\n\n'
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+                     + b"%x\r\n%s\r\n" % (len(event), event) + b"40\r\ndata: {")
+        time.sleep(0.3)
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # RST, not FIN
+        conn.close()
+
+
+def test_chat_reports_a_connection_reset_mid_reply_without_a_traceback():
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        threading.Thread(target=_server_that_resets_mid_stream, args=(listener,), daemon=True).start()
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}/v1"
+        result = subprocess.run(DYNAMO + ["chat", "--url", url], input="go\n", capture_output=True, text=True,
+                                timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stdout + result.stderr, result.stderr
+    assert "partial" in result.stdout
+    assert f"[error: the connection to {url} broke mid-reply (" in result.stdout, result.stdout

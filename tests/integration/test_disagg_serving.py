@@ -226,3 +226,34 @@ def test_rendezvous_prefill_killed_mid_request_falls_back_with_the_same_greedy_o
     wait_until(lambda: len(http_get(f"{base}/health")[1]["instances"]) == 1, 20)
     assert greedy() == disaggregated  # now served whole by the decode worker
     assert _metric(base, "dynamo_frontend_disagg_fallbacks_total", reason="no_prefill_worker") == 1
+
+
+def test_rendezvous_only_workers_retry_the_split_then_answer_a_503_that_names_the_way_out(cluster, mistral_tokenizer_dir):
+    # Decode workers that, like SGLang's, take only split requests; a prefill worker whose KV
+    # cache holds short prompts only (4 blocks of 16 tokens) and a 30 s room timeout.
+    model = ["--model", str(mistral_tokenizer_dir), "--model-name", "m", "--speedup-ratio", "50"]
+    cluster.start("worker", "--mode", "decode", "--disagg-bootstrap", *model)
+    cluster.start("worker", "--mode", "prefill", "--disagg-bootstrap", "--num-gpu-blocks", "4", *model)
+    frontend, base = cluster.frontend("--migration-limit", "2")
+    instances = cluster.wait_for_workers(base, 2, frontend)
+    client = _client(base)
+    short = client.completions.create(model="m", prompt="Say hi.", max_tokens=4)
+    assert short.usage.completion_tokens == 4
+    assert _metric(base, "dynamo_frontend_disagg_requests_total") == 1
+
+    with pytest.raises(openai.APIStatusError) as failed:
+        client.completions.create(model="m", prompt=_long_prompt("rivers", 80), max_tokens=4)
+    assert failed.value.status_code == 503
+    error = failed.value.body
+    assert error["type"] == "service_unavailable"
+    assert "3 split(s) failed" in error["message"] and "start a prefill worker" in error["message"]
+    assert _metric(base, "dynamo_frontend_reroutes_total", reason="prefill_failed") == 2
+    # Each failed prefill failed its room at once: nothing waited for the 30 s bootstrap timeout.
+    assert _metric(base, "dynamo_frontend_request_duration_seconds_sum") < 10
+
+    os.kill(next(i["pid"] for i in instances if i["role"] == "prefill"), signal.SIGKILL)
+    wait_until(lambda: len(http_get(f"{base}/health")[1]["instances"]) == 1, 20)
+    with pytest.raises(openai.APIStatusError) as failed:
+        client.completions.create(model="m", prompt="Say hi.", max_tokens=4)
+    assert failed.value.status_code == 503
+    assert "no prefill worker" in failed.value.body["message"] and "an aggregated one" in failed.value.body["message"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -152,3 +153,36 @@ def test_serve_children_get_the_configuration_serve_itself_would_build(tmp_path)
     frontend_parser = cli.build_frontend_parser("least-loaded")
     frontend_ns = frontend_parser.parse_args(frontend_argv(ns, parser)[1:])
     assert frontend_config_from(frontend_ns, frontend_parser) == frontend_config_from(ns, parser)
+
+
+def test_an_api_key_file_that_is_missing_or_keyless_fails_at_start(tmp_path):
+    missing = tmp_path / "no-such-keys"
+    for command in ("serve", "frontend"):
+        result = _run(command, "--api-key-file", str(missing), "--http-port", "26101")
+        assert result.returncode == 2, result.stderr
+        assert f"--api-key-file {missing}: cannot read it (No such file or directory)" in result.stderr
+        assert "Traceback" not in result.stderr
+    keyless = tmp_path / "keys"
+    keyless.write_text("# rotated out\n\n")
+    result = _run("serve", "--api-key-file", str(keyless), "--http-port", "26102")
+    assert result.returncode == 2 and f"--api-key-file {keyless}: holds no key" in result.stderr, result.stderr
+
+
+def test_a_health_port_from_the_environment_is_an_int_default_that_child_args_leaves_out(monkeypatch):
+    from dynamo_core.cli.parsers import build_worker_parser
+
+    monkeypatch.setenv("DYN_WORKER_HEALTH_PORT", "26103")
+    parser = build_worker_parser("mocker")
+    assert parser.get_default("health_port") == 26103
+    ns = parser.parse_args([])
+    assert ns.health_port == 26103
+    # The child computes the same default from the same environment: nothing to pass.
+    assert "--health-port" not in options.child_args(parser, ns, parser)
+    changed = parser.parse_args(["--health-port", "26104"])
+    assert options.child_args(parser, changed, parser)[-2:] == ["--health-port", "26104"]
+
+
+def test_a_health_port_from_the_environment_that_is_no_integer_is_a_usage_error():
+    result = subprocess.run(DYNAMO + ["worker"], capture_output=True, text=True, timeout=60,
+                            env={**os.environ, "DYN_WORKER_HEALTH_PORT": "ninety"})
+    assert result.returncode == 2 and "--health-port: invalid int value: 'ninety'" in result.stderr, result.stderr

@@ -8,12 +8,17 @@ import argparse
 import asyncio
 import contextlib
 
+import msgspec
+import pytest
 from prometheus_client import REGISTRY
+
+from dynamo_core.engines.mocker.engine import output_token_pool
+from dynamo_core.frontend.errors import BadRequestError, ServiceUnavailableError
 
 from dynamo_core.frontend.disagg import DisaggregatingClient
 from dynamo_core.frontend.engine_client import EngineClient
 from dynamo_core.frontend.served_model import ServedModel
-from dynamo_core.protocols.engine import PreprocessedRequest, SamplingOptions, StopConditions
+from dynamo_core.protocols.engine import GuidedDecoding, PreprocessedRequest, SamplingOptions, StopConditions
 from dynamo_core.runtime.discovery import DiscoveryConfig
 from dynamo_core.worker.worker import Worker, WorkerConfig
 from in_process import start_frontend_registry
@@ -31,23 +36,25 @@ def _count(name: str, **labels: str) -> float:
 
 
 @contextlib.asynccontextmanager
-async def _deployment(tmp_path, prefill: dict, decode: dict | None = None):
-    """One prefill and one decode mocker worker, and a frontend's registry and client."""
+async def _deployment(tmp_path, prefill: dict, decode: dict | None = None, extra: tuple[tuple[str, dict], ...] = (),
+                      migration_limit: int = 3, drain_timeout_s: float = 30.0):
+    """One prefill and one decode mocker worker (and the `extra` (role, options) ones), and a
+    frontend's registry and client."""
     config = DiscoveryConfig(file_dir=str(tmp_path), poll_interval_s=0.05)
     base = dict(speedup_ratio=200.0, kv_bytes_per_token=64)
+    roles = (("prefill", prefill), ("decode", decode or {}), *extra)
     workers = [
-        Worker(WorkerConfig(engine="mocker", role="prefill", discovery_config=config,
-                            engine_options=argparse.Namespace(**base, **prefill))),
-        Worker(WorkerConfig(engine="mocker", role="decode", discovery_config=config,
-                            engine_options=argparse.Namespace(**base, **(decode or {})))),
+        Worker(WorkerConfig(engine="mocker", role=role, discovery_config=config, drain_timeout_s=drain_timeout_s,
+                            engine_options=argparse.Namespace(**{**base, **options})))
+        for role, options in roles
     ]
     for worker in workers:
         await worker.start()
     registry, clients, discovery = await start_frontend_registry(config)
-    client = DisaggregatingClient(EngineClient(clients), clients, min_prompt_tokens=32)
+    client = DisaggregatingClient(EngineClient(clients, migration_limit), clients, min_prompt_tokens=32)
     try:
         for _ in range(100):
-            if (model := registry.models.get("mocker")) is not None and len(model.workers) == 2:
+            if (model := registry.models.get("mocker")) is not None and len(model.workers) == len(workers):
                 break
             await asyncio.sleep(0.05)
         yield workers, model, client
@@ -107,22 +114,103 @@ def _recording(generate, seen: list[PreprocessedRequest]):
     return record
 
 
-async def test_a_prefill_that_fails_is_served_whole_on_the_decode_worker(tmp_path):
-    # The prefill worker's cache cannot hold the prompt: it refuses, the decode worker serves it.
-    async with _deployment(tmp_path, prefill=dict(disagg_bootstrap=True, num_gpu_blocks=4)) as (_, model, client):
+async def test_a_prefill_that_keeps_failing_is_tried_again_with_fresh_rooms_then_served_whole(tmp_path):
+    # The prefill worker's cache cannot hold the prompt: it refuses every time; the decode
+    # worker (without --disagg-bootstrap) can compute a whole request, so it serves it at last.
+    async with _deployment(tmp_path, prefill=dict(disagg_bootstrap=True, num_gpu_blocks=4)) as (workers, model, client):
+        seen: list[PreprocessedRequest] = []
+        workers[0].engine.generate = _recording(workers[0].engine.generate, seen)
         before = _count("dynamo_frontend_disagg_fallbacks_total", reason="prefill_failed")
+        rerouted = _count("dynamo_frontend_reroutes_total", reason="prefill_failed")
         errors = _count("dynamo_frontend_disagg_prefill_errors_total")
         assert len(await _tokens(client, model, _request("r1"))) == 6
+        # The first split and --migration-limit (3) more, each in a room of its own.
+        assert len({r.disagg.kv.engine_params["bootstrap_room"] for r in seen}) == len(seen) == 4
+        assert _count("dynamo_frontend_reroutes_total", reason="prefill_failed") == rerouted + 3
+        assert _count("dynamo_frontend_disagg_prefill_errors_total") == errors + 4
         assert _count("dynamo_frontend_disagg_fallbacks_total", reason="prefill_failed") == before + 1
-        assert _count("dynamo_frontend_disagg_prefill_errors_total") == errors + 1
 
 
-async def test_a_decode_worker_that_gets_no_kv_in_time_falls_back_and_cancels_the_prefill(tmp_path):
-    # A slow prefill, and a room that answers "no KV" after 0.2 s.
+async def test_a_failing_prefill_worker_is_replaced_by_another_in_a_fresh_room(tmp_path):
+    # Two prefill workers, one whose cache cannot hold the prompt; each split that round-robin
+    # routing sends there is tried again on the other worker, in a fresh room.
+    extra = (("prefill", dict(disagg_bootstrap=True)),)
+    async with _deployment(tmp_path, prefill=dict(disagg_bootstrap=True, num_gpu_blocks=4),
+                           decode=dict(disagg_bootstrap=True), extra=extra) as (workers, model, client):
+        seen: list[PreprocessedRequest] = []
+        for worker in (workers[0], workers[2]):
+            worker.engine.generate = _recording(worker.engine.generate, seen)
+        split = _count("dynamo_frontend_disagg_requests_total")
+        rerouted = _count("dynamo_frontend_reroutes_total", reason="prefill_failed")
+        for request_id in ("r1", "r2", "r3"):
+            assert len(await _tokens(client, model, _request(request_id))) == 6
+        assert _count("dynamo_frontend_disagg_requests_total") == split + 3
+        bad, good = workers[0].worker_id, workers[2].worker_id
+        on_bad = [r for r in seen if r.disagg.kv.worker_id == bad]
+        assert on_bad and _count("dynamo_frontend_reroutes_total", reason="prefill_failed") == rerouted + len(on_bad)
+        for failed in on_bad:  # each tried once there, then on the other worker in another room
+            [retried] = [r for r in seen if r.request_id == failed.request_id and r.disagg.kv.worker_id == good]
+            assert retried.disagg.kv.engine_params["bootstrap_room"] != failed.disagg.kv.engine_params["bootstrap_room"]
+        assert len(seen) == 3 + len(on_bad)
+
+
+async def test_with_rendezvous_only_workers_a_request_no_split_can_serve_gets_a_503_naming_the_way_out(tmp_path):
+    # The decode worker, like SGLang's, takes only split requests; the prefill always fails.
+    async with _deployment(tmp_path, prefill=dict(disagg_bootstrap=True, num_gpu_blocks=4),
+                           decode=dict(disagg_bootstrap=True), migration_limit=1) as (workers, model, client):
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(ServiceUnavailableError) as failed:
+            await _tokens(client, model, _request("r1"))
+        assert asyncio.get_running_loop().time() - started < 5  # the failed room ends the decode side at once
+        assert failed.value.status_code == 503
+        assert "2 split(s) failed" in failed.value.message
+        assert "start a prefill worker for this model, or an aggregated one" in failed.value.message
+        # No prefill worker at all: the same way out.
+        await workers.pop(0).stop()  # (popped: the deployment stops the others)
+        for _ in range(100):
+            if not model.has_role("prefill"):
+                break
+            await asyncio.sleep(0.05)
+        with pytest.raises(ServiceUnavailableError) as failed:
+            await _tokens(client, model, _request("r2"))
+        assert "it has no prefill worker" in failed.value.message and "an aggregated one" in failed.value.message
+
+
+async def test_a_decode_worker_that_fails_mid_stream_continues_split_without_resending_tokens(tmp_path):
+    # Two rendezvous decode workers at real speed (7 ms a token); the one streaming leaves with
+    # a short drain timeout and hands the request back after some tokens reached the client.
+    slow = dict(disagg_bootstrap=True, speedup_ratio=1.0)
+    async with _deployment(tmp_path, prefill=dict(disagg_bootstrap=True), decode=slow, extra=(("decode", slow),),
+                           drain_timeout_s=0.1) as (workers, model, client):
+        seen: list[PreprocessedRequest] = []
+        workers[0].engine.generate = _recording(workers[0].engine.generate, seen)
+        moved = _count("dynamo_frontend_migrations_total", reason="draining")
+        tokens: list[int] = []
+        stopping = None
+        async for output in client.generate(model, _request("r1", max_tokens=150)):
+            tokens += output.token_ids
+            if stopping is None and len(tokens) >= 5:
+                serving = next(w for w in workers[1:] if w.engine.scheduler.running)
+                workers.remove(serving)  # (the deployment stops the others)
+                stopping = asyncio.ensure_future(serving.stop())
+        await stopping
+        pool = output_token_pool(None)
+        assert tokens == [pool[(5 + i) % len(pool)] for i in range(150)]  # seed 5: one unbroken cycle
+        assert _count("dynamo_frontend_migrations_total", reason="draining") == moved + 1
+        first, again = seen
+        assert again.token_ids[:len(PROMPT)] == PROMPT and len(again.token_ids) > len(PROMPT)
+        assert again.resumed_tokens == len(again.token_ids) - len(PROMPT)
+        assert again.disagg.kv.engine_params["bootstrap_room"] != first.disagg.kv.engine_params["bootstrap_room"]
+
+
+async def test_a_decode_worker_that_gets_no_kv_in_time_is_retried_and_the_prefill_cancelled(tmp_path):
+    # A slow prefill, and a room that answers "no KV" after 0.2 s: each split fails that way.
     prefill = dict(disagg_bootstrap=True, bootstrap_timeout=0.2, prefill_tokens_per_s=1.0)
-    async with _deployment(tmp_path, prefill=prefill) as (workers, model, client):
+    async with _deployment(tmp_path, prefill=prefill, migration_limit=1) as (workers, model, client):
         before = _count("dynamo_frontend_disagg_fallbacks_total", reason="decode_kv_failed")
+        rerouted = _count("dynamo_frontend_reroutes_total", reason="decode_kv_failed")
         assert len(await _tokens(client, model, _request("r1"))) == 6
+        assert _count("dynamo_frontend_reroutes_total", reason="decode_kv_failed") == rerouted + 1
         assert _count("dynamo_frontend_disagg_fallbacks_total", reason="decode_kv_failed") == before + 1
         for _ in range(50):
             if not workers[0].engine.scheduler.has_work():
@@ -157,3 +245,26 @@ async def test_with_a_bootstrap_short_and_one_token_requests_split_too(tmp_path)
         assert [r.disagg.phase for r in seen] == ["decode", "decode"]
         assert all(r.disagg.kv.engine_params["bootstrap_room"] is not None for r in seen)
         assert _count("dynamo_frontend_disagg_fallbacks_total", reason="short_prompt") == short
+
+
+async def test_structured_output_splits_when_every_card_supports_it_else_a_400_names_the_workers(tmp_path):
+    async with _deployment(tmp_path, prefill=dict(disagg_bootstrap=True),
+                           decode=dict(disagg_bootstrap=True)) as (workers, model, client):
+        seen: list[PreprocessedRequest] = []
+        for worker in workers:
+            worker.engine.generate = _recording(worker.engine.generate, seen)
+        constrained = msgspec.structs.replace(_request("r1"), guided=GuidedDecoding(regex="[a-z ]+"))
+        # The mocker's cards say it applies no grammar: a 400 that names both workers.
+        with pytest.raises(BadRequestError) as refused:
+            await _tokens(client, model, constrained)
+        assert refused.value.status_code == 400 and not seen
+        for worker in workers:
+            assert f"worker {worker.worker_id} (engine 'mocker')" in refused.value.message
+        # Cards that say they do (as SGLang's with a grammar backend): split, both halves constrained.
+        for worker in workers:
+            model.workers[worker.worker_id].record.model.structured_output = True
+        fallbacks = _count("dynamo_frontend_disagg_fallbacks_total", reason="structured_output")
+        assert len(await _tokens(client, model, constrained)) == 6
+        assert sorted(r.disagg.phase for r in seen) == ["decode", "prefill"]
+        assert all(r.guided == constrained.guided for r in seen)
+        assert _count("dynamo_frontend_disagg_fallbacks_total", reason="structured_output") == fallbacks

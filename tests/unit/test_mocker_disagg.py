@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 
+import msgspec
 import pytest
 
 from dynamo_core.engines.mocker.engine import MockerEngine, output_token_pool
 from dynamo_core.engines.mocker.kv_arena import block_content, block_seeds
 from dynamo_core.engines.mocker.options import MockerConfig
+from dynamo_core.engines.mocker.timing import H100_LLAMA_8B
 from dynamo_core.protocols.engine import (
     DisaggParams,
     EngineOutput,
@@ -219,3 +221,67 @@ async def test_a_rendezvous_pairs_prefill_and_decode_sent_at_once_and_decode_str
         pair.prefill.release_kv("r1")
         [late] = await _collect(pair.decode, _request("r2", PROMPT, 6, DisaggParams(phase="decode", kv=kv)))
         assert late.finish_reason is FinishReason.ERROR and "got no KV within 0.3 s" in late.kv_pull.failed
+
+
+def _room_halves(info: dict, room: int, request_id: str, prompt=PROMPT) -> tuple[PreprocessedRequest, PreprocessedRequest]:
+    kv = KvTransferParams(worker_id="P", hold_id=request_id, num_tokens=len(prompt), block_size=BLOCK,
+                          engine_params={**info, "bootstrap_room": room})
+    return (_request(request_id, prompt, 6, DisaggParams(phase="prefill", kv=kv)),
+            _request(request_id, prompt, 6, DisaggParams(phase="decode", kv=kv)))
+
+
+async def test_a_bootstrap_decode_worker_declines_requests_without_a_room_as_sglang_does():
+    async with Pair(disagg_bootstrap=True) as pair:
+        for request in (_request("whole", PROMPT, 4),
+                        _request("no-room", PROMPT, 4, DisaggParams(phase="decode", kv=KvTransferParams(
+                            worker_id="P", hold_id="x", num_tokens=100, block_size=BLOCK)))):
+            [declined] = await _collect(pair.decode, request)
+            assert declined.retry_elsewhere and declined.finish_reason is FinishReason.ERROR
+            assert "serves only requests split" in declined.error
+    # Without the flag a decode worker still computes a whole request itself.
+    async with Pair() as pair:
+        outputs = await _collect(pair.decode, _request("whole", PROMPT, 4))
+        assert sum(len(o.token_ids) for o in outputs) == 4 and not outputs[-1].retry_elsewhere
+
+
+async def test_a_rejected_prefill_fails_its_room_so_the_decode_side_ends_at_once():
+    # The prefill worker's cache cannot hold the prompt; the room timeout is long (30 s).
+    async with Pair(disagg_bootstrap=True, bootstrap_timeout_s=30.0) as pair:
+        pair.prefill.pool.num_blocks = 4
+        prefill, decode = _room_halves(pair.prefill_info.disagg_bootstrap, 7, "r1")
+        started = asyncio.get_running_loop().time()
+        decoded, prefilled = await asyncio.wait_for(
+            asyncio.gather(_collect(pair.decode, decode), _collect(pair.prefill, prefill)), 5)
+        assert asyncio.get_running_loop().time() - started < 5
+        assert prefilled[-1].finish_reason is FinishReason.ERROR
+        [failed] = decoded
+        assert failed.finish_reason is FinishReason.ERROR and "the prefill of room 7 failed" in failed.kv_pull.failed
+        # A decode worker that asks after the failure is told at once too.
+        [late] = await asyncio.wait_for(_collect(pair.decode, decode), 5)
+        assert "the prefill of room 7 failed" in late.kv_pull.failed
+
+
+async def test_an_abandoned_or_stopped_prefill_fails_its_room():
+    slow = msgspec.structs.replace(H100_LLAMA_8B, prefill_tokens_per_s=1.0)
+    async with Pair(disagg_bootstrap=True, bootstrap_timeout_s=30.0, timing=slow) as pair:
+        info = pair.prefill_info.disagg_bootstrap
+        # Abandoned: the prefill's consumer leaves while the (slow) prompt is being computed.
+        prefill, decode = _room_halves(info, 8, "r1")
+        stream = pair.prefill.generate(prefill)
+        pending = asyncio.ensure_future(anext(stream))
+        decoding = asyncio.ensure_future(_collect(pair.decode, decode))
+        await asyncio.sleep(0.05)
+        pending.cancel()
+        await asyncio.gather(pending, return_exceptions=True)
+        await stream.aclose()
+        [failed] = await asyncio.wait_for(decoding, 5)
+        assert "abandoned" in failed.kv_pull.failed
+        # Failed with every pending request (as when its step loop fails): so is its room.
+        prefill, decode = _room_halves(info, 9, "r2")
+        prefilling = asyncio.ensure_future(_collect(pair.prefill, prefill))
+        decoding = asyncio.ensure_future(_collect(pair.decode, decode))
+        await asyncio.sleep(0.05)
+        pair.prefill._fail_all("mocker step loop failed: boom")
+        [failed] = await asyncio.wait_for(decoding, 5)
+        assert "the prefill of room 9 failed: mocker step loop failed: boom" in failed.kv_pull.failed
+        assert (await prefilling)[-1].finish_reason is FinishReason.ERROR

@@ -30,6 +30,8 @@ from typing import Any
 
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
 
+from dynamo_core.tokenizer_cache import PrefixTokenCache, prefix_cache_for
+
 BUILTIN_TOKENIZER = "builtin:bytes"
 
 # ChatML, as many instruction-tuned models use it; the built-in tokenizer's special tokens match.
@@ -81,6 +83,18 @@ class TokenizerBundle:
         ids, as in `transformers`; `add_special_tokens` applies the post-processor (BOS etc.).
         A rendered chat prompt already holds its special tokens, so the default is False."""
         return self.tokenizer.encode(text, add_special_tokens=add_special_tokens).ids
+
+    def encode_prompt(self, text: str) -> list[int]:
+        """`encode(text)` of a rendered chat prompt, reusing the ids of a prefix this bundle
+        encoded before (a chat's earlier turns; see tokenizer_cache.py) where that is exact."""
+        cache = self.prefix_cache
+        return cache.encode(text) if cache is not None else self.encode(text)
+
+    @functools.cached_property
+    def prefix_cache(self) -> PrefixTokenCache | None:
+        """This bundle's prompt-prefix cache, None where the tokenizer allows no exact split.
+        One per bundle, so a chat template override (`with_chat_template`) starts its own."""
+        return prefix_cache_for(self.tokenizer)
 
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
         """Text of `ids`. Ids the tokenizer does not know are ignored; a byte sequence that is not

@@ -8,8 +8,11 @@ Stand-ins, each mirroring a class of TensorRT-LLM's source (as of the releases t
 - `StandInResult`: `GenerationResult` / `RequestOutput` (`executor/result.py`,
   `llmapi/llm.py`): one object that `async for` returns updated in place after each step,
   `finished`, `prompt_token_ids`, `cached_tokens`, `abort()`, awaitable (`aresult`).
-- `DisaggregatedParams`: `tensorrt_llm/disaggregated_params.py` (a kw-only dataclass; its
-  `__post_init__` refuses unknown request types).
+- `DisaggregatedParams`: `tensorrt_llm/disaggregated_params.py` (later
+  `executor/params/disaggregation.py`; a kw-only dataclass whose `__post_init__` refuses unknown
+  request types). `first_gen_log_probs` holds, per first token, `{token_id: Logprob}` (or a
+  float), and a generation-only request's first token takes its logprob from there: without
+  it the stand-in fails as `GenerationResultBase._handle_sequence`'s length check does.
 - `IterationResult` (`executor/result.py`) and `StandInLLM`: `LLM.generate_async`,
   `get_kv_cache_events_async` and `get_stats_async` (`llmapi/llm.py`, `executor/executor.py`:
   the same `IterationResult` each call, JSON strings decoded as it yields them).
@@ -73,6 +76,7 @@ class DisaggregatedParams:
     disagg_request_id: int | None = None
     ctx_dp_rank: int | None = None
     ctx_info_endpoint: str | None = None
+    first_gen_log_probs: list | None = None
 
     def __post_init__(self):
         if self.request_type not in (None, "context_only", "generation_only", "context_and_generation"):
@@ -86,30 +90,44 @@ class StandInResult:
     """Steps through `steps`: each a list of new token ids; the last finishes with `reason`."""
 
     def __init__(self, request_id: int, prompt: list[int], params: dict, steps: list[list[int]], reason: str,
-                 disaggregated: DisaggregatedParams | None, cached: int, logprob_top: int | None):
+                 disaggregated: DisaggregatedParams | None, cached: int, logprob_top: int | None,
+                 kv_arrived: asyncio.Event | None = None):
         self.request_id, self.prompt_token_ids, self.params = request_id, prompt, params
         self.outputs = [CompletionOutput(0)]
         self.cached_tokens = cached
         self.finished = False
         self.aborted = False
         self._steps, self._reason, self._disaggregated, self._top = list(steps), reason, disaggregated, logprob_top
+        # A generation-only request's first update waits for its KV (set: it has arrived).
+        self._kv_arrived = kv_arrived
+        self.aborted_before_kv = False
 
     def _step(self) -> None:
         out = self.outputs[0]
         new = self._steps.pop(0)
+        first = not out.token_ids
         out.token_ids.extend(new)
         if self._top:
+            generation_only = self._disaggregated is not None and self._disaggregated.request_type == "generation_only"
+            if first and generation_only:
+                # The context's first token, with the logprob the context computed.
+                out.logprobs.extend(self._disaggregated.first_gen_log_probs or [])
+                new = new[1:]
             out.logprobs.extend({t: Logprob(-0.5, 1), t + 1: Logprob(-1.5, 2)} for t in new)
+            assert len(out.logprobs) == len(out.token_ids), "logprobs and tokens differ in length"
         if not self._steps:
             self.finished = True
             out.finish_reason = self._reason
             if self._disaggregated is not None and self._disaggregated.request_type == "context_only":
                 out.disaggregated_params = DisaggregatedParams(
                     request_type="context_only", first_gen_tokens=list(new), ctx_request_id=self.request_id,
-                    opaque_state=OPAQUE, draft_tokens=None)
+                    opaque_state=OPAQUE, draft_tokens=None,
+                    first_gen_log_probs=list(out.logprobs) if self._top else None)
 
     def abort(self) -> None:
         self.aborted = True
+        if self._kv_arrived is not None and not self._kv_arrived.is_set():
+            self.aborted_before_kv = True
 
     def __aiter__(self):
         return self
@@ -117,6 +135,8 @@ class StandInResult:
     async def __anext__(self):
         if self.finished:
             raise StopAsyncIteration
+        if self._kv_arrived is not None:
+            await self._kv_arrived.wait()
         await asyncio.sleep(0)
         self._step()
         return self
@@ -163,8 +183,10 @@ class IterationResult:
 
 class StandInLLM:
     def __init__(self, steps: list[list[int]], reason: str = "length", cached: int = 0, refuse: str | None = None,
-                 kv_events: list[dict] | None = None, stats: list[dict] | None = None):
+                 kv_events: list[dict] | None = None, stats: list[dict] | None = None,
+                 kv_arrived: asyncio.Event | None = None):
         self.steps, self.reason, self.cached, self.refuse = steps, reason, cached, refuse
+        self.kv_arrived = kv_arrived
         self.kv_events, self.stats = IterationResult(kv_events), IterationResult(stats)
         self.calls: list[dict] = []
         self.results: list[StandInResult] = []
@@ -175,8 +197,10 @@ class StandInLLM:
         self.calls.append({"inputs": inputs, "params": sampling_params, "streaming": streaming,
                            "disaggregated_params": disaggregated_params})
         steps = self.steps[:1] if disaggregated_params and disaggregated_params.request_type == "context_only" else self.steps
+        generation_only = disaggregated_params is not None and disaggregated_params.request_type == "generation_only"
         result = StandInResult(len(self.calls), inputs["prompt_token_ids"], sampling_params, steps, self.reason,
-                               disaggregated_params, self.cached, sampling_params.get("logprobs"))
+                               disaggregated_params, self.cached, sampling_params.get("logprobs"),
+                               self.kv_arrived if generation_only else None)
         self.results.append(result)
         return result
 
@@ -204,7 +228,7 @@ def engine_with(llm: StandInLLM, role: str = "agg", block_size: int = 4) -> Trtl
     options = argparse.Namespace(trtllm_tokens_per_block=block_size, trtllm_event_buffer_max_size=16)
     context = EngineContext(model_path="/m", served_name="m", options=options, role=role, worker_id="W", kv_events=Sink())
     engine = TrtllmEngine(context, llm_arguments(options, "/m", role))
-    engine.bind(llm, lambda **kwargs: kwargs, DisaggregatedParams)
+    engine.bind(llm, lambda **kwargs: kwargs, DisaggregatedParams, Logprob)
     return engine
 
 
@@ -367,6 +391,56 @@ async def test_a_decode_request_without_context_state_computes_its_prompt_and_sa
     assert [o.token_ids for o in outputs] == [[7], [8]] and "no TensorRT-LLM context state" in outputs[0].kv_pull.recomputed
 
 
+async def _decode_request_waiting_for_kv(kv_arrived: asyncio.Event):
+    """A decode worker's engine and a consumer of one of its generation-only requests whose KV
+    has not arrived yet."""
+    kv = disagg.prefill_result(DisaggregatedParams(request_type="context_only", first_gen_tokens=[42], opaque_state=b"x"),
+                               worker_id="P", request_id="r", prompt_tokens=5, block_size=4)
+    follow = request(100, prompt=[1, 2, 3, 4, 5, 42])
+    follow.disagg = DisaggParams(phase="decode", kv=kv)
+    llm = StandInLLM(steps=[[42]] + [[i] for i in range(10**5)], kv_arrived=kv_arrived)
+    engine = engine_with(llm, role="decode")
+
+    async def consume():
+        async for _ in engine.generate(follow):
+            pass
+
+    task = asyncio.create_task(consume())
+    await asyncio.sleep(0.01)
+    return engine, llm, task
+
+
+async def test_a_decode_request_cancelled_while_its_kv_is_in_flight_is_aborted_once_it_arrives():
+    kv_arrived = asyncio.Event()
+    engine, llm, task = await _decode_request_waiting_for_kv(kv_arrived)
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    await asyncio.sleep(0.01)
+    result = llm.results[0]
+    assert not result.aborted and engine._load.in_flight == 0  # not while the transfer runs
+    kv_arrived.set()
+    await asyncio.sleep(0.01)
+    assert result.aborted and not result.aborted_before_kv and not engine._deferred_aborts
+
+
+async def test_a_decode_request_cancelled_after_its_kv_arrived_is_aborted_at_once():
+    kv_arrived = asyncio.Event()
+    kv_arrived.set()
+    engine, llm, task = await _decode_request_waiting_for_kv(kv_arrived)
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    assert llm.results[0].aborted and not engine._deferred_aborts
+
+
+async def test_stopping_the_engine_ends_the_aborts_that_wait_for_kv():
+    engine, llm, task = await _decode_request_waiting_for_kv(asyncio.Event())
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    assert len(engine._deferred_aborts) == 1
+    await engine.stop()
+    assert not engine._deferred_aborts and not llm.results[0].aborted_before_kv
+
+
 def test_a_decode_request_that_does_not_continue_the_prefill_token_is_computed_whole():
     kv = disagg.prefill_result(DisaggregatedParams(request_type="context_only", first_gen_tokens=[42], opaque_state=b"x"),
                                worker_id="P", request_id="r", prompt_tokens=3, block_size=4)
@@ -386,15 +460,58 @@ def test_generation_params_pass_only_fields_the_prefill_set():
     assert disagg.context_state(None) is None and disagg.context_state(DisaggregatedParams()) is None
 
 
-def test_cached_tokens_fall_back_to_perf_metrics_reused_blocks():
+def test_cached_tokens_are_the_results_count_at_most_the_prompt():
     from types import SimpleNamespace
 
     from dynamo_trtllm.outputs import cached_tokens
 
-    metrics = SimpleNamespace(kv_cache_metrics=SimpleNamespace(num_reused_blocks=3))  # RequestPerfMetrics
-    result = SimpleNamespace(outputs=[CompletionOutput(0, request_perf_metrics=metrics)])  # no cached_tokens
-    assert cached_tokens(result, 32) == 96
-    assert cached_tokens(SimpleNamespace(outputs=[CompletionOutput(0)]), 32) == 0
+    prompt = list(range(100))
+    assert cached_tokens(SimpleNamespace(outputs=[CompletionOutput(0)], prompt_token_ids=prompt, cached_tokens=64), 32) == 64
+    # The executor's count can cover more than the request's prompt (multimodal expansion).
+    assert cached_tokens(SimpleNamespace(outputs=[CompletionOutput(0)], prompt_token_ids=prompt, cached_tokens=130), 32) == 100
+    # A release before GenerationResultBase.cached_tokens: the perf metrics' reused blocks.
+    metrics = SimpleNamespace(kv_cache_metrics=SimpleNamespace(num_reused_blocks=3, num_missed_blocks=1))
+    old = SimpleNamespace(outputs=[CompletionOutput(0, request_perf_metrics=metrics)], prompt_token_ids=prompt)
+    assert cached_tokens(old, 32) == 96
+    assert cached_tokens(SimpleNamespace(outputs=[CompletionOutput(0)], prompt_token_ids=prompt), 32) == 0
+
+
+async def test_a_decode_worker_reports_the_prefill_workers_cached_tokens():
+    prefill_llm = StandInLLM(steps=[[42]], reason="not_finished", cached=4)
+    ask = request(1)
+    ask.disagg = DisaggParams(phase="prefill")
+    [answer] = await collect(engine_with(prefill_llm, role="prefill"), ask)
+    assert answer.cached_tokens == 4 and answer.kv_transfer.engine_params["cached_tokens"] == 4
+    follow = request(3, prompt=[1, 2, 3, 4, 5, 42])
+    follow.disagg = DisaggParams(phase="decode", kv=answer.kv_transfer)
+    follow = msgspec.msgpack.decode(msgspec.msgpack.encode(follow), type=PreprocessedRequest)
+    # TensorRT-LLM counts a generation-only request's whole transferred prompt as cached.
+    decode_llm = StandInLLM(steps=[[42], [43]], cached=5)
+    outputs = await collect(engine_with(decode_llm, role="decode"), follow)
+    assert (outputs[0].prompt_tokens, outputs[0].cached_tokens) == (5, 4)
+
+
+async def test_the_first_tokens_logprobs_travel_from_prefill_to_decode():
+    prefill_llm = StandInLLM(steps=[[42]], reason="not_finished")
+    ask = request(1, output=OutputOptions(logprobs=2))
+    ask.disagg = DisaggParams(phase="prefill")
+    [answer] = await collect(engine_with(prefill_llm, role="prefill"), ask)
+    assert answer.logprobs == [-0.5]
+    follow = request(3, prompt=[1, 2, 3, 4, 5, 42], output=OutputOptions(logprobs=2))
+    follow.disagg = DisaggParams(phase="decode", kv=answer.kv_transfer)
+    follow = msgspec.msgpack.decode(msgspec.msgpack.encode(follow), type=PreprocessedRequest)
+    decode_llm = StandInLLM(steps=[[42], [43]])
+    outputs = await collect(engine_with(decode_llm, role="decode"), follow)
+    params = decode_llm.calls[0]["disaggregated_params"]
+    assert params.first_gen_log_probs == [{42: Logprob(-0.5, 1), 43: Logprob(-1.5, 2)}]
+    assert [o.token_ids for o in outputs] == [[43]] and outputs[0].logprobs == [-0.5]
+
+
+def test_simple_first_token_logprobs_pass_as_floats_and_need_no_logprob_class():
+    state = disagg.context_state(DisaggregatedParams(request_type="context_only", first_gen_tokens=[5],
+                                                     first_gen_log_probs=[-0.25]))
+    state = msgspec.convert(msgspec.to_builtins(state, builtin_types=(bytes,)), disagg.ContextState)
+    assert disagg.generation_params_kwargs(state)["first_gen_log_probs"] == [-0.25]
 
 
 class StartedLLM(StandInLLM):

@@ -123,6 +123,19 @@ def test_later_releases_fields_keep_text_blocks_and_drop_multimodal_and_salted_o
     assert out == [KvStored(parent_hash=None, blocks=[KvBlock(91, [1, 2])])]
 
 
+def test_a_salted_or_adapter_event_is_dropped_with_its_later_removal():
+    # NVIDIA's Dynamo (for 1.3.0rc22) reads `cache_salt` from the blocks and from the event
+    # itself, and the event's `lora_name`.
+    t = KvEventTranslator(block_size=2)
+    salted = event(1, {"type": "stored", "parent_hash": None, "cache_salt": "tenant-a",
+                       "blocks": [block(94, [1, 2]), block(95, [3, 4])]})
+    adapter = event(2, {"type": "stored", "parent_hash": None, "lora_name": "my-adapter",
+                        "blocks": [block(96, [1, 2])]})
+    plain = event(3, {"type": "stored", "parent_hash": None, "lora_name": None, "blocks": [block(97, [1, 2])]})
+    assert t.translate([salted, adapter, plain]) == [KvStored(parent_hash=None, blocks=[KvBlock(97, [1, 2])])]
+    assert t.translate([stored(95, block(98, [5, 6])), removed(94, 96, 97)]) == [KvRemoved(block_hashes=[97])]
+
+
 def test_the_kv_router_indexes_trtllm_workers_from_these_events():
     """router-kv recomputes its hashes from the tokens: a prompt whose full blocks TensorRT-LLM
     stored matches them on that worker, its partial last block never does."""

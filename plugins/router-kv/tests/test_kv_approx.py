@@ -84,7 +84,7 @@ def test_capacity_evicts_the_prefixes_routed_longest_ago():
     w = router.select_worker(_req(0, PROMPT), WORKERS)
     router.on_request_finished("r0", w, 8)
     # Force the second prompt onto the same worker by making the other one look busy.
-    router.loads.routed("busy", "b" if w == "a" else "a", prefill_tokens=10_000, decode_blocks=10_000)
+    router.loads.routed("busy", "b" if w == "a" else "a", prefill_tokens=10_000, decode_blocks=10_000, now=0.0)
     assert router.select_worker(_req(1, other), WORKERS) == w
     overlaps = _overlaps(router, PROMPT)
     # 20 blocks assumed, 15 fit: 5 of the first prompt's are gone, from its tail.

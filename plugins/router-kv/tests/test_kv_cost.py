@@ -143,10 +143,10 @@ def _decode_heavy_worker_loses(router: KvRouter, clock: Clock) -> str:
         speeds.observed_first_token("b", 100, 0.01)
     _store(router, "a", PREFIX[:32])
     _store(router, "b", PREFIX[:16])
-    for i in range(30):
-        router.loads.routed(f"a{i}", "a", prefill_tokens=0, decode_blocks=1)
-    for i in range(2):
-        router.loads.routed(f"b{i}", "b", prefill_tokens=0, decode_blocks=1)
+    for w, n in (("a", 30), ("b", 2)):
+        for i in range(n):
+            router.loads.routed(f"{w}{i}", w, prefill_tokens=0, decode_blocks=1, now=0.0)
+            router.loads.first_token(f"{w}{i}", now=0.0)  # decoding now
     return router.select_worker(_req(0, PREFIX[:48]), WORKERS[:2])
 
 

@@ -58,9 +58,9 @@ def test_a_peer_routes_around_the_other_routers_queued_prefill_and_forgets_it_wh
     assert two.loads.load(first).prefill_tokens == 400
     assert two.select_worker(_req(2), WORKERS) != first
     one.on_first_token("r1", first)
-    assert two.loads.load(first).prefill_tokens == 0 and two.loads.load(first).requests == 1
+    assert two.loads.load(first).prefill_tokens == 0 and two.loads.load(first).running_requests == 1
     one.on_request_finished("r1", first, 8)
-    assert two.loads.load(first).requests == 0 and two.loads.peer_requests_in_flight == 0
+    assert two.loads.load(first).running_requests == 0 and two.loads.peer_requests_in_flight == 0
 
 
 def test_a_gone_peers_requests_stop_counting():

@@ -85,7 +85,7 @@ def test_block_cost_counts_worker_reported_load_against_it():
 def test_zero_overlap_weight_routes_by_load_alone():
     router = _router(overlap_weight=0.0)
     _store(router, "a", 1, PROMPT)
-    router.loads.routed("other", "a", prefill_tokens=1, decode_blocks=1)
+    router.loads.routed("other", "a", prefill_tokens=1, decode_blocks=1, now=0.0)
     assert router.select_worker(_req(0, PROMPT), WORKERS) == "b"
 
 
@@ -167,6 +167,6 @@ def test_a_decode_request_with_transferred_kv_adds_no_queued_prefill_to_its_work
     assert load.prefill_tokens == 1 and load.active_decode_blocks == 11  # its KV does occupy the worker
     # A request served whole on the same router still queues its prompt as prefill work.
     other = "b" if chosen == "a" else "a"
-    router.loads.routed("x", chosen, prefill_tokens=0, decode_blocks=50)  # steer the next one away
+    router.loads.routed("x", chosen, prefill_tokens=0, decode_blocks=50, now=0.0)  # steer the next one away
     assert router.select_worker(_req(1, PROMPT), WORKERS) == other
     assert router.loads.load(other).prefill_tokens == len(PROMPT)

@@ -78,7 +78,7 @@ def test_cost_weighs_blocks_to_prefill_against_decode_and_queued_load():
     loads = LoadTracker()
     loads.add_worker("a")
     loads.add_worker("b")
-    loads.routed("r1", "b", prefill_tokens=32, decode_blocks=5)
+    loads.routed("r1", "b", prefill_tokens=32, decode_blocks=5, now=0.0)
     scores = score_workers(prompt_tokens=42, block_size=4, overlaps={"a": 3, "b": 10},
                            workers=[WorkerState("a"), WorkerState("b")], loads=loads,
                            overlap_weight=2.0, temperature=0.0)

@@ -9,6 +9,7 @@ command works wherever dynamo-core is installed.
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import os
 import sys
@@ -103,18 +104,31 @@ class ChatClient:
         return models[0].id
 
     def stream(self, body: dict) -> Iterator[_Chunk]:
-        """The reply's chunks as they arrive (server-sent events)."""
+        """The reply's chunks as they arrive (server-sent events).
+
+        A stream that breaks or ends before `[DONE]` (the server died or was stopped, the
+        network dropped) raises ChatError: the reply is cut short, not complete.
+        """
         with self._open("/chat/completions", {**body, "stream": True}) as response:
-            for raw in response:
-                line = raw.strip()
-                if not line.startswith(b"data:"):
-                    continue
-                data = line[5:].strip()
-                if data == b"[DONE]":
-                    return
-                if data.startswith(b'{"error"'):
-                    raise ChatError(_error_message(data))
-                yield _chunk.decode(data)
+            try:
+                for raw in response:
+                    line = raw.strip()
+                    if not line.startswith(b"data:"):
+                        continue
+                    data = line[5:].strip()
+                    if data == b"[DONE]":
+                        return
+                    if data.startswith(b'{"error"'):
+                        raise ChatError(_error_message(data))
+                    yield _chunk.decode(data)
+            except (OSError, http.client.HTTPException) as exc:
+                raise ChatError(self._broke(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)) from None
+            except msgspec.DecodeError as exc:
+                raise ChatError(f"{self.url} sent a chunk that is not an OpenAI chat chunk: {exc}") from None
+            raise ChatError(self._broke("the server closed it before [DONE]"))
+
+    def _broke(self, how: str) -> str:
+        return f"the connection to {self.url} broke mid-reply ({how}); is the server still running?"
 
 
 def _error_message(body: bytes) -> str:

@@ -8,9 +8,11 @@ in one place. Imports of the components are kept to type checking: converting co
 from __future__ import annotations
 
 import argparse
+import os
 from typing import TYPE_CHECKING
 
 from dynamo_core.cli import guard_options, options
+from dynamo_core.frontend.http_processes import PROCESS_INDEX_ENV
 from dynamo_core.runtime.discovery import DiscoveryConfig
 
 if TYPE_CHECKING:
@@ -73,4 +75,5 @@ def frontend_config_from(ns: argparse.Namespace, parser: argparse.ArgumentParser
         protect_metrics=ns.protect_metrics,
         tls_cert=ns.tls_cert,
         tls_key=ns.tls_key,
+        reuse_port=os.environ.get(PROCESS_INDEX_ENV) is not None,
     )

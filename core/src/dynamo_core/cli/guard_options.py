@@ -32,7 +32,9 @@ def add_frontend_guard_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--migration-limit", type=non_negative_int, default=env_default("DYN_MIGRATION_LIMIT", DEFAULT_MIGRATION_LIMIT),
         help="times one request may move to another worker when its worker fails mid-stream; 0: never "
-             "(the stream ends with an error) (env DYN_MIGRATION_LIMIT; default: %(default)s)",
+             "(the stream ends with an error); also the times a rendezvous (SGLang) prefill/decode split that "
+             "failed before its first token is tried again in a fresh room (env DYN_MIGRATION_LIMIT; "
+             "default: %(default)s)",
     )
     group.add_argument(
         "--stall-timeout", type=non_negative_float, default=env_default("DYN_STALL_TIMEOUT", 0.0),
@@ -72,6 +74,20 @@ def api_keys_from(ns: argparse.Namespace) -> tuple[str, ...]:
         with open(ns.api_key_file, encoding="utf-8") as f:
             keys += [line.strip() for line in f if not line.lstrip().startswith("#")]
     return tuple(dict.fromkeys(k for k in keys if k))
+
+
+def check_api_key_file(parser: argparse.ArgumentParser, ns: argparse.Namespace) -> None:
+    """At start, not when a child reads it: a key file that cannot be read, or holds no key (which
+    would leave /v1/* open while the flag says it is protected), is a usage error."""
+    if not ns.api_key_file:
+        return
+    try:
+        with open(ns.api_key_file, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        parser.error(f"--api-key-file {ns.api_key_file}: cannot read it ({getattr(exc, 'strerror', None) or exc})")
+    if not any(line.strip() and not line.lstrip().startswith("#") for line in lines):
+        parser.error(f"--api-key-file {ns.api_key_file}: holds no key (one a line; # starts a comment)")
 
 
 def check_tls(parser: argparse.ArgumentParser, ns: argparse.Namespace) -> None:

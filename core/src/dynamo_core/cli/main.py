@@ -76,7 +76,15 @@ def cmd_frontend(argv: list[str]) -> int:
     parser = build_frontend_parser(pre.router)
     ns = parser.parse_args(argv)
     guard_options.check_tls(parser, ns)
+    guard_options.check_api_key_file(parser, ns)
     setup_logging("frontend")
+    from dynamo_core.frontend.http_processes import claim_ready_pipe
+
+    claim_ready_pipe()
+    if ns.http_workers > 1:
+        from dynamo_core.cli.frontend_processes import run_http_processes
+
+        return run_http_processes(ns, parser, argv)
     from dynamo_core.frontend.app import run_frontend
 
     run_async(run_frontend(frontend_config_from(ns, parser)))
@@ -101,7 +109,10 @@ def cmd_serve(argv: list[str]) -> int:
         parser.error("--prefill-workers and --decode-workers need --disagg")
     if ns.model and not os.path.isdir(ns.model):
         parser.error(f"--model {ns.model}: not a directory (an HF-format model directory is expected)")
+    if ns.http_workers > 1 and ns.discovery == "mem":
+        parser.error("--http-workers runs each HTTP frontend as its own process: use --discovery file (the default) or etcd")
     guard_options.check_tls(parser, ns)
+    guard_options.check_api_key_file(parser, ns)
     setup_logging("serve")
     from dynamo_core.cli.serve import serve
 

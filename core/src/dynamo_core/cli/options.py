@@ -76,12 +76,18 @@ def add_http_options(parser: argparse.ArgumentParser, serving: bool = True) -> N
     if not serving:
         return
     group.add_argument(
+        "--http-workers", type=http_workers_option, default=env_default("DYN_HTTP_WORKERS", "1"),
+        help="frontend processes serving the port together (SO_REUSEPORT), each with its own event loop, "
+             "tokenizer and router, sharing their in-flight requests; 'auto': one per usable CPU "
+             "(env DYN_HTTP_WORKERS; default: %(default)s)",
+    )
+    group.add_argument(
         "--preprocess-workers", type=non_negative_int,
         default=env_default("DYN_PREPROCESS_WORKERS", default_preprocess_workers()),
         help="processes that template and tokenize prompts (over --preprocess-min-chars) off the event loop; "
              "0: prompts over 8192 characters go to a thread of the frontend instead, which still stalls "
-             "other streams while it encodes (env DYN_PREPROCESS_WORKERS; default: %(default)s, one per two "
-             "CPUs, at most 4)",
+             "other streams while it encodes (env DYN_PREPROCESS_WORKERS; default: %(default)s, the usable "
+             "CPUs less one, at least 1)",
     )
     group.add_argument(
         "--preprocess-min-chars", type=non_negative_int,
@@ -96,18 +102,32 @@ def default_preprocess_min_chars() -> int:
     """With cores to spare (8 or more), any prompt but a short one is cheaper to send to the
     pool (about 0.1 ms of the loop) than to encode on the loop (about 0.6 µs a character).
     On fewer cores the pool competes with the loop itself: only long prompts go."""
-    return 1024 if _usable_cpus() >= 8 else 8192
+    return 1024 if usable_cpus() >= 8 else 8192
 
 
-def _usable_cpus() -> int:
+def usable_cpus() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def default_preprocess_workers() -> int:
-    """One prompt process per two usable CPUs, at most 4: one keeps the loop free; more only
-    help while long prompts overlap, and each holds an interpreter and a tokenizer. None on a
-    single CPU, where another process would only compete with the loop."""
-    return min(4, _usable_cpus() // 2)
+    """The usable CPUs less one (the event loop's), at least one: each process tokenizes about
+    seven 16k-token prompts a second, so long prompts scale with the host's cores. An idle
+    process costs only memory: an interpreter, and a model's tokenizer once it has served one
+    of that model's prompts."""
+    return max(1, usable_cpus() - 1)
+
+
+def http_workers_option(text: str) -> int:
+    """`--http-workers`: a count of at least 1, or 'auto' for the usable CPUs."""
+    if text == "auto":
+        return _usable_cpus()
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number or 'auto', got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def non_negative_int(text: str) -> int:

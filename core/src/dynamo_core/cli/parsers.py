@@ -25,6 +25,17 @@ def preparse(argv: list[str], *names: str) -> argparse.Namespace:
     return ns
 
 
+def _env_int(name: str) -> int | str | None:
+    """An integer default from the environment: an int like the parsed value, so `child_args`
+    sees a default as a default; a value that is no integer stays a string, which argparse's
+    `type=int` then rejects with the flag's name."""
+    value = os.environ.get(name)
+    try:
+        return int(value) if value is not None else None
+    except ValueError:
+        return value
+
+
 def build_worker_parser(engine: str | None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dynamo worker", description="Run one worker: host an engine and register it in discovery."
@@ -41,7 +52,7 @@ def build_worker_parser(engine: str | None) -> argparse.ArgumentParser:
                         help="address of the worker's request-plane server (default: %(default)s)")
     parser.add_argument("--port", type=int, default=0, help="port of the request-plane server (default: any free one)")
     parser.add_argument(
-        "--health-port", type=int, default=os.environ.get("DYN_WORKER_HEALTH_PORT"),  # argparse applies type=int to it
+        "--health-port", type=int, default=_env_int("DYN_WORKER_HEALTH_PORT"),
         help="serve HTTP /health (200 once registered, 503 while starting or draining) and /live on this "
              "port of --host, for probes (env DYN_WORKER_HEALTH_PORT; default: no health server)",
     )

@@ -24,14 +24,15 @@ import urllib.request
 from dynamo_core.cli import guard_options, options
 from dynamo_core.cli.parsers import build_frontend_parser, build_worker_parser
 from dynamo_core.runtime.children import die_with_parent
-from dynamo_core.runtime.restart_policy import RestartPolicy
+from dynamo_core.runtime.restart_policy import RestartPolicy, describe_exit
+from dynamo_core.runtime.tasks import cancel_and_wait
 
 log = logging.getLogger("dynamo_core.serve")
 READY_TIMEOUT_S = 300.0
 STOP_TIMEOUT_S = 15.0
 
 
-def _dynamo_command() -> list[str]:
+def dynamo_command() -> list[str]:
     """How to start `dynamo` again: the console script when there is one, so `ps` reads well."""
     argv0 = sys.argv[0]
     if os.path.basename(argv0) == "dynamo" and os.path.exists(argv0):
@@ -72,9 +73,10 @@ def worker_roles(ns: argparse.Namespace) -> list[str]:
 
 
 def describe_workers(ns: argparse.Namespace) -> str:
+    http = f", http processes={ns.http_workers}" if ns.http_workers > 1 else ""
     if ns.disagg:
-        return f"prefill workers={ns.prefill_workers}, decode workers={ns.decode_workers}, transfer={ns.transfer}"
-    return f"workers={ns.workers}"
+        return f"prefill workers={ns.prefill_workers}, decode workers={ns.decode_workers}, transfer={ns.transfer}{http}"
+    return f"workers={ns.workers}{http}"
 
 
 class Supervisor:
@@ -86,15 +88,16 @@ class Supervisor:
         self.policies: dict[str, RestartPolicy] = {}
         self.given_up: set[str] = set()
         self._stopping = False
+        self._helpers: set[asyncio.Task] = set()  # the supervisor's own tasks, cancelled when it ends
         self._scheme = "https" if ns.tls_cert else "http"
+        self._api_keys = guard_options.api_keys_from(ns)  # read once: only the frontend gets them
 
     async def _spawn(self, name: str, argv: list[str]) -> None:
-        command = _dynamo_command() + argv
+        command = dynamo_command() + argv
         log.debug("starting %s: %s", name, " ".join(command))
         env = None
-        keys = guard_options.api_keys_from(self.ns)
-        if name == "frontend" and keys:  # not on its command line, where `ps` would show them
-            env = {**os.environ, "DYN_API_KEYS": ",".join(keys)}
+        if name == "frontend" and self._api_keys:  # not on its command line, where `ps` would show them
+            env = {**os.environ, "DYN_API_KEYS": ",".join(self._api_keys)}
         self.procs[name] = await asyncio.create_subprocess_exec(*command, preexec_fn=die_with_parent, env=env)
         self.argv[name] = argv
         self.policies.setdefault(name, RestartPolicy()).on_start()
@@ -122,6 +125,19 @@ class Supervisor:
         return False
 
     async def run(self) -> int:
+        """Supervise until stopped; however that ends (an error in the supervisor itself, such as
+        a worker that cannot be spawned again, included), every child started is stopped."""
+        try:
+            return await self._supervise()
+        except Exception:
+            log.exception("dynamo serve failed; stopping every process it started")
+            return 1
+        finally:
+            self._stopping = True
+            await cancel_and_wait(self._helpers)  # a worker a restart started is stopped below
+            await self._stop_all()
+
+    async def _supervise(self) -> int:
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -134,12 +150,14 @@ class Supervisor:
         restarts: set[asyncio.Task] = set()
         ready = asyncio.create_task(self._wait_ready())
         stop_task = asyncio.create_task(stop.wait())
+        self._helpers = restarts | {ready, stop_task}
         exit_code = 0
         pending = set(watchers) | {ready, stop_task}
         while True:
             done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
             for task in done & restarts:
                 restarts.discard(task)
+                self._helpers.discard(task)
                 name = task.result()
                 watcher = asyncio.create_task(self.procs[name].wait(), name=name)
                 watchers[watcher] = name
@@ -166,33 +184,28 @@ class Supervisor:
                     delay = self.policies[name].on_exit(code)
                     if delay is None:
                         self.given_up.add(name)
-                        log.error("%s exited with code %s within %.0f s of its start %d times in a row; giving up "
-                                  "on it (its log above says why)", name, code, self.policies[name].startup_window_s,
+                        log.error("%s %s within %.0f s of its start %d times in a row; giving up on it (its log "
+                                  "above says why)", name, describe_exit(code), self.policies[name].startup_window_s,
                                   self.policies[name].quick_deaths)
                         if len(self.given_up) == len(self.roles):
                             log.error("no worker is left; stopping")
                             exit_code = 1
                             stop.set()
                     else:
-                        log.warning("%s (pid %d) exited with code %s; restarting it in %.1f s (restart %d); the "
-                                    "others keep serving", name, self.procs[name].pid, code, delay,
+                        log.warning("%s (pid %d) %s; restarting it in %.1f s (restart %d); the others keep "
+                                    "serving", name, self.procs[name].pid, describe_exit(code), delay,
                                     self.policies[name].restarts)
                         task = asyncio.create_task(self._restart(name, delay))
                         restarts.add(task)
+                        self._helpers.add(task)
                         pending.add(task)
             if stop.is_set():
                 break
-        self._stopping = True
-        ready.cancel()
-        for task in restarts:
-            task.cancel()
-        await asyncio.gather(*restarts, return_exceptions=True)  # a worker it started is stopped below
-        await self._stop_all()
         return exit_code
 
     async def _stop_all(self) -> None:
         # Workers first (they drain and leave discovery), then the frontend.
-        order = [n for n in self.procs if n != "frontend"] + ["frontend"]
+        order = [n for n in self.procs if n != "frontend"] + [n for n in self.procs if n == "frontend"]
         for name in order:
             proc = self.procs[name]
             if proc.returncode is None:
@@ -230,8 +243,9 @@ async def _serve_in_process(ns: argparse.Namespace, parser: argparse.ArgumentPar
     for worker in workers:
         await worker.start()
     frontend = asyncio.create_task(run_frontend(frontend_config_from(ns, parser)))
+    scheme = "https" if ns.tls_cert else "http"
     print(
-        f"dynamo serving on http://{ns.http_host}:{ns.http_port}/v1 (engine={ns.engine}, router={ns.router}, "
+        f"dynamo serving on {scheme}://{ns.http_host}:{ns.http_port}/v1 (engine={ns.engine}, router={ns.router}, "
         f"workers={ns.workers}, in one process); Ctrl-C to stop",
         flush=True,
     )

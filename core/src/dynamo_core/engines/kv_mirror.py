@@ -4,12 +4,14 @@
   engines cannot enumerate their caches).
 - `KvEventRelay`: a published batch in, translated events out to the worker's sink through the
   mirror; a lost stretch of batches becomes a cleared cache, so routers resynchronise.
-- `EventTranslator`: the loop over an engine's decoded `BlockStored` / `BlockRemoved` /
-  `AllBlocksCleared` events (vLLM's names, which SGLang shares); each engine says which of
-  its stored and removed events dynamo reports, and how.
+- `EventTranslator`: the loop over an engine's decoded events. Each engine declares its event
+  types (``stored_type``, ``removed_type``, ``cleared_type``: vLLM's `BlockStored` /
+  `BlockRemoved` / `AllBlocksCleared`, which SGLang mirrors) and says which of its stored and
+  removed events dynamo reports, and how.
 - `stored_event` and `decode_events`: the pieces of an engine's wire format translation that
   do not depend on the engine (per-block hashes and tokens into one `KvStored`; a msgpack batch
-  decoded event by event, so an unknown event kind skips only itself).
+  decoded event by event, so an unknown event kind skips only itself, and a batch that does not
+  decode at all is logged, counted and skipped).
 """
 
 from __future__ import annotations
@@ -17,12 +19,13 @@ from __future__ import annotations
 import abc
 import logging
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import msgspec
 
 from dynamo_core.engines.base import KvEventSink
 from dynamo_core.protocols.kv_events import KvBlock, KvCleared, KvEvent, KvRemoved, KvStored
+from dynamo_core.runtime.event_plane import MALFORMED_MESSAGES
 
 log = logging.getLogger(__name__)
 
@@ -40,17 +43,33 @@ def stored_event(hashes: Sequence[Any], parent: Any, tokens: Sequence[int], bloc
 
 
 class EventTranslator(abc.ABC):
-    """Decoded engine events in, dynamo's events out, in order; kinds it does not know are skipped."""
+    """Decoded engine events in, dynamo's events out, in order; kinds it does not know are skipped.
+
+    A subclass declares the engine's three event types, the ones its decoder produces: events
+    are told apart by type, not by class name, and a subclass that leaves one out fails when
+    it is defined, not by dropping every such event at run time."""
+
+    stored_type: ClassVar[type]  # becomes `KvStored` through `stored`
+    removed_type: ClassVar[type]  # becomes `KvRemoved` through `removed`
+    cleared_type: ClassVar[type]  # becomes `KvCleared`
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if any(getattr(getattr(cls, name), "__isabstractmethod__", False) for name in ("stored", "removed")):
+            return  # an intermediate base (ABCMeta has not marked it yet): its subclasses are checked
+        missing = [name for name in ("stored_type", "removed_type", "cleared_type")
+                   if not isinstance(getattr(cls, name, None), type)]
+        if missing:
+            raise TypeError(f"{cls.__name__} must declare the engine event types {', '.join(missing)}")
 
     def translate(self, events: Sequence[Any]) -> list[KvEvent]:
         out: list[KvEvent] = []
         for event in events:
-            kind = type(event).__name__
-            if kind == "BlockStored":
+            if isinstance(event, self.stored_type):
                 translated: KvEvent | None = self.stored(event)
-            elif kind == "BlockRemoved":
+            elif isinstance(event, self.removed_type):
                 translated = self.removed(event)
-            elif kind == "AllBlocksCleared":
+            elif isinstance(event, self.cleared_type):
                 translated = KvCleared()
             else:
                 translated = None
@@ -69,9 +88,17 @@ class EventTranslator(abc.ABC):
 
 def decode_events(payload: bytes, batch: msgspec.msgpack.Decoder, event: msgspec.msgpack.Decoder, engine: str) -> list:
     """The events of one published batch (`batch` decodes it with its events as `msgspec.Raw`),
-    in order; events `event` does not know are dropped."""
+    in order; events `event` does not know are dropped. A batch that does not decode is logged,
+    counted (``dynamo_event_plane_malformed_messages{source="engine"}``) and yields no events:
+    the engine's stream goes on with the next batch."""
+    try:
+        raws = batch.decode(payload).events
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        MALFORMED_MESSAGES.labels("engine").inc()
+        log.warning("skipping a malformed %s KV event batch (%d bytes): %s", engine, len(payload), exc)
+        return []
     events = []
-    for raw in batch.decode(payload).events:
+    for raw in raws:
         try:
             events.append(event.decode(raw))
         except msgspec.ValidationError as exc:
@@ -101,8 +128,12 @@ class KvCacheMirror:
             if isinstance(event, KvStored):
                 parent = event.parent_hash
                 for block in event.blocks:
-                    # A re-report of a cached block (vLLM's "full" report mode, say) keeps its entry.
-                    if block.block_hash not in blocks:
+                    # A re-report of a cached block (vLLM's "full" report mode, say) keeps its
+                    # entry; one stored again under another parent (the engine recomputed it
+                    # after its old parent went) moves there, or a snapshot would place it
+                    # under a parent that is gone and leave it out.
+                    known = blocks.get(block.block_hash)
+                    if known is None or known[0] != parent:
                         blocks[block.block_hash] = (parent, tuple(block.token_ids))
                     parent = block.block_hash
             elif isinstance(event, KvRemoved):

@@ -23,6 +23,8 @@ from collections.abc import Callable
 import zmq
 import zmq.asyncio
 
+from dynamo_core.runtime.tasks import cancel_and_wait
+
 log = logging.getLogger(__name__)
 
 END_SEQ = (-1).to_bytes(8, "big", signed=True)  # the publisher's end-of-replay marker
@@ -99,9 +101,7 @@ class KvEventSubscriber:
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait([self._task])
         self._sub.close(linger=0)
         self._ctx.term()
         with contextlib.suppress(FileNotFoundError):

@@ -8,7 +8,9 @@ wires its start and stop to the app's lifespan.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
+import os
 import socket
 import time
 from dataclasses import dataclass, field
@@ -18,7 +20,7 @@ import msgspec
 import uvicorn
 from litestar import Litestar, Request, Response, get, post
 from litestar.params import FromPath
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from dynamo_core.frontend import metrics
 from dynamo_core.frontend.completions import ServingState, chat_completions, completions, decode_body, find_model
@@ -26,6 +28,7 @@ from dynamo_core.frontend.disagg import DisaggregatingClient
 from dynamo_core.frontend.admission import DEFAULT_MAX_BODY_BYTES, Admission
 from dynamo_core.frontend.auth import ApiKeyGuard
 from dynamo_core.frontend.engine_client import EngineClient
+from dynamo_core.frontend.http_processes import signal_ready
 from dynamo_core.frontend.migration import DEFAULT_MIGRATION_LIMIT
 from dynamo_core.frontend.errors import BadRequestError, openai_error_handler
 from dynamo_core.frontend.model_registry import ModelRegistry
@@ -53,6 +56,7 @@ from dynamo_core.protocols.openai import (
 from dynamo_core.runtime.discovery import DiscoveryBackend, DiscoveryConfig
 from dynamo_core.runtime.gc_heap import freeze_heap
 from dynamo_core.runtime.peer_plane import PeerPlane
+from dynamo_core.runtime.peer_transports import LocalPeerTransport, NatsPeerTransport, PeerTransport
 from dynamo_core.runtime.transports import TransportClients
 
 log = logging.getLogger(__name__)
@@ -85,6 +89,7 @@ class Health(msgspec.Struct, omit_defaults=True):
 
 class Live(msgspec.Struct):
     status: str = "live"
+    pid: int = 0  # the answering process: one of N under --http-workers N
 
 
 class RoutingScores(msgspec.Struct):
@@ -108,7 +113,8 @@ class FrontendConfig:
     discovery: str = "file"
     discovery_config: DiscoveryConfig = field(default_factory=DiscoveryConfig)
     nats_url: str | None = None
-    # "nats": share routers' in-flight requests with the other frontends (runtime/peer_plane.py).
+    # Routers share their in-flight requests with the other frontends (runtime/peer_plane.py):
+    # "nats" over NATS; else over loopback UDP between this host's frontends (discovery finds them).
     event_plane: str = "tcp"
     # Fault tolerance and protection (cli/guard_options.py says what each does).
     migration_limit: int = DEFAULT_MIGRATION_LIMIT
@@ -119,12 +125,24 @@ class FrontendConfig:
     protect_metrics: bool = False
     tls_cert: str | None = None
     tls_key: str | None = None
+    # One of the N processes of `--http-workers N`: bind the port with SO_REUSEPORT beside them.
+    reuse_port: bool = False
 
 
 async def _peer_connection(url: str | None):
     from dynamo_core.runtime.nats_plane import connect, nats_url
 
     return await connect(nats_url(url), "dynamo-frontend-peers")
+
+
+def _peer_transport(config: FrontendConfig, discovery: DiscoveryBackend) -> PeerTransport | None:
+    """NATS where frontends have it (any host); else loopback UDP between the frontends of
+    this host, found through discovery; none with mem discovery (one frontend by definition)."""
+    if config.event_plane == "nats":
+        return NatsPeerTransport(config.namespace, lambda: _peer_connection(config.nats_url))
+    if config.discovery != "mem":
+        return LocalPeerTransport(discovery, config.namespace)
+    return None
 
 
 def _no_workers_message(registry: ModelRegistry) -> str:
@@ -229,14 +247,32 @@ async def health(request: Request) -> Response:
 
 @get("/live", summary="200 while the process runs", opt=api(response=Live))
 async def live() -> Response:
-    return _json_response(Live())
+    return _json_response(Live(pid=os.getpid()))
 
 
 @get("/metrics", summary="Prometheus metrics", opt=api(media_type="text/plain"))
 async def prometheus_metrics(request: Request) -> Response:
     for model in _serving(request).registry.models.values():
         metrics.WORKERS.labels(model.name).set(len(model.workers))
-    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+    return Response(generate_latest(_metrics_registry()), media_type=CONTENT_TYPE_LATEST)
+
+
+def _metrics_registry() -> CollectorRegistry:
+    """This process's metrics; under `--http-workers N` (PROMETHEUS_MULTIPROC_DIR set by the
+    supervisor) those of all N, summed by prometheus_client's multiprocess collector."""
+    from prometheus_client import REGISTRY
+
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if not directory:
+        return REGISTRY
+    from prometheus_client import multiprocess
+
+    from dynamo_core.frontend.http_processes import GroupProcessCollector
+
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry, directory)
+    registry.register(GroupProcessCollector(directory))
+    return registry
 
 
 @post(
@@ -281,9 +317,9 @@ def create_app(config: FrontendConfig, discovery: DiscoveryBackend | None = None
     discovery = discovery or plugins.get("discovery", config.discovery).create(config.discovery_config)
     client = TransportClients(config.nats_url)
     peers: PeerPlane | None = None
-    if config.event_plane == "nats":
-        peers = PeerPlane(config.namespace, lambda: _peer_connection(config.nats_url),
-                          lambda request: registry.on_peer_request(request), lambda peer: registry.on_peer_gone(peer))
+    if (transport := _peer_transport(config, discovery)) is not None:
+        peers = PeerPlane(transport, lambda request: registry.on_peer_request(request),
+                          lambda peer: registry.on_peer_gone(peer))
     registry = ModelRegistry(discovery, client, config.namespace, router_spec.create, config.router_options,
                              share=peers.publish if peers is not None else (lambda request: None))
     engine_client = EngineClient(client, config.migration_limit, config.stall_timeout_s)
@@ -346,6 +382,8 @@ async def run_frontend(config: FrontendConfig, discovery: DiscoveryBackend | Non
     # Bind before saying "listening": a taken port is an exit naming it, not a log line first.
     sock = socket.socket(socket.AF_INET6 if ":" in config.http_host else socket.AF_INET)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if config.reuse_port:  # the kernel spreads connections over the N processes bound so
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
         sock.bind((config.http_host, config.http_port))
     except OSError as exc:
@@ -357,4 +395,14 @@ async def run_frontend(config: FrontendConfig, discovery: DiscoveryBackend | Non
         "https" if config.tls_cert else "http", config.http_host, config.http_port, config.router, config.discovery,
         config.namespace, len(config.api_keys),
     )
-    await server.serve(sockets=[sock])
+    ready = asyncio.create_task(_signal_when_started(server))
+    try:
+        await server.serve(sockets=[sock])
+    finally:
+        ready.cancel()
+
+
+async def _signal_when_started(server: uvicorn.Server) -> None:
+    while not server.started:
+        await asyncio.sleep(0.05)
+    signal_ready()

@@ -15,9 +15,17 @@ answering is replaced by another, as for any request.
 A prefill worker whose card has a `disagg_bootstrap` (SGLang) hands KV over through a
 rendezvous instead: the frontend sends the request to it and to a decode worker at once, both
 carrying its bootstrap address and a random room; the decode stream is the client's, the
-prefill stream is drained in the background. A prefill that fails, or a decode worker that
-says it could not get the KV, before the client has seen a token falls back to aggregated
-serving; a client that leaves cancels both.
+prefill stream is drained in the background. Such a decode worker computes nothing alone, so
+every request is split, and a split that fails before the client has seen a token of it (the
+prefill worker died, declined or errored, or the decode worker could not get the KV) is tried
+again with a fresh room on another prefill worker (the same one if it is the only one), up to
+`--migration-limit` times. A decode worker that fails after tokens reached the client
+continues as a migration (`migration.py`): the prompt plus those tokens, split again, never
+re-sent from the start. Only when no split is left is the request served whole, which fails
+with a 503 naming the way out when no worker takes a whole request. Structured output is split
+when every prefill and decode card says it is supported (the decode side applies the grammar),
+and refused with a 400 naming the workers that lack it otherwise, unless aggregated workers
+can serve it whole. A client that leaves cancels both sides.
 """
 
 from __future__ import annotations
@@ -31,8 +39,9 @@ from collections.abc import AsyncIterator
 import msgspec
 
 from dynamo_core.frontend import metrics
-from dynamo_core.frontend.engine_client import EngineClient
-from dynamo_core.frontend.errors import EngineError, ServiceUnavailableError
+from dynamo_core.frontend.engine_client import EngineClient, StreamBrokenError
+from dynamo_core.frontend.errors import BadRequestError, EngineError, ServiceUnavailableError
+from dynamo_core.frontend.migration import Migration, finished_output
 from dynamo_core.frontend.served_model import ServedModel
 from dynamo_core.protocols.engine import (
     DisaggParams,
@@ -74,6 +83,8 @@ class DisaggregatingClient:
         if request.stop.max_tokens <= 1 and not rendezvous:
             return "single_token"  # the prefill alone answers it: no decode worker needed
         if request.guided is not None:
+            if rendezvous:
+                return _structured_output_route(model)
             # The decode worker would restart the constraint after the prefill worker's token.
             return "structured_output"
         return None
@@ -84,24 +95,17 @@ class DisaggregatingClient:
             return self._disaggregated(model, request)
         if reason != "no_decode_worker":  # a disaggregated deployment serving this one whole
             metrics.DISAGG_FALLBACKS.labels(model.name, reason).inc()
+        if reason == "no_prefill_worker":  # decode workers may take only split requests (SGLang's)
+            return self._served_whole(model, request, "it has no prefill worker")
         # The engine client's own stream: aggregated serving pays no extra layer per delta.
         return self._engine.generate(model, request)
 
     async def _disaggregated(self, model: ServedModel, request: PreprocessedRequest) -> AsyncIterator[EngineOutput]:
-        rendezvous = model.bootstrap_prefill_states()
-        first = None
-        if rendezvous:
-            try:
-                prefill_id = self._engine.select_worker(model, _phase(request, "prefill", None), rendezvous)
-            except ServiceUnavailableError as exc:
-                log.warning("no prefill worker for request %s (%s); serving it on a decode worker alone",
-                            request.request_id, exc)
-            else:
-                async for output in self._concurrent(model, request, prefill_id):
-                    yield output
-                return
-        else:
-            first = await self._prefill(model, request)
+        if model.bootstrap_prefill_states():
+            async for output in self._rendezvous(model, request):
+                yield output
+            return
+        first = await self._prefill(model, request)
         if first is None:
             metrics.DISAGG_FALLBACKS.labels(model.name, "prefill_failed").inc()
             async for output in self._engine.generate(model, request):
@@ -126,9 +130,79 @@ class DisaggregatingClient:
             if kv is not None:
                 self._release(model, kv)
 
+    async def _rendezvous(self, model: ServedModel, request: PreprocessedRequest) -> AsyncIterator[EngineOutput]:
+        """Split attempts until one streams the request to its end: a split that failed before
+        its first token is tried again with a fresh room, one whose decode worker failed after
+        tokens continues (as a migration) split again; whole only when no split is left."""
+        limit = self._engine.migration_limit
+        migration = Migration(request, limit)  # what reached the client, across attempts
+        failed: set[str] = set()  # prefill workers that failed this request
+        retries = 0
+        why, fallback = "it has no prefill worker", "no_prefill_worker"
+        while (prefill_id := self._pick_prefill(model, migration.request, failed)) is not None:
+            try:
+                async for output in self._concurrent(model, migration.request, prefill_id):
+                    migration.on_output(output)
+                    yield output
+                return
+            except _SplitFailed as failure:
+                failed.add(prefill_id)
+                fallback = failure.reason
+                why = f"{retries + 1} split(s) failed, the last with {failure.reason}: {failure.detail}"
+                if retries >= limit:
+                    break
+                retries += 1
+                log.warning("split of request %s failed before its first token (%s: %s); trying again with a "
+                            "fresh room (%d of %d)", request.request_id, failure.reason, failure.detail, retries, limit)
+                metrics.REROUTES.labels(model.name, failure.reason).inc()
+            except StreamBrokenError as broken:
+                refusal = migration.refusal()
+                if refusal is not None:
+                    raise EngineError(f"{broken.message}; the request cannot move: {refusal}") from broken
+                if migration.continuation() is None:  # it failed after its last token, before saying so
+                    yield finished_output()
+                    return
+                log.warning("%s; request %s continues split after %d token(s)", broken.message, request.request_id,
+                            len(migration.streamed))
+                metrics.MIGRATIONS.labels(model.name, broken.reason).inc()
+        metrics.DISAGG_FALLBACKS.labels(model.name, fallback).inc()  # the last split's failure
+        async for output in self._served_whole(model, migration.request, why):
+            migration.on_output(output)
+            yield output
+
+    def _pick_prefill(self, model: ServedModel, request: PreprocessedRequest, failed: set[str]) -> str | None:
+        """A rendezvous prefill worker that has not failed this request, else any (the only one
+        may succeed the next time); None when the model has none."""
+        workers = model.bootstrap_prefill_states()
+        if not workers:
+            return None  # (the last one left discovery while this request was being tried)
+        untried = [w for w in workers if w.worker_id not in failed]
+        try:
+            return self._engine.select_worker(model, _phase(request, "prefill", None), untried or workers)
+        except ServiceUnavailableError:
+            return None
+
+    async def _served_whole(self, model: ServedModel, request: PreprocessedRequest, why: str) -> AsyncIterator[EngineOutput]:
+        """A request of a disaggregated model served whole; when no worker takes it (decode
+        workers that serve only split requests decline it), a 503 saying why and what helps."""
+        started = False
+        try:
+            async for output in self._engine.generate(model, request):
+                started = True
+                yield output
+        except ServiceUnavailableError as exc:
+            if started:
+                raise
+            raise ServiceUnavailableError(
+                f"model '{model.name}' cannot serve this request: {why}, and no worker serves it whole ({exc}). "
+                "Decode workers of a rendezvous engine (SGLang) serve only requests split with a prefill worker: "
+                "start a prefill worker for this model, or an aggregated one."
+            ) from exc
+
     async def _concurrent(self, model: ServedModel, request: PreprocessedRequest, prefill_id: str) -> AsyncIterator[EngineOutput]:
-        """The rendezvous handoff: prefill and decode at once, meeting at the prefill worker's
-        bootstrap server in a room of their own."""
+        """One rendezvous handoff: prefill and decode at once, meeting at the prefill worker's
+        bootstrap server in a room of their own. Raises `_SplitFailed` when it fails before the
+        first token, `StreamBrokenError` when the decode worker fails after it."""
         bootstrap = model.workers[prefill_id].disagg_bootstrap or {}
         kv = KvTransferParams(
             worker_id=prefill_id,
@@ -141,7 +215,7 @@ class DisaggregatingClient:
         prefill = asyncio.ensure_future(self._drain_prefill(model, _phase(request, "prefill", kv), prefill_id))
         self._background.add(prefill)
         prefill.add_done_callback(self._background.discard)
-        decode = self._engine.generate(model, _phase(request, "decode", kv))
+        decode = self._engine.generate(model, _phase(request, "decode", kv), migrate=False)
         next_output = asyncio.ensure_future(anext(decode))
         finished = False
         try:
@@ -150,13 +224,10 @@ class DisaggregatingClient:
                 finished = True  # the decode side ended without a delta
                 return
             if fallback is not None:
-                metrics.DISAGG_FALLBACKS.labels(model.name, fallback).inc()
                 await _close_stream(next_output, decode)
                 prefill.cancel()
                 finished = True
-                async for output in self._engine.generate(model, request):
-                    yield output
-                return
+                raise _SplitFailed(*fallback)
             assert first is not None
             if first.kv_pull is not None:
                 _record_pull(model.name, first.kv_pull)
@@ -274,28 +345,65 @@ class DisaggregatingClient:
             await asyncio.wait(list(self._releases), timeout=2)
 
 
+class _SplitFailed(Exception):
+    """A rendezvous split that failed before the client saw a token of it (so it may be tried
+    again): `reason` is prefill_failed or decode_kv_failed."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(f"{reason}: {detail}")
+        self.reason, self.detail = reason, detail
+
+
+# A decode worker whose room failed usually hears so just before the prefill stream ends with
+# its error: wait this long for it, so that the failure is put down to the prefill.
+_PREFILL_VERDICT_S = 0.1
+
+
 async def _first_decode_output(
     request: PreprocessedRequest, next_output: asyncio.Future, prefill: asyncio.Future
-) -> tuple[EngineOutput | None, str | None]:
-    """The decode side's first delta, or why the request is served whole instead: until the
-    client has seen a token, a failed prefill (or a decode worker without the KV) costs the
+) -> tuple[EngineOutput | None, tuple[str, str] | None]:
+    """The decode side's first delta, or why the split failed instead (reason, detail): until
+    the client has seen a token, a failed prefill (or a decode worker without the KV) costs the
     request nothing. (None, None): the decode stream ended empty."""
     await asyncio.wait([next_output, prefill], return_when=asyncio.FIRST_COMPLETED)
     if not next_output.done() and prefill.result() is not None:
-        return None, "prefill_failed"
+        return None, ("prefill_failed", prefill.result())
     try:
         first = await next_output
     except StopAsyncIteration:
         return None, None
     except (ServiceUnavailableError, EngineError):
         if prefill.done() and prefill.result() is not None:
-            return None, "prefill_failed"  # the decode side failed because the prefill did
+            return None, ("prefill_failed", prefill.result())  # the decode side failed because the prefill did
         raise
     if first.kv_pull is not None and first.kv_pull.failed is not None:
-        log.warning("decode worker could not get the KV of request %s (%s); serving it whole",
-                    request.request_id, first.kv_pull.failed)
-        return None, "decode_kv_failed"
+        log.warning("decode worker could not get the KV of request %s (%s)", request.request_id, first.kv_pull.failed)
+        if not prefill.done():
+            await asyncio.wait([prefill], timeout=_PREFILL_VERDICT_S)
+        if prefill.done() and not prefill.cancelled() and prefill.result() is not None:
+            return None, ("prefill_failed", prefill.result())
+        return None, ("decode_kv_failed", first.kv_pull.failed)
     return first, None
+
+
+def _structured_output_route(model: ServedModel) -> str | None:
+    """How a constrained request of a rendezvous model is served: split (None) when every
+    prefill and decode worker applies grammars, whole ("structured_output") on aggregated
+    workers otherwise; with neither, a 400 naming the workers that lack it."""
+    lacking = [
+        f"{h.role} worker {wid} (engine '{h.record.model.engine}')"
+        for wid, h in model.workers.items()
+        if h.role in ("prefill", "decode") and h.record.model is not None and not h.record.model.structured_output
+    ]
+    if not lacking:
+        return None  # the decode side applies the grammar from the prompt on
+    if model.has_role("agg"):
+        return "structured_output"
+    raise BadRequestError(
+        f"model '{model.name}' splits every request between prefill and decode workers, and structured output "
+        f"needs all of them to support it; these do not: {', '.join(lacking)}. "
+        "(SGLang: start them with a grammar backend, e.g. --grammar-backend xgrammar.)"
+    )
 
 
 async def _close_stream(pending: asyncio.Future, stream: AsyncIterator[EngineOutput]) -> None:

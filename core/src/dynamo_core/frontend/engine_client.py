@@ -37,6 +37,15 @@ class _Declined(Exception):
     """The worker declined the request before starting it (`retry_elsewhere`)."""
 
 
+class StreamBrokenError(EngineError):
+    """The worker failed after output reached the consumer, which moves the request itself
+    (`generate(..., migrate=False)`: a rendezvous decode phase continues split, disagg.py)."""
+
+    def __init__(self, message: str, reason: str):
+        super().__init__(message)
+        self.reason = reason  # as in dynamo_frontend_migrations_total: connection_lost, stalled, draining
+
+
 class EngineClient:
     def __init__(
         self, client: TransportClients, migration_limit: int = DEFAULT_MIGRATION_LIMIT, stall_timeout_s: float = 0.0
@@ -54,10 +63,11 @@ class EngineClient:
             raise ServiceUnavailableError(str(exc)) from exc
 
     async def generate(
-        self, model: ServedModel, request: PreprocessedRequest, worker_id: str | None = None
+        self, model: ServedModel, request: PreprocessedRequest, worker_id: str | None = None, migrate: bool = True
     ) -> AsyncIterator[EngineOutput]:
         """Stream the request's deltas from a routed worker, or from `worker_id` alone (picked
-        by `select_worker`; a rendezvous names it, so it is never replaced)."""
+        by `select_worker`; a rendezvous names it, so it is never replaced). `migrate=False`:
+        a failure after output raises `StreamBrokenError` instead of continuing elsewhere."""
         payload = _request_encoder.encode(request)
         failed: set[str] = set()
         phase = request.disagg.phase if request.disagg is not None else None
@@ -147,6 +157,8 @@ class EngineClient:
                             worker_id, request.request_id, reason, error)
                 metrics.REROUTES.labels(model.name, reason).inc()
                 continue
+            if not migrate:
+                raise StreamBrokenError(f"{kind} {worker_id} failed mid-stream ({reason}: {error})", reason) from error
             refusal = migration.refusal()
             if refusal is not None:
                 raise EngineError(f"worker {worker_id} failed mid-stream ({reason}: {error}); "

@@ -9,7 +9,8 @@ _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 
 REQUESTS = Counter(
     "dynamo_frontend_requests", "HTTP requests by model, endpoint and outcome", ["model", "endpoint", "status"]
 )
-INFLIGHT = Gauge("dynamo_frontend_inflight_requests", "Requests being served", ["model"])
+# multiprocess_mode: how `--http-workers N` sums a gauge over its processes (frontend/http_processes.py).
+INFLIGHT = Gauge("dynamo_frontend_inflight_requests", "Requests being served", ["model"], multiprocess_mode="livesum")
 TTFT = Histogram(
     "dynamo_frontend_time_to_first_token_seconds", "Time from request to first output text", ["model"],
     buckets=_LATENCY_BUCKETS,
@@ -29,7 +30,8 @@ REROUTES = Counter(
     "dynamo_frontend_reroutes",
     "Requests routed to another worker because theirs lost its connection before answering "
     "(reason=connection_lost), sent nothing within --stall-timeout (reason=stalled) or declined them "
-    "while draining (reason=declined)",
+    "while draining (reason=declined); rendezvous splits tried again with a fresh room because the "
+    "prefill failed (reason=prefill_failed) or the decode worker could not get the KV (reason=decode_kv_failed)",
     ["model", "reason"],
 )
 MIGRATIONS = Counter(
@@ -39,7 +41,7 @@ MIGRATIONS = Counter(
     "timed out (reason=draining)",
     ["model", "reason"],
 )
-WORKERS = Gauge("dynamo_frontend_workers", "Live worker instances per model", ["model"])
+WORKERS = Gauge("dynamo_frontend_workers", "Live worker instances per model", ["model"], multiprocess_mode="livemax")
 
 # Disaggregated serving (models with prefill and decode workers).
 DISAGG_REQUESTS = Counter(

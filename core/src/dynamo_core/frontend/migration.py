@@ -12,7 +12,9 @@ tool-call parsers, the client's SSE stream) sees one unbroken token stream.
 
 Not migrated: requests with structured output (the new engine would restart the constraint in
 the middle of the output), the prefill phase of a disaggregated request (it has its own
-fallback to aggregated serving), and requests that used up `--migration-limit` moves.
+fallback to aggregated serving), and requests that used up `--migration-limit` moves. The
+decode phase of a rendezvous split (SGLang's) is not moved here but by `disagg.py`, with the
+same `Migration`: its continuation is split again, since such decode workers serve nothing whole.
 """
 
 from __future__ import annotations

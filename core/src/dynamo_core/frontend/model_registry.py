@@ -148,6 +148,7 @@ class ModelRegistry:
             log.error("cannot load the tokenizer of model '%s' from %s: %s", card.served_name, card.tokenizer, exc)
             return None
         tokenizer = tokenizer.with_chat_template(card.chat_template)
+        await asyncio.to_thread(lambda: tokenizer.prefix_cache)  # its probe encodes, off the loop
         context = RouterContext(
             model=card.served_name,
             block_size=card.block_size,

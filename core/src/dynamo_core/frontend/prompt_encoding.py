@@ -49,7 +49,7 @@ def render_and_encode_messages(bundle: TokenizerBundle, req: ChatTemplateOptions
     except ChatTemplateError as exc:
         raise BadRequestError(str(exc), param="messages") from exc
     # The template already placed BOS where the model wants it.
-    return bundle.encode(prompt, add_special_tokens=False)
+    return bundle.encode_prompt(prompt)
 
 
 def render_and_encode_chat(model: PromptModel, req: ChatCompletionRequest) -> tuple[list[int], list[int] | None]:

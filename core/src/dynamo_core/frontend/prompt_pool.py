@@ -114,39 +114,79 @@ def _completion_job(source: str, card: bytes, prompt: CompletionPrompt) -> list[
 # ---------------------------------------------------------------------------------------------
 
 
+@dataclasses.dataclass(eq=False)
+class _Lane:
+    """One prompt process (an executor of one) and the jobs sent to it that have not returned."""
+
+    executor: ProcessPoolExecutor | None = None
+    in_flight: int = 0
+
+
+def chat_affinity(req: ChatCompletionRequest) -> int:
+    """What stays the same across a chat's turns: its messages up to the first user message
+    (a system prompt alone is shared by many chats). Equal for every turn of one chat, so the
+    turns go to one process, whose prefix cache holds the chat's earlier turns."""
+    key = []
+    for message in req.messages:
+        content = message.content
+        if isinstance(content, list):  # content parts: their JSON
+            content = _request_encoder.encode(content)
+        key.append((message.role, content))
+        if message.role == "user":
+            break
+    return hash(tuple(key))
+
+
 class PromptPool:
-    """`workers` spawned processes that render and encode prompts for the event loop."""
+    """`workers` spawned processes that render and encode prompts for the event loop.
+
+    Each process is a lane of its own, so that a chat's turns can go to the process that
+    encoded its earlier turns (`chat_affinity`; each process has its own prefix cache, see
+    tokenizer_cache.py), unless that process has more than one job beyond the least busy one:
+    re-encoding a prompt elsewhere costs less than waiting behind a queue."""
 
     def __init__(self, workers: int, min_chars: int = 8192):
         if workers < 1:
             raise ValueError(f"a prompt pool needs at least one worker, got {workers}")
         self.workers = workers
         self.min_chars = min_chars  # prompts longer than this (characters) come here
-        self._executor: ProcessPoolExecutor | None = None
+        self._lanes = [_Lane() for _ in range(workers)]
         self._warming: asyncio.Task | None = None
 
-    def _get_executor(self) -> ProcessPoolExecutor:
+    def _executor_of(self, lane: _Lane) -> ProcessPoolExecutor:
         # Created on first use. Processes are spawned by `submit`, which runs on the loop's
         # thread: PR_SET_PDEATHSIG fires when the spawning *thread* ends, and that one lasts.
-        if self._executor is None:
-            self._executor = ProcessPoolExecutor(
-                self.workers, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker
+        if lane.executor is None:
+            lane.executor = ProcessPoolExecutor(
+                1, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker
             )
-        return self._executor
+        return lane.executor
+
+    def _pick(self, affinity: int | None) -> _Lane:
+        least = min(self._lanes, key=lambda lane: lane.in_flight)
+        if affinity is None:
+            return least
+        preferred = self._lanes[affinity % len(self._lanes)]
+        return preferred if preferred.in_flight <= least.in_flight + 1 else least
 
     async def warm(self) -> None:
         """Start every process and import prompt encoding in it, so the first long prompt
-        does not wait for an interpreter to start. While no process is idle, each submitted
-        job spawns one more."""
+        does not wait for an interpreter to start."""
         loop = asyncio.get_running_loop()
-        pool = self._get_executor()
-        try:
-            pids = await asyncio.gather(*(loop.run_in_executor(pool, _warm) for _ in range(self.workers)))
-        except BrokenProcessPool:
-            self._replace(pool)
-            log.error("the prompt pool's processes died while starting; they start again on the next long prompt")
-            return
-        log.info("prompt pool ready: %d process(es), pids %s", self.workers, sorted(set(pids)))
+        started = [(lane, self._executor_of(lane)) for lane in self._lanes]
+        results = await asyncio.gather(
+            *(loop.run_in_executor(pool, _warm) for _, pool in started), return_exceptions=True
+        )
+        pids = []
+        for (lane, pool), result in zip(started, results):
+            if isinstance(result, BrokenProcessPool):
+                self._replace(lane, pool)
+                log.error("a prompt pool process died while starting; it starts again on its next prompt")
+            elif isinstance(result, BaseException):
+                raise result
+            else:
+                pids.append(result)
+        log.info("prompt pool ready: %d process(es), pids %s", len(pids), sorted(pids))
 
     def start(self) -> None:
         """Warm the processes in the background (the frontend's startup)."""
@@ -157,36 +197,42 @@ class PromptPool:
         self, model: ServedModel, req: ChatCompletionRequest
     ) -> tuple[list[int], list[int] | None]:
         """`prompt_encoding.render_and_encode_chat(model, req)`, run in a worker."""
-        return await self._run(_chat_job, model, _request_encoder.encode(req))
+        return await self._run(_chat_job, model, _request_encoder.encode(req), chat_affinity(req))
 
     async def encode_completion_prompts(
         self, model: ServedModel, prompt: CompletionPrompt
     ) -> list[tuple[list[int], str | None]]:
         """`prompt_encoding.encode_completion_prompts(model, prompt)`, run in a worker."""
-        return await self._run(_completion_job, model, prompt)
+        return await self._run(_completion_job, model, prompt, None)
 
-    async def _run(self, job: Callable[[str, bytes, Any], T | _Refusal], model: ServedModel, payload: Any) -> T:
+    async def _run(
+        self, job: Callable[[str, bytes, Any], T | _Refusal], model: ServedModel, payload: Any, affinity: int | None
+    ) -> T:
         assert model.tokenizer_source is not None, "the preprocessor sends only such models here"
         card = model.encoded_card
         loop = asyncio.get_running_loop()
-        # A worker that died (killed, out of memory) breaks the whole executor: replace it and
-        # try once more, so the requests that were merely queued behind it still succeed.
+        # A worker that died (killed, out of memory) breaks its executor: replace it and try
+        # once more, so the requests that were merely queued behind it still succeed.
         for _ in range(2):
-            pool = self._get_executor()
+            lane = self._pick(affinity)
+            pool = self._executor_of(lane)
+            lane.in_flight += 1
             try:
                 result = await loop.run_in_executor(pool, job, model.tokenizer_source, card, payload)
             except BrokenProcessPool:
-                self._replace(pool)
+                self._replace(lane, pool)
                 continue
+            finally:
+                lane.in_flight -= 1
             if isinstance(result, _Refusal):
                 raise BadRequestError(result.message, param=result.param, code=result.code)
             return result
         raise ServiceUnavailableError("the prompt preprocessing processes died; try again")
 
-    def _replace(self, broken: ProcessPoolExecutor) -> None:
-        if self._executor is broken:
-            log.warning("a prompt pool process died; starting new ones")
-            self._executor = None
+    def _replace(self, lane: _Lane, broken: ProcessPoolExecutor) -> None:
+        if lane.executor is broken:
+            log.warning("a prompt pool process died; starting a new one")
+            lane.executor = None
             broken.shutdown(wait=False, cancel_futures=True)
 
     async def close(self) -> None:
@@ -194,7 +240,8 @@ class PromptPool:
         warming, self._warming = self._warming, None
         if warming is not None:
             warming.cancel()
-        executor, self._executor = self._executor, None
-        if executor is not None:
-            # Joining waits for a job in progress; off the loop, so shutdown can go on.
-            await asyncio.to_thread(executor.shutdown, wait=True, cancel_futures=True)
+        executors = [lane.executor for lane in self._lanes if lane.executor is not None]
+        for lane in self._lanes:
+            lane.executor = None
+        # Joining waits for a job in progress; off the loop, so shutdown can go on.
+        await asyncio.gather(*(asyncio.to_thread(e.shutdown, wait=True, cancel_futures=True) for e in executors))

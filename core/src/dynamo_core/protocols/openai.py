@@ -7,6 +7,7 @@ the model (context length) live in the preprocessor.
 
 from __future__ import annotations
 
+import functools
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -24,9 +25,20 @@ def nulls_as_defaults(struct: msgspec.Struct) -> None:
     """OpenAI's schema lets a client send null for an optional field (`"n": null`, `"stream":
     null`) and means the default: fields typed `X | None = default` hold the default after
     decoding, so the code reading them never sees None. Call it from `__post_init__`."""
-    for field in msgspec.structs.fields(struct):
-        if field.default is not None and field.default is not msgspec.NODEFAULT and getattr(struct, field.name) is None:
-            setattr(struct, field.name, field.default)
+    for name, default in _non_null_defaults(type(struct)):
+        if getattr(struct, name) is None:
+            setattr(struct, name, default)
+
+
+@functools.cache
+def _non_null_defaults(cls: type[msgspec.Struct]) -> tuple[tuple[str, Any], ...]:
+    """The fields of `cls` whose default is not None, with it. Once per class: walking a
+    Struct's fields on every request took a quarter of the event loop's time under load."""
+    return tuple(
+        (field.name, field.default)
+        for field in msgspec.structs.fields(cls)
+        if field.default is not None and field.default is not msgspec.NODEFAULT
+    )
 
 
 class StreamOptions(msgspec.Struct, omit_defaults=True):

@@ -35,3 +35,14 @@ class PeerHeartbeat(msgspec.Struct, tag="heartbeat", kw_only=True):
 
 
 PeerMessage = PeerRequest | PeerHeartbeat
+
+
+class PeerAddress(msgspec.Struct, kw_only=True):
+    """Where frontend ``frontend_id`` receives its peers' messages (a discovery record of the
+    local peer transport: loopback UDP ``host:port`` on host ``hostname``)."""
+
+    frontend_id: str
+    hostname: str  # peers on other hosts (etcd discovery) cannot reach this loopback address
+    host: str
+    port: int
+    pid: int

@@ -29,6 +29,8 @@ from pathlib import Path
 
 import msgspec
 
+from dynamo_core.runtime.tasks import cancel_and_wait
+
 log = logging.getLogger(__name__)
 
 
@@ -280,9 +282,7 @@ class FileDiscovery(DiscoveryBackend):
 
     async def close(self) -> None:
         if self._heartbeat is not None:
-            self._heartbeat.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._heartbeat
+            await cancel_and_wait([self._heartbeat])
             self._heartbeat = None
         for key in list(self._own):
             await self.delete(key)

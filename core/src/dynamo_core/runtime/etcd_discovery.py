@@ -19,6 +19,7 @@ from urllib.parse import urlparse
 import aetcd
 
 from dynamo_core.runtime.discovery import DiscoveryBackend, DiscoveryConfig, WatchEvent, WatchEventKind, diff_events
+from dynamo_core.runtime.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -152,9 +153,7 @@ class EtcdDiscovery(DiscoveryBackend):
 
     async def close(self) -> None:
         if self._keepalive is not None:
-            self._keepalive.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._keepalive
+            await cancel_and_wait([self._keepalive])
         if self._lease is not None:
             with contextlib.suppress(Exception):
                 await self._lease.revoke()  # our keys go with it, at once

@@ -12,6 +12,12 @@ A subscriber whose router has no use for KV events (``Router.wants_kv_events``) 
 A subscriber that falls too far behind is dropped; it reconnects and starts from a fresh
 snapshot, as it does when it sees a gap in ``event_id``. Events published in one event-loop
 iteration travel as one batch.
+
+A message that does not decode (`decode_message`: a bug, a version skew, a corrupted frame) is
+logged, counted in ``dynamo_event_plane_malformed_messages`` and skipped; the stream goes on.
+Ending the subscription instead would lose every event until a resubscription's snapshot, and
+a skipped batch costs less: its ``event_id`` is missing from the stream, so the router sees the
+gap at the next batch and asks for that snapshot itself.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 
 import msgspec
+from prometheus_client import Counter
 
 from dynamo_core.engines.base import KvEventSink
 from dynamo_core.protocols.kv_events import (
@@ -44,6 +51,24 @@ _decoder = msgspec.msgpack.Decoder(EventPlaneMessage)
 # How many messages a subscriber may have queued before we drop it (it then resynchronises).
 SUBSCRIBER_QUEUE_LIMIT = 10_000
 
+MALFORMED_MESSAGES = Counter(
+    "dynamo_event_plane_malformed_messages",
+    "Event-plane messages that did not decode and were skipped, by where: source=worker (a worker's "
+    "stream at a frontend), source=engine (an engine's KV event batch at its worker)",
+    ["source"],
+)
+
+
+def decode_message(payload: bytes, origin: str) -> EventPlaneMessage | None:
+    """One event-plane message, or None (logged and counted) when it does not decode;
+    ``origin`` names the stream in the log."""
+    try:
+        return _decoder.decode(payload)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        MALFORMED_MESSAGES.labels("worker").inc()
+        log.warning("skipping a malformed event-plane message from %s (%d bytes): %s", origin, len(payload), exc)
+        return None
+
 
 class _SubscriberOverflow(Exception):
     pass
@@ -66,6 +91,11 @@ class EventPublisher(KvEventSink):
     def add_listener(self, listener: Callable[[bytes], None]) -> None:
         """Also hand every encoded message to `listener` (e.g. to republish it on NATS)."""
         self._listeners.append(listener)
+
+    def remove_listener(self, listener: Callable[[bytes], None]) -> None:
+        """Stop handing messages to `listener` (its plane stopped publishing)."""
+        if listener in self._listeners:
+            self._listeners.remove(listener)
 
     def snapshot_payload(self) -> bytes:
         """The current cache as an encoded `KvSnapshot` (pending events flushed first)."""
@@ -137,9 +167,11 @@ class EventPublisher(KvEventSink):
 
 
 async def subscribe(client: RequestClient, address: str, load_only: bool = False) -> AsyncIterator[EventPlaneMessage]:
-    """The subscriber's side: decode the worker's event stream."""
+    """The subscriber's side: decode the worker's event stream (skipping what does not decode)."""
     async for payload in client.call(address, EVENTS_ENDPOINT, LOAD_ONLY if load_only else b""):
-        yield _decoder.decode(payload)
+        message = decode_message(payload, address)
+        if message is not None:
+            yield message
 
 
 # The embedded (`tcp`) event plane as an `EventPlaneSpec`: the stream rides on the worker's

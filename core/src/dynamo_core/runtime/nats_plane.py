@@ -42,8 +42,10 @@ from nats.aio.msg import Msg
 
 from dynamo_core.protocols.discovery import InstanceRecord
 from dynamo_core.protocols.kv_events import EventPlaneMessage, KvEventBatch, KvSnapshot
+from dynamo_core.runtime.event_plane import decode_message
 from dynamo_core.runtime.plane import EventSource, Handler, PlaneConfig, RequestClient, RequestServer, Unpublish
 from dynamo_core.runtime.request_plane import ConnectionLostError, Data, End, RemoteError
+from dynamo_core.runtime.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -182,9 +184,7 @@ class _ReplyBatcher:
 
     async def close(self) -> None:
         """Stop, publishing what is still pending."""
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
+        await cancel_and_wait([self._task])
         await self._publish_pending()
 
 
@@ -452,7 +452,9 @@ async def subscribe_events(nc: NatsConnection, subject: str) -> AsyncIterator[Ev
         yield snapshot
         last = snapshot.event_id
         while True:
-            message = _event_decoder.decode(await queue.get())
+            message = decode_message(await queue.get(), subject)
+            if message is None:
+                continue  # skipped; a lost batch shows as a gap in event_id
             if isinstance(message, KvEventBatch):
                 if message.event_id <= last:
                     continue  # already part of the snapshot
@@ -481,8 +483,16 @@ async def publish_events(source: EventSource, config: PlaneConfig) -> Unpublish:
     source.add_listener(forward)
 
     async def unpublish() -> None:
-        with contextlib.suppress(Exception):
-            await nc.close()
+        # Undo all of it: no more forwarding (each later event would spawn a publish on a closed
+        # connection), the forwards under way sent, then the snapshot responder unsubscribed and
+        # the connection's buffer flushed by the drain before it closes.
+        source.remove_listener(forward)
+        await asyncio.gather(*pending, return_exceptions=True)
+        try:
+            await nc.drain()
+        except Exception:  # noqa: BLE001 - NATS gone: nothing left to flush
+            with contextlib.suppress(Exception):
+                await nc.close()
 
     return unpublish
 

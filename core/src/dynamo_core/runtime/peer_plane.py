@@ -1,13 +1,15 @@
-"""Frontends that route as one: in-flight changes shared between routing peers over NATS.
+"""Frontends that route as one: in-flight changes shared between routing peers.
 
-Every frontend with the NATS event plane publishes on ``{namespace}.routing.peers``: the
-`PeerRequest`s its routers hand it, and a `PeerHeartbeat` every ``HEARTBEAT_S``. It applies
+Every frontend with a peer transport (`runtime/peer_transports.py`: NATS subject
+``{namespace}.routing.peers`` with the NATS event plane, loopback UDP found through file
+discovery on one host) sends its peers the `PeerRequest`s its routers hand it, and a
+`PeerHeartbeat` every ``HEARTBEAT_S``. It applies
 the other frontends' messages to the router of the same model and pool. A peer silent for
 ``PEER_EXPIRY_S`` (stopped, crashed, cut off) is reported gone, and routers drop what it had
 in flight: a dead frontend's load lapses instead of weighing on its workers forever.
 
-Messages published in one event-loop iteration go out as one NATS message (a msgpack list),
-so a burst of decisions costs one publish. Delivery is best effort: a lost ``finished`` is
+Messages published in one event-loop iteration go out as one transport message (a msgpack
+list of at most ``BATCH_MESSAGES``), so a burst of decisions costs one send. Delivery is best effort: a lost ``finished`` is
 covered by the expiry of the peer, or by the router's own bound on an entry's age.
 """
 
@@ -18,42 +20,39 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Callable
 
 import msgspec
 
 from dynamo_core.protocols.routing import PeerHeartbeat, PeerMessage, PeerRequest
+from dynamo_core.runtime.peer_transports import PeerTransport
 from dynamo_core.runtime.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
 HEARTBEAT_S = 1.0
 PEER_EXPIRY_S = 3.5  # three heartbeats missed
+# A PeerRequest encodes to about 200 bytes: 128 of them stay well inside one UDP datagram.
+BATCH_MESSAGES = 128
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(list[PeerMessage])
-
-
-def peers_subject(namespace: str) -> str:
-    return f"{namespace}.routing.peers"
 
 
 class PeerPlane:
     """One frontend's side: publish its routers' changes, apply the others'.
 
     ``on_request`` receives other frontends' `PeerRequest`s, ``on_gone`` the id of a peer
-    whose heartbeats stopped. ``connect`` returns a connected NATS client (the frontend's).
+    whose heartbeats stopped. ``transport`` carries the encoded batches to every peer.
     """
 
-    def __init__(self, namespace: str, connect: Callable[[], Awaitable[Any]], on_request: Callable[[PeerRequest], None],
+    def __init__(self, transport: PeerTransport, on_request: Callable[[PeerRequest], None],
                  on_gone: Callable[[str], None], clock: Callable[[], float] = time.monotonic) -> None:
         self.frontend_id = uuid.uuid4().hex[:12]
-        self._subject = peers_subject(namespace)
-        self._connect = connect
+        self._transport = transport
         self._on_request = on_request
         self._on_gone = on_gone
         self._clock = clock
-        self._nc: Any = None  # a nats.aio.client.Client; nats is imported only when used
+        self._started = False
         self._pending: list[PeerMessage] = []
         self._flush_scheduled = False
         self._last_seen: dict[str, float] = {}
@@ -65,22 +64,24 @@ class PeerPlane:
         return sorted(self._last_seen)
 
     async def start(self) -> None:
-        self._nc = await self._connect()
-        await self._nc.subscribe(self._subject, cb=self._receive)
+        await self._transport.start(self.frontend_id, self._receive)
+        self._started = True
         self._tasks.append(asyncio.create_task(self._heartbeats(), name="peer-heartbeats"))
-        log.info("routing peers: frontend %s shares in-flight requests on %s", self.frontend_id, self._subject)
+        log.info("routing peers: frontend %s shares in-flight requests over %s", self.frontend_id,
+                 self._transport.description)
 
     async def stop(self) -> None:
         await cancel_and_wait(self._tasks)
         self._tasks = []
-        if self._nc is not None:
-            nc, self._nc = self._nc, None
+        if self._started:
+            self._started = False
             with contextlib.suppress(Exception):
-                await nc.close()
+                await self._transport.stop()
 
     def publish(self, request: PeerRequest) -> None:
-        """Queue ``request`` (its ``frontend_id`` is replaced by ours) for this loop iteration."""
-        if self._nc is None:
+        """Queue ``request`` (its ``frontend_id`` is replaced by ours) for this loop iteration;
+        dropped while no peer listens (a lone frontend pays nothing per request)."""
+        if not self._started or not self._transport.has_peers:
             return
         self._pending.append(msgspec.structs.replace(request, frontend_id=self.frontend_id))
         if not self._flush_scheduled:
@@ -90,14 +91,15 @@ class PeerPlane:
     def _flush(self) -> None:
         self._flush_scheduled = False
         pending, self._pending = self._pending, []
-        if pending and self._nc is not None:
-            asyncio.ensure_future(self._send(pending))
+        if pending and self._started:
+            for i in range(0, len(pending), BATCH_MESSAGES):
+                asyncio.ensure_future(self._send(pending[i:i + BATCH_MESSAGES]))
 
     async def _send(self, messages: list[PeerMessage]) -> None:
         try:
-            await self._nc.publish(self._subject, _encoder.encode(messages))
-        except Exception as exc:  # NATS reconnecting: peers expire our entries if it lasts
-            log.debug("routing peers: publish failed: %s", exc)
+            await self._transport.send(_encoder.encode(messages))
+        except Exception as exc:  # NATS reconnecting, a peer gone: peers expire our entries if it lasts
+            log.debug("routing peers: send failed: %s", exc)
 
     async def _heartbeats(self) -> None:
         while True:
@@ -113,11 +115,11 @@ class PeerPlane:
             log.info("routing peers: frontend %s went silent; its in-flight requests are dropped", peer)
             self._on_gone(peer)
 
-    async def _receive(self, msg: Any) -> None:  # a nats.aio.msg.Msg
+    def _receive(self, data: bytes) -> None:
         try:
-            messages = _decoder.decode(msg.data)
+            messages = _decoder.decode(data)
         except msgspec.DecodeError as exc:
-            log.warning("routing peers: undecodable message on %s: %s", self._subject, exc)
+            log.warning("routing peers: undecodable message over %s: %s", self._transport.description, exc)
             return
         for message in messages:
             if message.frontend_id == self.frontend_id:

@@ -72,18 +72,22 @@ EVENT_PLANES: dict[str, EventPlaneSpec] = {
 }
 
 
+# Unknown names raise RequestPlaneError, the error every caller of a plane already handles (a
+# frontend's event subscription retries on it; anything else it logs as a bug, with a traceback).
+
+
 def request_plane(name: str) -> RequestPlaneSpec:
     try:
         return REQUEST_PLANES[name]
     except KeyError:
-        raise ValueError(f"unknown request plane '{name}' ({', '.join(REQUEST_PLANES)})") from None
+        raise RequestPlaneError(f"unknown request plane '{name}' (valid: {', '.join(REQUEST_PLANES)})") from None
 
 
 def event_plane_spec(name: str) -> EventPlaneSpec:
     try:
         return EVENT_PLANES[name]
     except KeyError:
-        raise ValueError(f"unknown event plane '{name}' ({', '.join(EVENT_PLANES)})") from None
+        raise RequestPlaneError(f"unknown event plane '{name}' (valid: {', '.join(EVENT_PLANES)})") from None
 
 
 class TransportClients:
@@ -101,7 +105,8 @@ class TransportClients:
 
     def _client_of(self, record: InstanceRecord) -> RequestClient:
         if record.transport not in REQUEST_PLANES:
-            raise RequestPlaneError(f"worker {record.instance_id} uses unknown transport '{record.transport}'")
+            raise RequestPlaneError(f"worker {record.instance_id} uses unknown transport '{record.transport}' "
+                                    f"(valid: {', '.join(REQUEST_PLANES)})")
         return self.client(record.transport)
 
     async def call(self, record: InstanceRecord, endpoint: str, payload: bytes) -> AsyncIterator[bytes]:
@@ -118,7 +123,8 @@ class TransportClients:
         filter (the embedded one; a NATS subject carries everything)."""
         spec = EVENT_PLANES.get(record.event_plane)
         if spec is None:
-            raise RequestPlaneError(f"worker {record.instance_id} uses unknown event plane '{record.event_plane}'")
+            raise RequestPlaneError(f"worker {record.instance_id} uses unknown event plane '{record.event_plane}' "
+                                    f"(valid: {', '.join(EVENT_PLANES)})")
         async for message in spec.subscribe(self.client, record, load_only):
             yield message
 

@@ -21,7 +21,7 @@ from dynamo_core.engines.base import Engine, EngineContext
 from dynamo_core.errors import WorkerConfigError
 from dynamo_core.plugins import get_registry
 from dynamo_core.protocols.discovery import InstanceRecord, ModelCard
-from dynamo_core.protocols.engine import EngineOutput, FinishReason, PreprocessedRequest
+from dynamo_core.protocols.engine import EngineInfo, EngineOutput, FinishReason, PreprocessedRequest
 from dynamo_core.runtime.discovery import DiscoveryBackend, DiscoveryConfig
 from dynamo_core.protocols.names import (
     BACKEND_COMPONENT,
@@ -104,6 +104,7 @@ class Worker:
         self.engine: Engine | None = None
         self.events: EventPublisher | None = None
         self.record: InstanceRecord | None = None
+        self._registered = False  # the record is in discovery: the worker is ready
         self._active: set[asyncio.Task] = set()
         self._stopping = asyncio.Event()
         self._handing_off = False  # the drain timed out: streams hand their requests back
@@ -141,6 +142,21 @@ class Worker:
             if self.transfer is not None:  # its listener and tasks would outlive the failed start
                 await self.transfer.close()
             raise
+        try:
+            return await self._serve_and_register(name, info)
+        except BaseException:
+            # The engine is up (its processes, its GPU memory, its sockets): it must not outlive
+            # a start that failed later (request plane, event plane, discovery).
+            try:
+                await self.stop()
+            except Exception:  # noqa: BLE001 - the start's own error is the one to raise
+                log.exception("stopping the worker after its failed start failed too")
+            raise
+
+    async def _serve_and_register(self, name: str, info: EngineInfo) -> InstanceRecord:
+        """The late steps of `start`: serve the endpoints, publish events, put the record."""
+        config = self.config
+        assert self.engine is not None and self.events is not None
         self._server.register(GENERATE_ENDPOINT, self._generate)
         self._server.register(EVENTS_ENDPOINT, self.events.serve_subscription)
         self._server.register(KV_RELEASE_ENDPOINT, self._release_kv)
@@ -166,7 +182,7 @@ class Worker:
             prompt_logprobs=self.engine.supports_prompt_logprobs,
             disagg_bootstrap=info.disagg_bootstrap if config.role == "prefill" else None,
         )
-        self.record = InstanceRecord(
+        record = InstanceRecord(
             instance_id=self.worker_id,
             namespace=config.namespace,
             component=BACKEND_COMPONENT,
@@ -178,7 +194,12 @@ class Worker:
             pid=os.getpid(),
             model=card,
         )
-        await self._discovery.put(self.record.path, msgspec.msgpack.encode(self.record))
+        # Ready (`health_status`) only once the record is in discovery, where frontends find it.
+        try:
+            await self._discovery.put(record.path, msgspec.msgpack.encode(record))
+        finally:
+            self.record = record  # also when the put failed half-way: `stop` deletes what may be there
+        self._registered = True
         self._load_task = asyncio.create_task(self._report_load(), name="worker-load-report")
         log.info(
             "worker ready: engine=%s model=%s role=%s instance=%s address=%s block_size=%d kv_blocks=%d",
@@ -264,7 +285,7 @@ class Worker:
     def health_status(self) -> str:
         if self._stopping.is_set():
             return "draining"
-        return "ok" if self.record is not None else "starting"
+        return "ok" if self._registered else "starting"
 
     async def run_until_signalled(self) -> None:
         health = None

@@ -69,6 +69,10 @@ def engine_hash(value: int) -> int:
 class KvEventTranslator(EventTranslator):
     """Turns decoded SGLang events into dynamo events for an engine of `page_size` tokens a page."""
 
+    stored_type = BlockStored
+    removed_type = BlockRemoved
+    cleared_type = AllBlocksCleared
+
     def __init__(self, page_size: int):
         self.page_size = page_size
 

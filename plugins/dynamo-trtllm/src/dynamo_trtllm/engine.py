@@ -6,7 +6,9 @@
 - Requests: token ids and `SamplingParams` with an explicit `end_id` (`sampling.py`) go to
   `generate_async(..., streaming=True)`; the result is iterated as it updates and its
   cumulative outputs become deltas (`outputs.py`). A stream that is closed or cancelled before
-  the request finished (the client went away) calls the result's `abort()`.
+  the request finished (the client went away) calls the result's `abort()`; a decode worker's
+  generation-only request whose KV is still in flight is aborted once the KV has arrived
+  (`_abort_after_kv_arrives`).
 - KV events: `get_kv_cache_events_async` is drained by a task on the worker's loop; the events
   are translated (`kv_events.py`), kept in a mirror (for snapshots) and published.
 - Load: `get_stats_async` is drained likewise into `load.IterationLoad`.
@@ -30,7 +32,7 @@ from dynamo_core.protocols.engine import EngineInfo, EngineOutput, FinishReason,
 from dynamo_core.protocols.kv_events import KvStored, LoadMetrics
 from dynamo_core.runtime.tasks import cancel_and_wait
 from dynamo_trtllm import disagg
-from dynamo_trtllm.availability import TrtllmUnavailableError, require_trtllm
+from dynamo_trtllm.availability import import_trtllm, require_trtllm
 from dynamo_trtllm.kv_events import KvEventTranslator
 from dynamo_trtllm.load import IterationLoad
 from dynamo_trtllm.options import LlmArguments, adapted_to_release, llm_arguments
@@ -72,12 +74,15 @@ class TrtllmEngine(Engine):
         # TensorRT-LLM's request classes, bound once it is imported (stand-ins in tests).
         self._sampling_params: Any = None
         self._disaggregated_params: Any = None
+        self._logprob: Any = None
         self._block_size = args.block_size or DEFAULT_TOKENS_PER_BLOCK
         self._bytes_per_block = 0
         self._load = IterationLoad()
         self._mirror = KvCacheMirror()
         self._translator: KvEventTranslator | None = None
         self._tasks: list[asyncio.Task] = []
+        # Aborts of decode requests that wait for their KV to arrive (`_abort_after_kv_arrives`).
+        self._deferred_aborts: set[asyncio.Task] = set()
 
     @classmethod
     def from_context(cls, context: EngineContext) -> "TrtllmEngine":
@@ -87,23 +92,19 @@ class TrtllmEngine(Engine):
         return cls(context, llm_arguments(context.options, context.model_path, context.role))
 
     async def start(self) -> EngineInfo:
-        try:
-            from tensorrt_llm import LLM, SamplingParams
-            from tensorrt_llm.disaggregated_params import DisaggregatedParams
-        except ImportError as exc:
-            raise TrtllmUnavailableError(f"could not import TensorRT-LLM ({exc})") from exc
+        api = import_trtllm()
         kwargs = self._llm_kwargs(self._args.kwargs)
         log.info("starting TensorRT-LLM for %s with %s", self._context.model_path,
                  {k: v for k, v in kwargs.items() if k != "model"})
         # Blocks this loop until the model is loaded and the KV cache allocated; the worker
         # registers nowhere and serves nothing before that. It stays on the loop's thread:
         # TensorRT-LLM binds its results' async queues to the loop running when they are made.
-        return await self.started(LLM(**kwargs), SamplingParams, DisaggregatedParams)
+        return await self.started(api.llm(**kwargs), api.sampling_params, api.disaggregated_params, api.logprob)
 
-    async def started(self, llm: Any, sampling_params: Any, disaggregated_params: Any) -> EngineInfo:
+    async def started(self, llm: Any, sampling_params: Any, disaggregated_params: Any, logprob: Any = None) -> EngineInfo:
         """Serve with this started LLM and these request classes (TensorRT-LLM's; stand-ins in
         tests): read what the model card needs and start the event and stats readers."""
-        self.bind(llm, sampling_params, disaggregated_params)
+        self.bind(llm, sampling_params, disaggregated_params, logprob)
         args = getattr(llm, "args", None)
         kv_config = getattr(args, "kv_cache_config", None)
         self._block_size = int(getattr(kv_config, "tokens_per_block", None) or self._block_size)
@@ -162,9 +163,10 @@ class TrtllmEngine(Engine):
             return kwargs
         return update_llm_args_with_extra_dict({}, kwargs)
 
-    def bind(self, llm: Any, sampling_params: Any, disaggregated_params: Any) -> None:
+    def bind(self, llm: Any, sampling_params: Any, disaggregated_params: Any, logprob: Any = None) -> None:
         """Use this LLM and these request classes (TensorRT-LLM's; stand-ins in tests)."""
         self._llm, self._sampling_params, self._disaggregated_params = llm, sampling_params, disaggregated_params
+        self._logprob = logprob
 
     def _request_args(self, request: PreprocessedRequest) -> tuple[list[int], dict[str, Any], Any, int, disagg.DecodePlan | None]:
         """prompt, SamplingParams kwargs, DisaggregatedParams (or None), output tokens to skip, decode plan."""
@@ -175,7 +177,7 @@ class TrtllmEngine(Engine):
         if phase == "decode":
             plan = disagg.decode_plan(request)
             if plan.state is not None:
-                params = self._disaggregated_params(**disagg.generation_params_kwargs(plan.state))
+                params = self._disaggregated_params(**disagg.generation_params_kwargs(plan.state, self._logprob))
                 return plan.prompt, sampling_kwargs(request, extra_tokens=plan.skip_tokens), params, plan.skip_tokens, plan
             log.warning("request %s computes its prompt on this decode worker: %s", request.request_id, plan.reason)
             return list(request.token_ids), sampling_kwargs(request), None, 0, plan
@@ -196,8 +198,15 @@ class TrtllmEngine(Engine):
         except Exception as exc:  # refused before it started (ValueError, RequestError, ...)
             yield EngineOutput(finish_reason=FinishReason.ERROR, error=f"TensorRT-LLM: {exc}")
             return
-        stream = OutputStream(top_logprobs=request.output.logprobs, block_size=self._block_size, skip_tokens=skip)
+        # A decode worker reports the prefill worker's cached tokens: TensorRT-LLM counts a
+        # generation-only request's whole transferred prompt as cached.
+        transferred = plan.state if plan is not None else None
+        stream = OutputStream(top_logprobs=request.output.logprobs, block_size=self._block_size, skip_tokens=skip,
+                              cached_tokens=transferred.cached_tokens if transferred is not None else None)
         self._load.in_flight += 1
+        # A generation-only request has no update before its KV has arrived from the prefill
+        # worker (its first one carries the context's token).
+        awaiting_kv = disaggregated is not None and phase == "decode"
         try:
             if phase == "prefill":
                 await result
@@ -206,11 +215,13 @@ class TrtllmEngine(Engine):
                 output.kv_transfer = disagg.prefill_result(
                     getattr(completion, "disaggregated_params", None), worker_id=self._context.worker_id,
                     request_id=request.request_id, prompt_tokens=len(prompt), block_size=self._block_size,
+                    cached_tokens=output.cached_tokens or 0,
                 )
                 yield output
                 return
             first = True
             async for update in result:
+                awaiting_kv = False
                 output = stream.delta(update)
                 if output is None:
                     continue
@@ -225,8 +236,35 @@ class TrtllmEngine(Engine):
             self._load.in_flight -= 1
             if not result.finished:
                 # The consumer went away (or the stream failed): free the request's slot and KV.
+                if awaiting_kv:
+                    self._abort_after_kv_arrives(result, request.request_id)
+                else:
+                    with contextlib.suppress(Exception):
+                        result.abort()
+
+    def _abort_after_kv_arrives(self, result: Any, request_id: str) -> None:
+        """Abort a generation-only request once its KV has arrived, not while it is in flight.
+
+        TensorRT-LLM's cancel of a request whose KV transfer is under way reaches only queued
+        transfers: an in-flight one kept its blocks, and under bursts of cancellations left the
+        workers wedged (TensorRT-LLM PRs #12314, #13713; in-flight cancel is opt-in there,
+        `TRTLLM_DISAGG_ENABLE_INFLIGHT_CANCEL=1`, for some transceivers only). NVIDIA's Dynamo
+        (`_DeferredAbort`, for 1.3.0rc22) therefore reads the result until its first update, which
+        comes once the transfer is complete, and aborts then. So does this. A transfer that never
+        completes ends the request itself at the transceiver's `kv_transfer_timeout_ms`."""
+
+        async def abort_when_arrived() -> None:
+            with contextlib.suppress(Exception):
+                async for _ in result:
+                    break
+            if not result.finished:
                 with contextlib.suppress(Exception):
                     result.abort()
+            log.debug("request %s aborted after its KV arrived", request_id)
+
+        task = asyncio.get_running_loop().create_task(abort_when_arrived(), name=f"trtllm-abort-{request_id}")
+        self._deferred_aborts.add(task)
+        task.add_done_callback(self._deferred_aborts.discard)
 
     async def _poll(self, drain) -> None:
         loop = asyncio.get_running_loop()
@@ -283,7 +321,7 @@ class TrtllmEngine(Engine):
         return self._mirror.snapshot()
 
     async def stop(self) -> None:
-        await cancel_and_wait(self._tasks)
+        await cancel_and_wait([*self._tasks, *self._deferred_aborts])  # shutdown() ends their requests
         self._tasks = []
         if self._llm is not None:
             llm, self._llm = self._llm, None

@@ -8,7 +8,8 @@
   attention window size when the cache is made;
 - `stored`: `parent_hash` (None for a root) and `blocks`, each with `block_hash`, `tokens`
   (`{"token_id", "token_extra_id"}` each), `cache_level` and `priority`, and in later releases
-  `mm_keys` (empty for text) and `cache_salt` (None unless the request was salted);
+  `mm_keys` (empty for text) and `cache_salt` (None unless the request was salted; 1.3 writes
+  it on each block, NVIDIA's Dynamo also reads it from the event) and the event's `lora_name`;
 - `removed`: `block_hashes`;
 - `updated`: a block's `cache_level` / `priority` changed (`{"new_value", "old_value"}`).
 
@@ -23,8 +24,8 @@ so. Left out, because dynamo's token-only block hashes cannot describe them:
   size, each with its own events. Only the largest window (full attention, the one that holds
   a whole prefix) is reported; the `created` events say which sizes exist.
 - Blocks of other cache levels (host memory, when offloading), blocks of multimodal content
-  (token extra ids, `mm_keys`) and salted blocks (`cache_salt`). `updated` events (offloads,
-  priority changes) are ignored.
+  (token extra ids, `mm_keys`), salted blocks (`cache_salt`) and a LoRA adapter's blocks
+  (`lora_name`). `updated` events (offloads, priority changes) are ignored.
 """
 
 from __future__ import annotations
@@ -100,6 +101,8 @@ class KvEventTranslator:
         parent = None if parent is None else engine_hash(parent)
         blocks: list[KvBlock] = []
         cut = parent is not None and parent in self._dropped  # stored under an unreported block
+        # Salted or adapter blocks hash differently from the same tokens elsewhere.
+        cut = cut or data.get("cache_salt") is not None or bool(data.get("lora_name"))
         for block in data.get("blocks") or ():
             block_hash = engine_hash(block["block_hash"])
             tokens = block.get("tokens") or ()

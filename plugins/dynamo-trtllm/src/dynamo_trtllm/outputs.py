@@ -49,17 +49,24 @@ def finish_reason(reason: str | None) -> FinishReason:
 
 
 def cached_tokens(result: Any, block_size: int) -> int:
-    """Prompt tokens TensorRT-LLM found in its reused KV blocks.
+    """Prompt tokens TensorRT-LLM found in its KV cache (reused blocks), at most the prompt.
 
-    `GenerationResultBase.cached_tokens` (from the C++ result) where the release has it; else
-    `request_perf_metrics.kv_cache_metrics.num_reused_blocks` blocks (with `return_perf_metrics`).
+    `GenerationResultBase.cached_tokens`: an int on every result since TensorRT-LLM added it
+    for trtllm-serve's usage (PR #7637, 2025; 0 until a response sets it), which the PyTorch
+    executor copies from the request (`request.cached_tokens`, the prompt length the KV cache
+    manager prepopulated) onto each response it emits, the first included. Older releases lack
+    the attribute; there `request_perf_metrics.kv_cache_metrics.num_reused_blocks` blocks are
+    used, present only with `return_perf_metrics` (which this adapter does not set), else 0.
+    A generation-only request counts its whole transferred prompt here: a decode worker takes
+    the context worker's count instead (`OutputStream(cached_tokens=...)`).
     """
+    prompt = len(getattr(result, "prompt_token_ids", None) or ())
     value = getattr(result, "cached_tokens", None)
-    if isinstance(value, int):
-        return value
-    metrics = getattr(result.outputs[0], "request_perf_metrics", None) if result.outputs else None
-    reused = getattr(getattr(metrics, "kv_cache_metrics", None), "num_reused_blocks", None)
-    return int(reused) * block_size if isinstance(reused, int) else 0
+    if not isinstance(value, int):
+        metrics = getattr(result.outputs[0], "request_perf_metrics", None) if result.outputs else None
+        reused = getattr(getattr(metrics, "kv_cache_metrics", None), "num_reused_blocks", None)
+        value = int(reused) * block_size if isinstance(reused, int) else 0
+    return max(0, min(value, prompt)) if prompt else max(0, value)
 
 
 def token_logprobs(token_ids: Sequence[int], positions: Sequence[Any], top: int) -> tuple[list[float], list[list[TokenLogprob]]]:
@@ -90,9 +97,12 @@ class OutputStream:
     each delta carries `token_ids[emitted:]` and moves it to the end.
     """
 
-    def __init__(self, *, top_logprobs: int | None, block_size: int, skip_tokens: int = 0):
+    def __init__(self, *, top_logprobs: int | None, block_size: int, skip_tokens: int = 0,
+                 cached_tokens: int | None = None):
         self.top_logprobs = top_logprobs
         self.block_size = block_size
+        # Set: the count to report instead of the result's (a decode worker's: the prefill's).
+        self.cached_tokens = cached_tokens
         # A decode worker's output starts with the prefill worker's first token, which the
         # client already has.
         self.emitted = skip_tokens
@@ -116,7 +126,8 @@ class OutputStream:
         if self._first:
             self._first = False
             output.prompt_tokens = len(result.prompt_token_ids or ())
-            output.cached_tokens = cached_tokens(result, self.block_size)
+            output.cached_tokens = (self.cached_tokens if self.cached_tokens is not None
+                                    else cached_tokens(result, self.block_size))
         if self.top_logprobs is not None and new and completion.logprobs:
             positions = list(completion.logprobs[start:start + len(new)])
             if len(positions) == len(new):

@@ -74,6 +74,10 @@ def engine_hash(value: int | bytes) -> int:
 class KvEventTranslator(EventTranslator):
     """Turns decoded vLLM events into dynamo events for an engine of `block_size` tokens a block."""
 
+    stored_type = BlockStored
+    removed_type = BlockRemoved
+    cleared_type = AllBlocksCleared
+
     def __init__(self, block_size: int, group_idx: int = 0):
         self.block_size = block_size
         self.group_idx = group_idx

@@ -13,18 +13,21 @@ sent itself and has not seen finish:
   longer outputs. Requests are summed without discounting shared prefixes: the time of a
   decode step grows with every sequence's context, shared or not.
 
-- running requests: each request from routing until it ends (the batch its decode slows).
+- decoding requests: each request from its first token until it ends (the batch whose steps
+  it lengthens). A request still waiting for its first token is prefill work, counted above,
+  not yet part of the decode batch.
 
 Combination with reports: a report counts everything the worker had admitted when it was
 sent, including other frontends' requests. The decode estimate is that report plus what this
 router added or released since (its tracked blocks now minus at the report), and never less
 than this router's own tracked blocks: a report can lag a burst, and the engine counts a
-shared prefix once while the tracking counts it per request. Running requests combine the
-same way.
+shared prefix once while the tracking counts it per request. Decoding requests combine the
+same way with the report's running requests (its waiting ones have no first token).
 
 Other frontends' routers (routing peers) share their requests' changes; they are counted the
 same way, keyed by peer and request id, and dropped together when their peer goes silent, or
-one by one when older than ``PEER_REQUEST_MAX_AGE_S`` (a lost ``finished`` message).
+one by one when older than ``PEER_REQUEST_MAX_AGE_S`` (a lost ``finished`` message): peers'
+requests wait in routing order in one queue, so expiry looks only at the oldest.
 
 Each tracked request also keeps when it was routed and how much prefill work was ahead of it
 and in it, so that its first token is a timing sample for `speed`.
@@ -32,6 +35,7 @@ and in it, so that its first token is a timing sample for `speed`.
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
 
 from dynamo_core.protocols.kv_events import LoadMetrics
@@ -48,7 +52,7 @@ class RoutedRequest:
     work_tokens: int = 0  # prefill tokens queued on the worker when routed, plus its own
     prefilling: bool = True
     first_token_at: float = 0.0
-    batch_at_first_token: int = 0  # running requests on the worker then
+    batch_at_first_token: int = 0  # decoding requests on the worker then, itself included
 
 
 @dataclass(slots=True)
@@ -57,10 +61,10 @@ class WorkerLoad:
 
     prefill_tokens: int = 0  # tracked: sent, first token not seen yet
     decode_blocks: int = 0  # tracked: sent, not finished
-    requests: int = 0  # tracked: sent, not finished
+    decoding: int = 0  # tracked: first token seen, not finished
     reported: LoadMetrics | None = None
     decode_blocks_at_report: int = 0  # `decode_blocks` when `reported` arrived
-    requests_at_report: int = 0  # `requests` when `reported` arrived
+    decoding_at_report: int = 0  # `decoding` when `reported` arrived
 
     @property
     def active_decode_blocks(self) -> int:
@@ -71,11 +75,11 @@ class WorkerLoad:
 
     @property
     def running_requests(self) -> int:
+        """The decode batch: requests past their first token and not finished."""
         if self.reported is None:
-            return self.requests
-        since_report = self.requests - self.requests_at_report
-        reported = self.reported.running_requests + self.reported.waiting_requests
-        return max(self.requests, reported + since_report)
+            return self.decoding
+        since_report = self.decoding - self.decoding_at_report
+        return max(self.decoding, self.reported.running_requests + since_report)
 
 
 class LoadTracker:
@@ -85,6 +89,9 @@ class LoadTracker:
         self._workers: dict[str, WorkerLoad] = {}
         self._requests: dict[str, RoutedRequest] = {}
         self._peer_requests: dict[str, set[str]] = {}  # peer frontend id -> its tracking keys
+        # (routed_at, frontend id, key) of peers' requests in routing order (the clock is
+        # monotonic); an entry whose key has finished or was routed again since is stale.
+        self._peer_expiry: deque[tuple[float, str, str]] = deque()
 
     def add_worker(self, worker_id: str) -> None:
         self._workers.setdefault(worker_id, WorkerLoad())
@@ -101,12 +108,13 @@ class LoadTracker:
     def worker_count(self) -> int:
         return len(self._workers)
 
-    def routed(self, request_id: str, worker_id: str, prefill_tokens: int, decode_blocks: int,
-               now: float = 0.0) -> None:
+    def routed(self, request_id: str, worker_id: str, prefill_tokens: int, decode_blocks: int, *,
+               now: float) -> None:
         """``request_id`` was sent to ``worker_id`` at ``now``; count it until it finishes.
 
-        A request id routed again (a retry after a failure the frontend has not reported yet)
-        replaces its earlier entry, so nothing is counted twice.
+        ``now`` is keyword-only: it sits beside three other numbers, and a time passed as a
+        block count would go unnoticed. A request id routed again (a retry after a failure the
+        frontend has not reported yet) replaces its earlier entry, so nothing is counted twice.
         """
         self.finished(request_id)
         load = self._workers.setdefault(worker_id, WorkerLoad())
@@ -114,11 +122,11 @@ class LoadTracker:
         self._requests[request_id] = RoutedRequest(worker_id, prefill_tokens, decode_blocks, now, work)
         load.prefill_tokens += prefill_tokens
         load.decode_blocks += decode_blocks
-        load.requests += 1
 
-    def first_token(self, request_id: str, now: float = 0.0) -> RoutedRequest | None:
-        """The request's prefill is done: its prompt tokens no longer wait to be computed.
-        Returns the request the first time (a timing sample), None after or if unknown."""
+    def first_token(self, request_id: str, *, now: float) -> RoutedRequest | None:
+        """The request's prefill is done: its prompt tokens no longer wait to be computed, and
+        it joins the decode batch. Returns the request the first time (a timing sample), None
+        after or if unknown."""
         request = self._requests.get(request_id)
         if request is None or not request.prefilling:
             return None
@@ -127,6 +135,7 @@ class LoadTracker:
         load = self._workers.get(request.worker_id)
         if load is not None:
             load.prefill_tokens -= request.prefill_tokens
+            load.decoding += 1
             request.batch_at_first_token = load.running_requests
         return request
 
@@ -141,8 +150,9 @@ class LoadTracker:
             return request
         if request.prefilling:
             load.prefill_tokens -= request.prefill_tokens
+        else:
+            load.decoding -= 1
         load.decode_blocks -= request.decode_blocks
-        load.requests -= 1
         return request
 
     @staticmethod
@@ -150,10 +160,11 @@ class LoadTracker:
         return f"peer:{frontend_id}/{request_id}"
 
     def peer_routed(self, frontend_id: str, request_id: str, worker_id: str, prefill_tokens: int,
-                    decode_blocks: int, now: float) -> None:
+                    decode_blocks: int, *, now: float) -> None:
         key = self.peer_key(frontend_id, request_id)
-        self.routed(key, worker_id, prefill_tokens, decode_blocks, now)
+        self.routed(key, worker_id, prefill_tokens, decode_blocks, now=now)
         self._peer_requests.setdefault(frontend_id, set()).add(key)
+        self._peer_expiry.append((now, frontend_id, key))
 
     def peer_finished(self, frontend_id: str, request_id: str) -> None:
         key = self.peer_key(frontend_id, request_id)
@@ -163,17 +174,31 @@ class LoadTracker:
             keys.discard(key)
 
     def peer_gone(self, frontend_id: str) -> None:
-        """Release everything the peer had in flight."""
+        """Release everything the peer had in flight (its queue entries become stale)."""
         for key in self._peer_requests.pop(frontend_id, set()):
             self.finished(key)
 
     def expire_peer_requests(self, now: float) -> None:
-        """Release peers' requests routed more than ``PEER_REQUEST_MAX_AGE_S`` ago."""
-        for keys in self._peer_requests.values():
-            stale = [k for k in keys if (r := self._requests.get(k)) is None or now - r.routed_at > PEER_REQUEST_MAX_AGE_S]
-            for key in stale:
-                keys.discard(key)
+        """Release peers' requests routed more than ``PEER_REQUEST_MAX_AGE_S`` ago. Only the
+        head of the queue is visited: expired entries, and stale ones (finished or routed
+        again) that reached the head."""
+        queue = self._peer_expiry
+        while queue:
+            routed_at, frontend_id, key = queue[0]
+            request = self._requests.get(key)
+            live = request is not None and request.routed_at == routed_at
+            if live and now - routed_at <= PEER_REQUEST_MAX_AGE_S:
+                break
+            queue.popleft()
+            if live:
+                keys = self._peer_requests.get(frontend_id)
+                if keys is not None:
+                    keys.discard(key)
                 self.finished(key)
+
+    @property
+    def peer_expiry_queue_length(self) -> int:
+        return len(self._peer_expiry)
 
     @property
     def peer_requests_in_flight(self) -> int:
@@ -186,7 +211,7 @@ class LoadTracker:
             return
         load.reported = metrics
         load.decode_blocks_at_report = load.decode_blocks
-        load.requests_at_report = load.requests
+        load.decoding_at_report = load.decoding
 
     @property
     def requests_in_flight(self) -> int:

@@ -105,7 +105,7 @@ class KvRouter(Router):
             prefill_tokens = 1
         else:
             prefill_tokens = max(prompt_tokens - chosen.overlap_blocks * self.block_size, 1)
-        self.loads.routed(request.request_id, chosen.worker_id, prefill_tokens, prompt_blocks + 1, self._clock())
+        self.loads.routed(request.request_id, chosen.worker_id, prefill_tokens, prompt_blocks + 1, now=self._clock())
         self._share_change(request.request_id, chosen.worker_id, "routed", prefill_tokens, prompt_blocks + 1)
         if self._assumed is not None:
             self._assumed.routed(chosen.worker_id, hashes)
@@ -147,7 +147,7 @@ class KvRouter(Router):
 
     def on_first_token(self, request_id: str, worker_id: str) -> None:
         now = self._clock()
-        request = self.loads.first_token(request_id, now)
+        request = self.loads.first_token(request_id, now=now)
         if request is not None:
             self._share_change(request_id, request.worker_id, "first_token")
             self.speeds.observed_first_token(request.worker_id, request.work_tokens, now - request.routed_at)
@@ -177,9 +177,9 @@ class KvRouter(Router):
         if request.state == "routed":
             if request.worker_id in self._workers:
                 self.loads.peer_routed(request.frontend_id, request.request_id, request.worker_id,
-                                       request.prefill_tokens, request.decode_blocks, now)
+                                       request.prefill_tokens, request.decode_blocks, now=now)
         elif request.state == "first_token":
-            self.loads.first_token(self.loads.peer_key(request.frontend_id, request.request_id), now)
+            self.loads.first_token(self.loads.peer_key(request.frontend_id, request.request_id), now=now)
         else:
             self.loads.peer_finished(request.frontend_id, request.request_id)
         if now >= self._next_peer_sweep:

@@ -11,8 +11,10 @@ The default cost is the time the user waits for the first token if the request g
 - ``queued_prefill_tokens``: uncached tokens of requests already sent there that wait for
   their first token (this router's and, when shared, its peers', see `load`);
 - ``overhead``, ``seconds_per_token``: the prefill speed the worker has shown (`speed`);
-- ``running_requests``: the batch running there; each of its sequences lengthens every step,
-  the one that carries this request's prefill included (``seconds_per_sequence``, `speed`).
+- ``running_requests``: the batch decoding there (requests past their first token); each of
+  its sequences lengthens every step, the one that carries this request's prefill included
+  (``seconds_per_sequence``, `speed`). Requests still waiting for their first token are in
+  the queued prefill instead, so they are not counted twice.
 
 A worker holding the prefix is skipped only when the wait there is really longer: costs within
 ``HOME_MARGIN`` of the lowest count as equal, and among equals the worker holding the longest

@@ -5,8 +5,9 @@ the prefill server's bootstrap server under the request's random `bootstrap_room
 CI can test that orchestration with real processes, a prefill mocker with the flag serves a
 bootstrap server on a port of its own: once it has computed a prompt's KV into its arena it
 publishes the room's transfer parameters (region, blocks); a decode mocker asks for the room,
-is answered once the prefill has published it (or told it failed after a timeout), and pulls
-the blocks as in the answer-first handoff. The server speaks the request plane's framing with
+is answered once the prefill has published it, at once when the prefill failed (`fail`: it
+was rejected, errored or abandoned, so its room will never fill), or after a timeout, and
+pulls the blocks as in the answer-first handoff. The server speaks the request plane's framing with
 one endpoint, so the rendezvous needs no wire protocol of its own.
 """
 
@@ -42,15 +43,16 @@ def room_of(engine_params: dict | None) -> int | None:
 class BootstrapServer:
     """The prefill side: rooms whose KV is computed, and decode workers waiting for theirs.
 
-    A room's future is made by whichever comes first, the publish or a decode worker's ask;
-    it leaves with the KV's release (or the ask's timeout, when nothing was published).
+    A room's future is made by whichever comes first, the publish (or fail) or a decode
+    worker's ask; it leaves with the KV's release, the ask's timeout when nothing was
+    published, or a while after a failure (a decode worker may ask after the prefill failed).
     """
 
     def __init__(self, host: str, wait_s: float):
         self._server = RequestPlaneServer(host, 0)
         self._server.register(ROOM_ENDPOINT, self._serve_room)
         self._wait_s = wait_s
-        self._rooms: dict[int, asyncio.Future[KvTransferParams]] = {}
+        self._rooms: dict[int, asyncio.Future[RoomAnswer]] = {}
         self._room_of_hold: dict[str, int] = {}
 
     async def start(self) -> dict:
@@ -58,7 +60,7 @@ class BootstrapServer:
         host, port = (await self._server.start()).rsplit(":", 1)
         return {"bootstrap_host": host, "bootstrap_port": int(port)}
 
-    def _room(self, room: int) -> asyncio.Future[KvTransferParams]:
+    def _room(self, room: int) -> asyncio.Future[RoomAnswer]:
         future = self._rooms.get(room)
         if future is None:
             future = self._rooms[room] = asyncio.get_running_loop().create_future()
@@ -67,8 +69,22 @@ class BootstrapServer:
     def publish(self, room: int, kv: KvTransferParams) -> None:
         future = self._room(room)
         if not future.done():
-            future.set_result(kv)
+            future.set_result(RoomAnswer(kv=kv))
         self._room_of_hold[kv.hold_id] = room
+
+    def fail(self, room: int, reason: str) -> None:
+        """The prefill of `room` will not publish (rejected, failed or abandoned): a decode
+        worker waiting there, or asking later, is told so at once instead of timing out."""
+        future = self._room(room)
+        if future.done():
+            return  # published (or failed) already: a late failure changes nothing
+        future.set_result(RoomAnswer(error=f"the prefill of room {room} failed: {reason}"))
+        # Forget it once no decode worker would still ask (none waits longer than wait_s).
+        asyncio.get_running_loop().call_later(self._wait_s, self._forget_failed, room, future)
+
+    def _forget_failed(self, room: int, future: asyncio.Future[RoomAnswer]) -> None:
+        if self._rooms.get(room) is future:
+            del self._rooms[room]
 
     def withdraw(self, hold_id: str) -> None:
         """The KV held under `hold_id` is gone: its room can no longer be pulled from."""
@@ -84,13 +100,13 @@ class BootstrapServer:
             return
         future = self._room(room)
         try:
-            kv = await asyncio.wait_for(asyncio.shield(future), self._wait_s)
+            answer = await asyncio.wait_for(asyncio.shield(future), self._wait_s)
         except TimeoutError:
             if not future.done():
                 self._rooms.pop(room, None)
             yield msgspec.msgpack.encode(RoomAnswer(error=f"room {room} got no KV within {self._wait_s:g} s"))
             return
-        yield msgspec.msgpack.encode(RoomAnswer(kv=kv))
+        yield msgspec.msgpack.encode(answer)
 
     async def stop(self) -> None:
         await self._server.stop()

@@ -11,7 +11,9 @@ In disaggregated roles its KV cache is real memory (`kv_arena`): a prefill worke
 prompt, samples its first token, fills the prompt's blocks and holds them; a decode worker
 pulls those blocks through the transfer agent, checks every byte, and decodes the rest. With
 `--disagg-bootstrap` the two meet SGLang's way instead (`bootstrap.py`): both get the request at
-once, the decode worker learns where the blocks are from the prefill worker's bootstrap server.
+once, the decode worker learns where the blocks are from the prefill worker's bootstrap server
+(or at once that the prefill failed); a decode worker with the flag declines (`retry_elsewhere`)
+any request without a bootstrap room, as an SGLang decode engine does.
 """
 
 from __future__ import annotations
@@ -176,21 +178,37 @@ class MockerEngine(Engine):
         return (int.from_bytes(digest, "little") + request.resumed_tokens) % len(self._token_pool)
 
     async def generate(self, request: PreprocessedRequest) -> AsyncIterator[EngineOutput]:
+        phase = request.disagg.phase if request.disagg is not None else None
+        kv = request.disagg.kv if request.disagg is not None else None
+        room = room_of(kv.engine_params) if kv is not None else None
+        if self.role == "decode" and self.config.disagg_bootstrap and (phase != "decode" or room is None):
+            # As an SGLang decode engine: it cannot compute a prompt alone, so a request without
+            # a bootstrap room (whole, or a continuation) belongs on another worker.
+            yield EngineOutput(finish_reason=FinishReason.ERROR, retry_elsewhere=True,
+                               error="this decode worker (--disagg-bootstrap) serves only requests split with a "
+                                     "prefill worker through a bootstrap room")
+            return
+        # A prefill of a rendezvous that ends before publishing its KV fails its room, so that
+        # the decode side waiting there ends at once instead of after the bootstrap timeout.
+        fails_room = self.bootstrap is not None and phase == "prefill" and room is not None
         prompt_len = len(request.token_ids)
         error = self._rejection(prompt_len)
         if error is not None:
+            if fails_room:
+                self.bootstrap.fail(room, error)
             yield EngineOutput(finish_reason=FinishReason.ERROR, error=error, prompt_tokens=prompt_len, cached_tokens=0)
             return
         capacity_tokens = self.pool.num_blocks * self.pool.block_size
         # The n-th output token is sampled from a step that computed prompt + n - 1 tokens.
         max_output = min(request.stop.max_tokens, self.context_length - prompt_len, capacity_tokens - prompt_len + 1)
-        phase = request.disagg.phase if request.disagg is not None else None
         if phase == "prefill":
             if self.arena is None:
                 yield EngineOutput(finish_reason=FinishReason.ERROR, error=f"this worker's role is {self.role}, not prefill")
                 return
             max_output = min(max_output, 1)
         if max_output <= 0:
+            if fails_room:
+                self.bootstrap.fail(room, "the prompt leaves no room for output")
             yield EngineOutput(finish_reason=FinishReason.LENGTH, prompt_tokens=prompt_len, cached_tokens=0)
             return
         stream = _Stream(
@@ -201,10 +219,9 @@ class MockerEngine(Engine):
             logprobs=request.output.logprobs,
             prompt_logprobs=request.output.prompt_logprobs,
         )
-        kv = request.disagg.kv if request.disagg is not None else None
         if phase == "prefill":
             stream.hold_id = request.request_id
-            stream.room = room_of(kv.engine_params) if kv is not None else None
+            stream.room = room
             if stream.room is not None and self.bootstrap is None:
                 yield EngineOutput(finish_reason=FinishReason.ERROR, error="this prefill worker serves no bootstrap room")
                 return
@@ -234,6 +251,8 @@ class MockerEngine(Engine):
                 if output.finish_reason is not None:
                     return
         finally:
+            if stream.room is not None and self.bootstrap is not None:  # not published (see _emit)
+                self.bootstrap.fail(stream.room, "the prefill was abandoned before its KV was computed")
             if stream.loading:  # the pull writes into its blocks: it finishes the sequence
                 stream.abandoned = True
             elif stream.status is not SequenceStatus.FINISHED:  # closed or cancelled by the consumer
@@ -301,6 +320,7 @@ class MockerEngine(Engine):
                     output.kv_transfer = self._hold(seq)
                     if seq.room is not None and self.bootstrap is not None:
                         self.bootstrap.publish(seq.room, output.kv_transfer)
+                        seq.room = None  # published: nothing left to fail
                 else:
                     finish(seq)
             seq.push(output)
@@ -442,6 +462,9 @@ class MockerEngine(Engine):
         for seq in [*self.scheduler.running, *self.scheduler.waiting]:
             self.scheduler.finish(seq)
             assert isinstance(seq, _Stream)
+            if seq.room is not None and self.bootstrap is not None:
+                self.bootstrap.fail(seq.room, error)
+                seq.room = None
             seq.push(EngineOutput(finish_reason=FinishReason.ERROR, error=error))
         self._publish_events()
 

@@ -29,8 +29,9 @@ class MockerConfig(msgspec.Struct, kw_only=True, frozen=True):
     kv_hold_timeout_s: float = 60.0
     inject_kv_corruption: bool = False
     decode_samples_first_token: bool = False  # vLLM's protocol (see KvTransferParams)
-    # SGLang's protocol: the prefill worker serves a bootstrap server (mocker/bootstrap.py), and
-    # how long a room is waited for before the decode worker gives up on it.
+    # SGLang's protocol: the prefill worker serves a bootstrap server (mocker/bootstrap.py), a
+    # decode worker takes only requests with a room, and how long a room is waited for before
+    # the decode worker gives up on it.
     disagg_bootstrap: bool = False
     bootstrap_timeout_s: float = 30.0
 
@@ -114,7 +115,8 @@ def add_mocker_options(group: OptionGroup) -> None:
     add("--disagg-bootstrap", action="store_true",
         help="prefill workers: hand KV over as SGLang does, through a bootstrap server on a port of its own "
              "where the decode worker, sent the request at the same time, meets it (default: the prefill "
-             "worker answers first, then the decode worker pulls)")
+             "worker answers first, then the decode worker pulls); decode workers: serve only requests "
+             "split that way, declining the others as an SGLang decode engine does")
     add("--bootstrap-timeout", type=float, default=d.bootstrap_timeout_s,
         help="with --disagg-bootstrap: seconds a decode worker waits for the prefill's KV of its room "
              "(default: %(default)s)")

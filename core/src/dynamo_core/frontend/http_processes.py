@@ -1,0 +1,227 @@
+"""`dynamo frontend --http-workers N`: N full frontend processes serving one port.
+
+One Python process is one event loop: past a few hundred requests a second its loop, not the
+workers, is the gateway's limit. So the command becomes a supervisor of N `dynamo frontend`
+children, each binding the same port with ``SO_REUSEPORT`` (the kernel spreads new
+connections among them). Each child is a whole frontend: its own loop, tokenizer, prompt
+pool, routers and KV-event subscriptions. They route as one through the routing peers
+(`runtime/peer_plane.py`): without NATS, loopback UDP to the addresses they register in
+discovery (`runtime/peer_transports.py`), so each knows what the others have in flight on
+every worker.
+
+What the supervisor keeps:
+- Readiness: each child writes a line to an inherited pipe once its server listens; the
+  supervisor logs each, and "all N ready" once they all are.
+- Supervision: a child that exits is restarted with the backoff of `RestartPolicy` (the others
+  keep serving); one that keeps failing at start-up (exits with an error before it listens, or
+  within the policy's window after) makes the whole command exit non-zero.
+  SIGINT/SIGTERM stops every child.
+- Metrics: prometheus_client's multiprocess mode, over a directory of this supervisor's
+  (``PROMETHEUS_MULTIPROC_DIR``), so `/metrics` from any child reports the sum over all of them
+  (counters and histograms summed, the in-flight gauge summed over live processes). That mode
+  has no process metrics; `GroupProcessCollector` adds ``process_cpu_seconds_total`` and
+  ``process_resident_memory_bytes`` summed over the live children.
+- The prompt pool: unless ``--preprocess-workers`` is given, the host's default is divided
+  among the children, so N of them do not start N times as many tokenizer processes as CPUs
+  (`cli/frontend_processes.py` builds the children's command line).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import os
+import re
+import shutil
+import signal
+import tempfile
+
+from dynamo_core.runtime.children import die_with_parent
+from dynamo_core.runtime.restart_policy import RestartPolicy
+
+log = logging.getLogger("dynamo_core.frontend.http_processes")
+STOP_TIMEOUT_S = 15.0
+# Set in each child: its index among the N, and the pipe it reports readiness on.
+PROCESS_INDEX_ENV = "DYN_HTTP_PROCESS_INDEX"
+READY_FD_ENV = "DYN_HTTP_READY_FD"
+
+
+_PID_FILE = re.compile(r"_(\d+)\.db$")
+_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+class GroupProcessCollector:
+    """CPU and memory of the live processes that write metrics into ``directory``: the N HTTP
+    processes (a dead one's CPU leaves the sum with it)."""
+
+    def __init__(self, directory: str) -> None:
+        self._directory = directory
+
+    def collect(self):
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        cpu = rss = 0.0
+        pids = {int(m.group(1)) for name in os.listdir(self._directory) if (m := _PID_FILE.search(name))}
+        for pid in pids:
+            try:
+                with open(f"/proc/{pid}/stat", "rb") as f:
+                    fields = f.read().rsplit(b")", 1)[1].split()
+            except OSError:
+                continue  # exited
+            cpu += (int(fields[11]) + int(fields[12])) / _TICKS  # utime, stime
+            rss += int(fields[21]) * _PAGE
+        yield CounterMetricFamily("process_cpu_seconds", "CPU seconds of the live HTTP processes, summed", value=cpu)
+        yield GaugeMetricFamily("process_resident_memory_bytes", "Resident memory of the live HTTP processes, summed",
+                                value=rss)
+
+
+_ready_fd: int | None = None
+
+
+def claim_ready_pipe() -> None:
+    """In a child, first thing: take the readiness pipe out of the environment and keep it
+    from the processes this one starts (the prompt pool), so that only we write or hold it."""
+    global _ready_fd
+    fd = os.environ.pop(READY_FD_ENV, None)
+    if fd is not None:
+        _ready_fd = int(fd)
+        with contextlib.suppress(OSError):
+            os.set_inheritable(_ready_fd, False)
+
+
+def signal_ready() -> None:
+    """In a child: tell the supervisor that this process listens (no-op when alone)."""
+    global _ready_fd
+    if _ready_fd is None:
+        return
+    fd, _ready_fd = _ready_fd, None
+    with contextlib.suppress(OSError):
+        os.write(fd, f"{os.getpid()}\n".encode())
+        os.close(fd)
+
+
+async def _read_ready(fd: int) -> bool:
+    """True once the child wrote its line; False at EOF (it died first)."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[bytes] = loop.create_future()
+
+    def readable() -> None:
+        if not done.done():
+            try:
+                done.set_result(os.read(fd, 64))
+            except OSError:
+                done.set_result(b"")
+
+    loop.add_reader(fd, readable)
+    try:
+        return bool(await done)
+    finally:
+        loop.remove_reader(fd)
+        os.close(fd)
+
+
+class HttpProcessGroup:
+    """Start, watch and stop the N HTTP processes of one `dynamo frontend`."""
+
+    def __init__(self, command: list[str], argv: list[str], processes: int, env: dict[str, str]):
+        self._command = command  # how to start `dynamo` again
+        self._argv = argv
+        self._count = processes
+        self._env = env
+        self._procs: dict[int, asyncio.subprocess.Process] = {}
+        self._policies = {i: RestartPolicy() for i in range(processes)}
+        self._ready: set[int] = set()
+        self._metrics_dir = ""
+
+    async def _spawn(self, index: int) -> asyncio.Task:
+        read_fd, write_fd = os.pipe()
+        env = {**self._env, PROCESS_INDEX_ENV: str(index), READY_FD_ENV: str(write_fd),
+               "PROMETHEUS_MULTIPROC_DIR": self._metrics_dir}
+        try:
+            proc = await asyncio.create_subprocess_exec(*self._command, *self._argv, env=env, pass_fds=(write_fd,),
+                                                        preexec_fn=die_with_parent)
+        finally:
+            os.close(write_fd)
+        self._procs[index] = proc
+        # Until it listens a child is still starting, however long its imports take on a busy
+        # host: an error exit before then is a start-up failure (`_announce` starts the clock).
+        self._policies[index].started_at = math.inf
+        return asyncio.create_task(self._announce(index, proc.pid, read_fd), name=f"http-{index}-ready")
+
+    async def _announce(self, index: int, pid: int, read_fd: int) -> None:
+        if not await _read_ready(read_fd):
+            return
+        self._ready.add(index)
+        self._policies[index].on_start()
+        log.info("HTTP process %d/%d ready (pid %d)", index + 1, self._count, pid)
+        if len(self._ready) == self._count:
+            log.info("all %d HTTP processes ready", self._count)
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        self._metrics_dir = tempfile.mkdtemp(prefix="dynamo-frontend-metrics-")
+        announcers: set[asyncio.Task] = set()
+        try:
+            for index in range(self._count):
+                announcers.add(await self._spawn(index))
+            exit_code = await self._watch(stop, announcers)
+        finally:
+            await self._stop_all()
+            for task in announcers:
+                task.cancel()
+            shutil.rmtree(self._metrics_dir, ignore_errors=True)
+        return exit_code
+
+    async def _watch(self, stop: asyncio.Event, announcers: set[asyncio.Task]) -> int:
+        from prometheus_client import multiprocess
+
+        watchers = {asyncio.create_task(p.wait()): i for i, p in self._procs.items()}
+        restarts: dict[asyncio.Task, int] = {}
+        stop_task = asyncio.create_task(stop.wait())
+        try:
+            while True:
+                done, _ = await asyncio.wait({*watchers, *restarts, stop_task}, return_when=asyncio.FIRST_COMPLETED)
+                if stop_task in done:
+                    return 0
+                for task in done:
+                    if task in restarts:
+                        index = restarts.pop(task)
+                        announcers.add(await self._spawn(index))
+                        watchers[asyncio.create_task(self._procs[index].wait())] = index
+                        continue
+                    index = watchers.pop(task)
+                    code, pid = task.result(), self._procs[index].pid
+                    self._ready.discard(index)
+                    multiprocess.mark_process_dead(pid, self._metrics_dir)  # its live gauges stop counting
+                    delay = self._policies[index].on_exit(code)
+                    if delay is None:
+                        log.error("HTTP process %d exited with code %s within %.0f s of its start %d times in a row; "
+                                  "stopping the frontend (its log above says why)", index + 1, code,
+                                  self._policies[index].startup_window_s, self._policies[index].quick_deaths)
+                        return code or 1
+                    log.warning("HTTP process %d (pid %d) exited with code %s; restarting it in %.1f s; the others "
+                                "keep serving", index + 1, pid, code, delay)
+                    restarts[asyncio.create_task(asyncio.sleep(delay))] = index
+        finally:
+            for task in [*watchers, *restarts, stop_task]:
+                task.cancel()
+
+    async def _stop_all(self) -> None:
+        for proc in self._procs.values():
+            if proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.send_signal(signal.SIGTERM)
+        for index, proc in self._procs.items():
+            try:
+                await asyncio.wait_for(proc.wait(), STOP_TIMEOUT_S)
+            except asyncio.TimeoutError:
+                log.warning("HTTP process %d did not stop in %.0f s; killing it", index + 1, STOP_TIMEOUT_S)
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+                await proc.wait()

@@ -1,0 +1,36 @@
+"""`--preprocess-workers` defaults to the usable CPUs less one, at least one, with no cap."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from dynamo_core.cli import options
+
+
+def _default_in_a_process_on(cpus: set[int]) -> str:
+    # A real process pinned to `cpus`: the default reads its own affinity, not the host's count.
+    code = "from dynamo_core.cli.options import default_preprocess_workers as d; print(d())"
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True,
+        preexec_fn=lambda: os.sched_setaffinity(0, cpus),
+    ).stdout.strip()
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="needs CPU affinity (Linux)")
+def test_preprocess_workers_default_follows_the_process_affinity():
+    cpus = sorted(os.sched_getaffinity(0))
+    assert _default_in_a_process_on({cpus[0]}) == "1"  # one CPU: still one process, not none
+    assert _default_in_a_process_on(set(cpus)) == str(max(1, len(cpus) - 1))
+
+
+def test_preprocess_workers_default_is_not_capped(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr(options, "usable_cpus", lambda: 16)
+    assert options.default_preprocess_workers() == 15
+    monkeypatch.delenv("DYN_PREPROCESS_WORKERS", raising=False)
+    from dynamo_core.cli.parsers import build_frontend_parser
+
+    assert build_frontend_parser(None).parse_args([]).preprocess_workers == 15
