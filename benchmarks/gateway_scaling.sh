@@ -138,7 +138,7 @@ start_dynamo() {  # start_dynamo LOG
 run_levels() {  # run_levels LABEL: one loadgen run per level, the frontend tree's CPU around each
   local label=$1 frontend_pid=${pids[0]} level before after
   for level in $levels; do
-    before=$("${PY[@]}" -m benchmarks.process_tree_cpu "$frontend_pid")
+    before=$("${PY[@]}" -m benchmarks.proc_cpu --tree "$frontend_pid")
     if [ "$loadgens" = 1 ]; then
       "${PY[@]}" -m benchmarks.loadgen --url "http://127.0.0.1:$port" --model "$model" --concurrency "$level" \
         --duration "$duration" --warmup "$warmup" --prompt-tokens "$prompt_tokens" \
@@ -158,7 +158,7 @@ run_levels() {  # run_levels LABEL: one loadgen run per level, the frontend tree
       "${PY[@]}" -m benchmarks.gateway_scaling_table merge "$out" "${parts[@]}"
       rm -f "${parts[@]}"
     fi
-    after=$("${PY[@]}" -m benchmarks.process_tree_cpu "$frontend_pid")
+    after=$("${PY[@]}" -m benchmarks.proc_cpu --tree "$frontend_pid")
     "${PY[@]}" -m benchmarks.gateway_scaling_table annotate "$out" "$before" "$after" \
       "processes=${label##*=}" "cpus=$(nproc)" "load=$(cut -d' ' -f1-3 /proc/loadavg | tr ' ' /)"
   done

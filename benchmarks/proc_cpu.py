@@ -8,6 +8,7 @@ threads) and their descendants (our frontend's prompt pool). A process that star
 is lost (its last CPU seconds cannot be read any more), which a steady server never does.
 
     python -m benchmarks.proc_cpu 'dynamo frontend|dynamo\\.frontend'   # prints pid, CPU s, command
+    python -m benchmarks.proc_cpu --tree PID   # CPU s of PID and its live descendants (gateway_scaling.sh)
 """
 
 from __future__ import annotations
@@ -73,12 +74,7 @@ def matching_cpu(pattern: str | re.Pattern[str], proc: Path = Path("/proc")) -> 
         if entry.name.isdigit() and int(entry.name) not in mine:
             commands[int(entry.name)] = _command_line(entry) or ""
             parents[int(entry.name)] = _parent(entry)
-    chosen = {pid for pid, command in commands.items() if command and regex.search(command)}
-    grew = True
-    while grew:  # add children of chosen processes until none is left
-        before = len(chosen)
-        chosen |= {pid for pid, parent in parents.items() if parent in chosen}
-        grew = len(chosen) > before
+    chosen = _descendants({pid for pid, command in commands.items() if command and regex.search(command)}, parents)
     found: dict[int, tuple[float, str]] = {}
     for pid in chosen:
         cpu = _cpu_seconds(proc / str(pid))
@@ -87,11 +83,30 @@ def matching_cpu(pattern: str | re.Pattern[str], proc: Path = Path("/proc")) -> 
     return found
 
 
+def _descendants(roots: set[int], parents: dict[int, int | None]) -> set[int]:
+    chosen, grew = set(roots), True
+    while grew:  # add children of chosen processes until none is left
+        before = len(chosen)
+        chosen |= {pid for pid, parent in parents.items() if parent in chosen}
+        grew = len(chosen) > before
+    return chosen
+
+
+def tree_cpu_seconds(root: int, proc: Path = Path("/proc")) -> float:
+    """CPU seconds of `root` and its live descendants: how gateway_scaling.sh charges a
+    frontend (our supervisor with its N HTTP processes, or Dynamo's) whatever it exports."""
+    parents = {int(e.name): _parent(e) for e in proc.iterdir() if e.name.isdigit()}
+    return sum(cpu for pid in _descendants({root}, parents) if (cpu := _cpu_seconds(proc / str(pid))) is not None)
+
+
 def cpu_used(before: dict[int, tuple[float, str]], after: dict[int, tuple[float, str]]) -> float:
     """CPU seconds the matching processes used between two `matching_cpu` samples."""
     return sum(cpu - before.get(pid, (0.0, ""))[0] for pid, (cpu, _) in after.items())
 
 
 if __name__ == "__main__":
+    if sys.argv[1] == "--tree":
+        print(f"{tree_cpu_seconds(int(sys.argv[2])):.2f}")
+        sys.exit()
     for pid, (cpu, command) in sorted(matching_cpu(sys.argv[1]).items()):
         print(f"{pid}\t{cpu:.2f}\t{command[:120]}")

@@ -27,7 +27,7 @@ from benchmarks.records import RequestRecord, SseAccountant  # noqa: E402
 from benchmarks.report import append_json_lines, markdown_table  # noqa: E402
 from benchmarks.stats import percentile, summarize, tpot_ms  # noqa: E402
 from benchmarks.gateway_table import table as gateway_table  # noqa: E402
-from benchmarks.proc_cpu import cpu_used, matching_cpu  # noqa: E402
+from benchmarks.proc_cpu import cpu_used, matching_cpu, tree_cpu_seconds  # noqa: E402
 from benchmarks.loadgen import Level, PromptFactory, arrival_gaps, measured_records, request_marker  # noqa: E402
 from benchmarks.trace_replay import PromptBuilder, TraceRequest, ideal_hit_rate, scaled_requests  # noqa: E402
 
@@ -399,3 +399,18 @@ def test_gateway_table_pairs_each_of_our_runs_with_dynamos_and_prints_ratios():
     assert first[:7] == ["c32-512", "32 streams", "-", "1", "150", "100", "1.50×"]
     assert first[-2:] == ["0.75×", "3.0"]  # CPU ours/Dynamo, then the load average
     assert lines[4].startswith("| r-16k | 20/s |") and "0.50×" in lines[4]
+
+
+def test_tree_cpu_seconds_counts_a_child_that_burns_cpu():
+    import subprocess
+
+    burn = "import time\nend = time.process_time() + 0.5\nwhile time.process_time() < end: pass\nprint('burnt', flush=True)\ninput()"
+    child = subprocess.Popen([sys.executable, "-c", burn], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        own_before = sum(os.times()[:2])
+        assert child.stdout.readline() == b"burnt\n"
+        assert tree_cpu_seconds(child.pid) >= 0.45  # /proc counts in clock ticks
+        # Read from this process, the child's CPU comes through the tree; this one's own too.
+        assert tree_cpu_seconds(os.getpid()) >= own_before + 0.45
+    finally:
+        child.communicate(b"\n", timeout=10)
