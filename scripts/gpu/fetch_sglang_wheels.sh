@@ -19,6 +19,7 @@
 set -euo pipefail
 
 cd "$(git rev-parse --show-toplevel)"
+source scripts/gpu/wheel_fetch.sh
 WHL=.whl-sglang
 PART_BYTES=$((58 * 1000 * 1000))   # one part per call, leaving room for the working tree (64 MiB in all)
 
@@ -50,14 +51,7 @@ WHEELS=(
 # shellcheck disable=SC2206
 WHEELS+=(${EXTRA:-})
 
-PLATFORMS=()
-for tag in manylinux_2_39 manylinux_2_35 manylinux_2_34 manylinux_2_31 manylinux_2_28 manylinux_2_27 \
-           manylinux_2_24 manylinux_2_17 manylinux2014 manylinux1; do
-  PLATFORMS+=(--platform "${tag}_x86_64")
-done
-mkdir -p "$WHL/all"
-python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-  "${PLATFORMS[@]}" --platform any -d "$WHL/all" "${WHEELS[@]}"
+download_wheels "$WHL/all" "${WHEELS[@]}"
 
 # Slim sglang-kernel in place (a no-op when it already is).
 python3 - "$WHL"/all/sglang_kernel-0.4.4-*.whl <<'PY'
@@ -79,9 +73,4 @@ os.replace(src + ".tmp", src)
 print("slimmed", os.path.basename(src), os.path.getsize(src) // 10**6, "MB")
 PY
 
-(cd "$WHL/all" && sha256sum ./*.whl | sed 's# \./# #') > "$WHL/SHA256SUMS"
-rm -rf "$WHL/parts"
-python3 scripts/gpu/pack_wheels.py "$WHL/all" "$WHL/parts" --part-bytes "$PART_BYTES"
-cp "$WHL/SHA256SUMS" "$WHL/parts/SHA256SUMS"
-echo "$(ls "$WHL/all" | wc -l) wheels, $(du -sh "$WHL/all" | cut -f1) in $WHL/all"
-du -sh "$WHL"/parts/[0-9]* | sed 's/^/  /'
+pack_wheels "$WHL" "$PART_BYTES"

@@ -18,6 +18,7 @@
 set -euo pipefail
 
 cd "$(git rev-parse --show-toplevel)"
+source scripts/gpu/wheel_fetch.sh
 SET=${1:-vllm}
 WHL=.whl
 PART_BYTES=$((55 * 1000 * 1000))   # one part per call, leaving room for the working tree
@@ -70,17 +71,6 @@ elif [ "$SET" != vllm ]; then
   exit 2
 fi
 
-PLATFORMS=()
-for tag in manylinux_2_39 manylinux_2_35 manylinux_2_34 manylinux_2_31 manylinux_2_28 manylinux_2_27 \
-           manylinux_2_24 manylinux_2_17 manylinux2014 manylinux1; do
-  PLATFORMS+=(--platform "${tag}_x86_64")
-done
+download_wheels "$WHL/all" "${WHEELS[@]}"
 
-mkdir -p "$WHL/all"
-python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-  "${PLATFORMS[@]}" -d "$WHL/all" "${WHEELS[@]}"
-
-(cd "$WHL/all" && sha256sum *.whl) > "$WHL/SHA256SUMS"
-python3 scripts/gpu/pack_wheels.py "$WHL/all" "$WHL/parts" --part-bytes "$PART_BYTES"
-cp "$WHL/SHA256SUMS" "$WHL/parts/SHA256SUMS"
-du -sh "$WHL"/parts/* | sed 's/^/  /'
+pack_wheels "$WHL" "$PART_BYTES"
