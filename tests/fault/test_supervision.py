@@ -103,11 +103,11 @@ FAILING_RESTART = """
 import sys
 from dynamo_core.cli import main, serve
 spawned = []
-real = serve._dynamo_command
+real = serve.dynamo_command
 def command():
     spawned.append(1)
     return real() if len(spawned) <= 3 else ["/nonexistent/dynamo"]
-serve._dynamo_command = command
+serve.dynamo_command = command
 sys.exit(main.main(sys.argv[1:]))
 """
 

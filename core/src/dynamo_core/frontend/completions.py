@@ -221,7 +221,8 @@ async def start_generation(state: ServingState, model: ServedModel, choices: lis
     ticket = state.admission.admit(model.name)  # 429 beyond --max-inflight
     usage = UsageCounter()
     tracker = _Tracker(model.name, endpoint, ticket)
-    deltas = run_choices(choices, model.tokenizer, stop, lambda c: state.engine.generate(model, c.request), usage)
+    deltas = run_choices(choices, model.tokenizer, stop, lambda c: state.engine.generate(model, c.request), usage,
+                         continues_prompt=endpoint == "completions")
     try:
         first, deltas = await _primed(deltas)
     except Exception as exc:

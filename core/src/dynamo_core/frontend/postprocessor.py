@@ -29,9 +29,10 @@ _FINISH_TEXT = {
 class ChoicePostprocessor:
     """Turns one choice's engine deltas into text deltas."""
 
-    def __init__(self, index: int, tokenizer: TokenizerBundle, stop: list[str], usage: UsageCounter):
+    def __init__(self, index: int, tokenizer: TokenizerBundle, stop: list[str], usage: UsageCounter,
+                 prompt_tail: list[int] | None = None):
         self.index = index
-        self._detok = IncrementalDetokenizer(tokenizer)
+        self._detok = IncrementalDetokenizer(tokenizer, prompt_tail)
         self._stop = StopStringMatcher(stop) if stop else None
         self._usage = usage
         self.finished = False
@@ -86,9 +87,15 @@ def run_choices(
     stop: list[str],
     open_stream: StreamFactory,
     usage: UsageCounter,
+    continues_prompt: bool = False,
 ) -> AsyncIterator[ChoiceDelta]:
-    """Every choice's deltas as they come. Closing this iterator cancels them all."""
-    posts = [ChoicePostprocessor(c.index, tokenizer, stop, usage) for c in choices]
+    """Every choice's deltas as they come. Closing this iterator cancels them all.
+
+    `continues_prompt` (text completions): the output is decoded as the prompt's continuation,
+    so a first token that opens with a space keeps it ("is" -> " Paris", as OpenAI answers).
+    Chat replies start a new message and are decoded alone."""
+    posts = [ChoicePostprocessor(c.index, tokenizer, stop, usage, c.prompt_token_ids[-8:] if continues_prompt else None)
+             for c in choices]
     if len(choices) == 1:
         # The common case needs no tasks or queue, nor a generator around the choice's own:
         # each delta passes one generator less.
