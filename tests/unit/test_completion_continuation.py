@@ -35,3 +35,10 @@ def test_a_completion_keeps_the_space_before_its_first_word(mistral):
     assert _text(continued, output) == " Paris sea"
     alone = ChoicePostprocessor(0, mistral, [], UsageCounter())
     assert _text(alone, output) == "Paris sea"  # what a chat reply, a new message, gets
+
+
+def test_output_that_opens_with_bos_starts_a_new_text(mistral):
+    prompt = mistral.encode("one two three", add_special_tokens=True)
+    assert prompt[0] in mistral.special_token_ids  # BOS
+    echoed = ChoicePostprocessor(0, mistral, [], UsageCounter(), prompt[-8:])
+    assert _text(echoed, prompt) == "one two three"  # the echo engine's reply: the prompt again

@@ -69,6 +69,7 @@ class IncrementalDetokenizer:
         self._emitted = 0  # characters of the window's text already returned
         self._last_clean = 0  # index into _ids of the latest token boundary that decodes cleanly
         self._without_progress = 0  # tokens added since text was last returned
+        self._started = False  # whether any output token has arrived
         if prompt_token_ids_tail:
             self._seed_context(prompt_token_ids_tail)
 
@@ -94,6 +95,12 @@ class IncrementalDetokenizer:
     def add(self, token_ids: Sequence[int]) -> str:
         """Append `token_ids` (any number, possibly none) and return the text they complete,
         possibly ""."""
+        if not self._started and token_ids:
+            self._started = True
+            if token_ids[0] in self._dropped:
+                # Output that opens with a skipped special (a BOS: the echo engine sends the
+                # prompt back) starts a new text, not the prompt's continuation.
+                self._ids, self._emitted, self._last_clean = [], 0, 0
         new = [t for t in token_ids if t not in self._dropped] if self._dropped else list(token_ids)
         if not new:
             return ""
