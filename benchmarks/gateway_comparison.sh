@@ -59,15 +59,7 @@ start_dynamo() {  # start_dynamo LOG
   "$dynamo_venv/bin/python" -m dynamo.mocker --model-path "$tok" --model-name "$model" --num-workers 2 \
     --block-size 16 --num-gpu-blocks-override "$blocks" --speedup-ratio 1000 "${common[@]}" > "$log" 2>&1 &
   dynamo_pids+=($!)
-  for _ in $(seq 1 240); do
-    # Ready once a request goes through (the model shows up before every worker has).
-    if curl -sf "localhost:$port/v1/chat/completions" -H 'content-type: application/json' \
-        -d "{\"model\": \"$model\", \"messages\": [{\"role\": \"user\", \"content\": \"hi\"}], \"max_tokens\": 1}" \
-        > /dev/null 2>&1; then sleep 2; return 0; fi
-    sleep 0.5
-  done
-  echo "dynamo did not come up; see $log*" >&2
-  return 1
+  wait_for_chat "$port" "$model" 2 "$log"
 }
 stop_dynamo() {
   for pid in "${dynamo_pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done

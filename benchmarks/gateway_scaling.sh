@@ -75,17 +75,12 @@ stop_all() {
   pids=()
 }
 trap stop_all EXIT
-
-chat_ok() {  # one request through the frontend
-  curl -sf "localhost:$port/v1/chat/completions" -H 'content-type: application/json' \
-    -d "{\"model\": \"$model\", \"messages\": [{\"role\": \"user\", \"content\": \"hi\"}], \"max_tokens\": 1}" \
-    > /dev/null 2>&1
-}
+source benchmarks/serve.sh  # chat_answers
 
 wait_ready() {  # wait_ready LOG PROBES: PROBES requests in a row succeed (each may reach another process)
   local log=$1 probes=$2 ok=0
   for _ in $(seq 1 480); do
-    if chat_ok; then ok=$((ok + 1)); else ok=0; fi
+    if chat_answers "$port" "$model"; then ok=$((ok + 1)); else ok=0; fi
     if [ "$ok" -ge "$probes" ]; then sleep 2; return 0; fi
     kill -0 "${pids[0]}" 2> /dev/null || break
     sleep 0.25

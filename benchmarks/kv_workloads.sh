@@ -55,15 +55,7 @@ start_dynamo() {  # start_dynamo ROUTER_MODE LOG
   "$dynamo_venv/bin/python" -m dynamo.mocker --model-path "$tok" --model-name "$model" --num-workers 4 \
     --block-size 16 --num-gpu-blocks-override 1024 "${common[@]}" > "$log" 2>&1 &
   bg_pids+=($!)
-  for _ in $(seq 1 240); do
-    # Ready once a request goes through (the model shows up before every worker has).
-    if curl -sf "localhost:$port/v1/chat/completions" -H 'content-type: application/json' \
-        -d "{\"model\": \"$model\", \"messages\": [{\"role\": \"user\", \"content\": \"hi\"}], \"max_tokens\": 1}" \
-        > /dev/null 2>&1; then sleep 3; return 0; fi
-    sleep 0.5
-  done
-  echo "dynamo ($mode) did not come up; see $log*" >&2
-  return 1
+  wait_for_chat "$port" "$model" 3 "$log"
 }
 stop_background() {  # what start_dynamo and start_split started
   for pid in "${bg_pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done

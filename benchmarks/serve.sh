@@ -3,6 +3,9 @@
 # starts it in the background and waits until WORKERS workers are in its /health; if it exits
 # or is not up in 120 s it says so, naming LOG, stops it and returns 1.
 #   stop_serve    stops it (also safe when it has already exited); put it in the EXIT trap.
+#   chat_answers PORT MODEL   one 1-token chat request through a frontend (ours or Dynamo's) succeeds
+#   wait_for_chat PORT MODEL SETTLE LOG   until one does (the model shows up before every worker
+#                 has), then SETTLE seconds more; after 120 s says so, naming LOG, and returns 1
 serve_pid=""
 
 start_serve() {
@@ -26,4 +29,20 @@ stop_serve() {
   kill -TERM "$serve_pid" 2>/dev/null || true
   wait "$serve_pid" 2>/dev/null || true
   serve_pid=""
+}
+
+chat_answers() {
+  curl -sf "localhost:$1/v1/chat/completions" -H 'content-type: application/json' \
+    -d "{\"model\": \"$2\", \"messages\": [{\"role\": \"user\", \"content\": \"hi\"}], \"max_tokens\": 1}" \
+    > /dev/null 2>&1
+}
+
+wait_for_chat() {
+  local port=$1 model=$2 settle=$3 log=$4
+  for _ in $(seq 1 240); do
+    if chat_answers "$port" "$model"; then sleep "$settle"; return 0; fi
+    sleep 0.5
+  done
+  echo "the frontend on port $port did not answer a chat request in 120 s; see $log*" >&2
+  return 1
 }
