@@ -34,3 +34,10 @@ def test_preprocess_workers_default_is_not_capped(monkeypatch: pytest.MonkeyPatc
     from dynamo_core.cli.parsers import build_frontend_parser
 
     assert build_frontend_parser(None).parse_args([]).preprocess_workers == 15
+
+
+def test_http_workers_auto_is_one_process_per_usable_cpu():
+    from dynamo_core.cli.options import http_workers_option, usable_cpus
+
+    assert http_workers_option("auto") == usable_cpus()
+    assert http_workers_option("3") == 3

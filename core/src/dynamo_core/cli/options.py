@@ -120,7 +120,7 @@ def default_preprocess_workers() -> int:
 def http_workers_option(text: str) -> int:
     """`--http-workers`: a count of at least 1, or 'auto' for the usable CPUs."""
     if text == "auto":
-        return _usable_cpus()
+        return usable_cpus()
     try:
         value = int(text)
     except ValueError:
