@@ -39,7 +39,7 @@ import signal
 import tempfile
 
 from dynamo_core.runtime.children import die_with_parent
-from dynamo_core.runtime.restart_policy import RestartPolicy
+from dynamo_core.runtime.restart_policy import RestartPolicy, describe_exit
 
 log = logging.getLogger("dynamo_core.frontend.http_processes")
 STOP_TIMEOUT_S = 15.0
@@ -201,12 +201,12 @@ class HttpProcessGroup:
                     multiprocess.mark_process_dead(pid, self._metrics_dir)  # its live gauges stop counting
                     delay = self._policies[index].on_exit(code)
                     if delay is None:
-                        log.error("HTTP process %d exited with code %s within %.0f s of its start %d times in a row; "
-                                  "stopping the frontend (its log above says why)", index + 1, code,
+                        log.error("HTTP process %d %s within %.0f s of its start %d times in a row; "
+                                  "stopping the frontend (its log above says why)", index + 1, describe_exit(code),
                                   self._policies[index].startup_window_s, self._policies[index].quick_deaths)
-                        return code or 1
-                    log.warning("HTTP process %d (pid %d) exited with code %s; restarting it in %.1f s; the others "
-                                "keep serving", index + 1, pid, code, delay)
+                        return code if code > 0 else 1  # a signal death is a failure too, not a negative status
+                    log.warning("HTTP process %d (pid %d) %s; restarting it in %.1f s; the others "
+                                "keep serving", index + 1, pid, describe_exit(code), delay)
                     restarts[asyncio.create_task(asyncio.sleep(delay))] = index
         finally:
             for task in [*watchers, *restarts, stop_task]:

@@ -163,6 +163,8 @@ class LocalPeerTransport:
 
     async def _watch(self) -> None:
         while True:
+            # A new watch replays the keys still there, not the deletes it missed: start afresh.
+            self._peers.clear()
             try:
                 async for event in self._discovery.watch(self._prefix):
                     if event.kind is WatchEventKind.PUT:
