@@ -85,7 +85,6 @@ BATCH_TOKEN = "batch"  # `{inbox}.batch`; call tokens are decimal numbers, so ne
 _encoder = msgspec.msgpack.Encoder()
 _batch_decoder = msgspec.msgpack.Decoder(Batch)
 _ack_decoder = msgspec.msgpack.Decoder(Ack)
-_event_decoder = msgspec.msgpack.Decoder(EventPlaneMessage)
 
 
 def nats_url(explicit: str | None = None) -> str:
@@ -446,8 +445,8 @@ async def subscribe_events(nc: NatsConnection, subject: str) -> AsyncIterator[Ev
     sub = await nc.subscribe(subject, cb=receive)
     try:
         reply = await nc.request(f"{subject}.snapshot", b"", timeout=ACCEPT_TIMEOUT_S)
-        snapshot = _event_decoder.decode(reply.data)
-        if not isinstance(snapshot, KvSnapshot):
+        snapshot = decode_message(reply.data, f"{subject}.snapshot")
+        if not isinstance(snapshot, KvSnapshot):  # None: malformed, logged and counted
             raise ConnectionLostError(f"{subject}: expected a snapshot, got {type(snapshot).__name__}")
         yield snapshot
         last = snapshot.event_id
