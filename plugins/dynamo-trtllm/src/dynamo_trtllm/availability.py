@@ -57,8 +57,11 @@ class TrtllmApi:
 def import_trtllm() -> TrtllmApi:
     try:
         from tensorrt_llm import LLM, SamplingParams
-        from tensorrt_llm.executor.result import Logprob
         from tensorrt_llm.llmapi import DisaggregatedParams
     except ImportError as exc:
         raise TrtllmUnavailableError(f"could not import TensorRT-LLM ({exc})") from exc
+    try:  # an internal module: only the prefill logprobs carried to decode need it
+        from tensorrt_llm.executor.result import Logprob
+    except ImportError:
+        Logprob = None
     return TrtllmApi(LLM, SamplingParams, DisaggregatedParams, Logprob)
