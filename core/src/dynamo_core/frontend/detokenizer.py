@@ -24,7 +24,9 @@ from dynamo_core.tokenizer import TokenizerBundle
 _REPLACEMENT = "\ufffd"
 
 # Prompt tokens decoded before the first output token, so that its leading space is kept.
-_PROMPT_CONTEXT_TOKENS = 6
+PROMPT_CONTEXT_TOKENS = 6
+# What a caller passes as the prompt's tail: room for a few skipped specials among them.
+PROMPT_TAIL_TOKENS = 2 * PROMPT_CONTEXT_TOKENS
 
 # A held U+FFFD that this many tokens in a row have not resolved is real (invalid bytes, or
 # the model wrote U+FFFD itself): a UTF-8 character spans at most four tokens. All of the run
@@ -69,7 +71,7 @@ class IncrementalDetokenizer:
         self._emitted = 0  # characters of the window's text already returned
         self._last_clean = 0  # index into _ids of the latest token boundary that decodes cleanly
         self._without_progress = 0  # tokens added since text was last returned
-        self._started = False  # whether any output token has arrived
+        self._started = False  # whether any output token has arrived (a seeded context may go then)
         if prompt_token_ids_tail:
             self._seed_context(prompt_token_ids_tail)
 
@@ -78,7 +80,7 @@ class IncrementalDetokenizer:
 
     def _seed_context(self, prompt_tail: Sequence[int]) -> None:
         """Start the window inside the prompt's last few tokens, at a character boundary."""
-        context = [t for t in prompt_tail if t not in self._dropped][-_PROMPT_CONTEXT_TOKENS:]
+        context = [t for t in prompt_tail if t not in self._dropped][-PROMPT_CONTEXT_TOKENS:]
         # A prompt ending mid-character is no usable context; one starting mid-character (a
         # byte-level tail cut through a character) becomes usable once the cut bytes are off.
         while context:
@@ -97,7 +99,7 @@ class IncrementalDetokenizer:
         possibly ""."""
         if not self._started and token_ids:
             self._started = True
-            if token_ids[0] in self._dropped:
+            if self._ids and token_ids[0] in self._dropped:
                 # Output that opens with a skipped special (a BOS: the echo engine sends the
                 # prompt back) starts a new text, not the prompt's continuation.
                 self._ids, self._emitted, self._last_clean = [], 0, 0

@@ -41,7 +41,10 @@ MIGRATIONS = Counter(
     "timed out (reason=draining)",
     ["model", "reason"],
 )
-WORKERS = Gauge("dynamo_frontend_workers", "Live worker instances per model", ["model"], multiprocess_mode="livemax")
+# livemostrecent: only the process answering /metrics refreshes it, so the others' older values
+# must not win (livemax kept a departed worker counted).
+WORKERS = Gauge("dynamo_frontend_workers", "Live worker instances per model", ["model"],
+                multiprocess_mode="livemostrecent")
 
 # Disaggregated serving (models with prefill and decode workers).
 DISAGG_REQUESTS = Counter(

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
 
-from dynamo_core.frontend.detokenizer import IncrementalDetokenizer
+from dynamo_core.frontend.detokenizer import PROMPT_TAIL_TOKENS, IncrementalDetokenizer
 from dynamo_core.frontend.errors import EngineError
 from dynamo_core.frontend.stages import ChoiceDelta, PreparedChoice, UsageCounter
 from dynamo_core.frontend.stop_strings import StopStringMatcher
@@ -94,7 +94,8 @@ def run_choices(
     `continues_prompt` (text completions): the output is decoded as the prompt's continuation,
     so a first token that opens with a space keeps it ("is" -> " Paris", as OpenAI answers).
     Chat replies start a new message and are decoded alone."""
-    posts = [ChoicePostprocessor(c.index, tokenizer, stop, usage, c.prompt_token_ids[-8:] if continues_prompt else None)
+    posts = [ChoicePostprocessor(c.index, tokenizer, stop, usage,
+                                 c.prompt_token_ids[-PROMPT_TAIL_TOKENS:] if continues_prompt else None)
              for c in choices]
     if len(choices) == 1:
         # The common case needs no tasks or queue, nor a generator around the choice's own:

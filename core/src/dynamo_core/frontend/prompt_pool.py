@@ -88,7 +88,9 @@ def _warm() -> int:
 @functools.lru_cache(maxsize=16)
 def _worker_model(source: str, card: bytes) -> _WorkerModel:
     decoded = _card_decoder.decode(card)
-    return _WorkerModel(decoded, load_tokenizer(source).with_chat_template(decoded.chat_template))
+    bundle = load_tokenizer(source).with_chat_template(decoded.chat_template)
+    bundle.prefix_cache  # its boundary probe now, with the tokenizer's load, not inside a request
+    return _WorkerModel(decoded, bundle)
 
 
 def _refusal(exc: BadRequestError) -> _Refusal:
