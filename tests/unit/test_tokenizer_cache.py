@@ -5,6 +5,7 @@ the prompt pool's processes."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 from pathlib import Path
 
@@ -50,8 +51,9 @@ def mistral(mistral_tokenizer_dir: Path) -> TokenizerBundle:
 
 
 def _fresh(bundle: TokenizerBundle) -> TokenizerBundle:
-    # A bundle of its own (its own cache), for hit counts that other tests do not touch.
-    return bundle.with_chat_template(bundle.chat_template + " ")
+    # A bundle of its own tokenizer (the cache is per tokenizer), for hit counts that other
+    # tests do not touch.
+    return dataclasses.replace(bundle, tokenizer=Tokenizer.from_str(bundle.tokenizer.to_str()))
 
 
 @pytest.mark.parametrize("source", ["builtin", "mistral"])
@@ -170,3 +172,8 @@ def test_the_prompt_pools_processes_reuse_prefixes_with_the_loops_ids(mistral_to
 
     # Mistral's prompts hit from the third turn on (see the multi-turn test above).
     assert asyncio.run(run()) == len(chats) * (turns - 2)
+
+
+def test_a_chat_template_override_shares_its_tokenizers_cache(mistral):
+    bundle = _fresh(mistral)
+    assert bundle.with_chat_template("{{ messages[0]['content'] }}").prefix_cache is bundle.prefix_cache

@@ -31,6 +31,7 @@ from typing import Any
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
 
 from dynamo_core.tokenizer_cache import PrefixTokenCache, prefix_cache_for
+from dynamo_core.tokenizer_segments import SegmentedEncoder, segmented_encoder_for
 
 BUILTIN_TOKENIZER = "builtin:bytes"
 
@@ -81,8 +82,9 @@ class TokenizerBundle:
     def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
         """Token ids of `text`. Special-token strings in `text` (e.g. "<|im_end|>") become their
         ids, as in `transformers`; `add_special_tokens` applies the post-processor (BOS etc.).
-        A rendered chat prompt already holds its special tokens, so the default is False."""
-        return self.tokenizer.encode(text, add_special_tokens=add_special_tokens).ids
+        A rendered chat prompt already holds its special tokens, so the default is False.
+        Long texts are encoded in pieces where that is exact (tokenizer_segments.py)."""
+        return _encode(self.tokenizer, self.segments, text, add_special_tokens)
 
     def encode_prompt(self, text: str) -> list[int]:
         """`encode(text)` of a rendered chat prompt, reusing the ids of a prefix this bundle
@@ -90,11 +92,18 @@ class TokenizerBundle:
         cache = self.prefix_cache
         return cache.encode(text) if cache is not None else self.encode(text)
 
-    @functools.cached_property
+    @property
     def prefix_cache(self) -> PrefixTokenCache | None:
-        """This bundle's prompt-prefix cache, None where the tokenizer allows no exact split.
-        One per bundle, so a chat template override (`with_chat_template`) starts its own."""
-        return prefix_cache_for(self.tokenizer)
+        """The prompt-prefix cache of this bundle's tokenizer, None where the tokenizer allows
+        no exact split. Shared by the bundles of one tokenizer (a chat template override's
+        too: its prompts are other texts, so they do not collide), built on first use."""
+        return _prefix_cache_of(self.tokenizer)
+
+    @property
+    def segments(self) -> SegmentedEncoder | None:
+        """How this bundle's tokenizer encodes long texts in pieces, None where no cut is
+        provably exact; one per tokenizer, built on first use."""
+        return _segments_of(self.tokenizer)
 
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
         """Text of `ids`. Ids the tokenizer does not know are ignored; a byte sequence that is not
@@ -109,6 +118,24 @@ class TokenizerBundle:
     def special_token_ids(self) -> frozenset[int]:
         """Ids that `decode(..., skip_special_tokens=True)` drops."""
         return frozenset(i for i, token in self.tokenizer.get_added_tokens_decoder().items() if token.special)
+
+
+# Per tokenizer, not per bundle: both probe the tokenizer when built (a few milliseconds), and a
+# chat template override makes a new bundle of the same tokenizer.
+@functools.lru_cache(maxsize=64)
+def _segments_of(tokenizer: Tokenizer) -> SegmentedEncoder | None:
+    return segmented_encoder_for(tokenizer)
+
+
+@functools.lru_cache(maxsize=64)
+def _prefix_cache_of(tokenizer: Tokenizer) -> PrefixTokenCache | None:
+    return prefix_cache_for(tokenizer, functools.partial(_encode, tokenizer, _segments_of(tokenizer), add_special_tokens=False))
+
+
+def _encode(tokenizer: Tokenizer, segments: SegmentedEncoder | None, text: str, add_special_tokens: bool) -> list[int]:
+    if segments is not None and len(text) >= segments.min_chars:
+        return segments.encode(text, add_special_tokens)
+    return tokenizer.encode(text, add_special_tokens=add_special_tokens).ids
 
 
 # ---------------------------------------------------------------------------------------------

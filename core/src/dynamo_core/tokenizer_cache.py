@@ -32,7 +32,7 @@ import sys
 import threading
 from array import array
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from tokenizers import Tokenizer
@@ -128,11 +128,13 @@ class PrefixTokenCache:
 
     def __init__(
         self, tokenizer: Tokenizer, boundaries: frozenset[str], *, min_chars: int = 1024,
-        max_entries: int = 4096, max_bytes: int = 64 << 20,
+        max_entries: int = 4096, max_bytes: int = 64 << 20, encode: Callable[[str], list[int]] | None = None,
     ):
         if not boundaries:
             raise ValueError("a prefix cache needs at least one boundary token (see split_boundaries)")
-        self._tokenizer = tokenizer
+        # How the parts between kept prefixes are encoded (the bundle's segmented encoder, say):
+        # anything that gives `tokenizer.encode(text, add_special_tokens=False).ids`.
+        self._encode_text = encode or (lambda text: tokenizer.encode(text, add_special_tokens=False).ids)
         self._boundary = re.compile("|".join(re.escape(t) for t in sorted(boundaries, key=len, reverse=True)))
         self.min_chars = min_chars  # shorter prompts are encoded whole, and shorter prefixes not kept
         self.max_entries = max_entries
@@ -143,7 +145,7 @@ class PrefixTokenCache:
         self.stats = CacheStats()
 
     def _encode(self, text: str) -> list[int]:
-        return self._tokenizer.encode(text, add_special_tokens=False).ids if text else []
+        return self._encode_text(text) if text else []
 
     def encode(self, text: str) -> list[int]:
         """The ids `tokenizer.encode(text, add_special_tokens=False)` gives."""
@@ -202,7 +204,8 @@ class PrefixTokenCache:
             self.stats.entries, self.stats.bytes = len(self._entries), self._bytes
 
 
-def prefix_cache_for(tokenizer: Tokenizer) -> PrefixTokenCache | None:
-    """A prefix cache for `tokenizer`, or None where no split is provably exact."""
+def prefix_cache_for(tokenizer: Tokenizer, encode: Callable[[str], list[int]] | None = None) -> PrefixTokenCache | None:
+    """A prefix cache for `tokenizer` (encoding the rest with `encode`, see PrefixTokenCache),
+    or None where no split is provably exact."""
     boundaries = split_boundaries(tokenizer)
-    return PrefixTokenCache(tokenizer, boundaries) if boundaries else None
+    return PrefixTokenCache(tokenizer, boundaries, encode=encode) if boundaries else None
