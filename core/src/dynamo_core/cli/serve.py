@@ -88,7 +88,8 @@ class Supervisor:
         self.policies: dict[str, RestartPolicy] = {}
         self.given_up: set[str] = set()
         self._stopping = False
-        self._helpers: set[asyncio.Task] = set()  # the supervisor's own tasks, cancelled when it ends
+        # The supervisor's own tasks (readiness, stop, pending restarts), cancelled when it ends.
+        self._helpers: set[asyncio.Task] = set()
         self._scheme = "https" if ns.tls_cert else "http"
         self._api_keys = guard_options.api_keys_from(ns)  # read once: only the frontend gets them
 
@@ -147,16 +148,14 @@ class Supervisor:
             name = f"worker-{i}" if mode == "agg" else f"{mode}-worker-{i}"
             await self._spawn(name, worker_argv(self.ns, self.parser, mode))
         watchers = {asyncio.create_task(p.wait(), name=n): n for n, p in self.procs.items()}
-        restarts: set[asyncio.Task] = set()
         ready = asyncio.create_task(self._wait_ready())
         stop_task = asyncio.create_task(stop.wait())
-        self._helpers = restarts | {ready, stop_task}
+        self._helpers = {ready, stop_task}
         exit_code = 0
         pending = set(watchers) | {ready, stop_task}
         while True:
             done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-            for task in done & restarts:
-                restarts.discard(task)
+            for task in done & self._helpers - {ready, stop_task}:  # restarts that have spawned
                 self._helpers.discard(task)
                 name = task.result()
                 watcher = asyncio.create_task(self.procs[name].wait(), name=name)
@@ -196,7 +195,6 @@ class Supervisor:
                                     "serving", name, self.procs[name].pid, describe_exit(code), delay,
                                     self.policies[name].restarts)
                         task = asyncio.create_task(self._restart(name, delay))
-                        restarts.add(task)
                         self._helpers.add(task)
                         pending.add(task)
             if stop.is_set():
