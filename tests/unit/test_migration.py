@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
+from prometheus_client import REGISTRY
+
+from dynamo_core.frontend.errors import EngineError
 from dynamo_core.frontend.migration import Migration
 from dynamo_core.protocols.engine import (
     DisaggParams,
@@ -58,3 +62,23 @@ def test_structured_output_prefill_phases_and_limit_zero_do_not_migrate():
     assert "prefill" in Migration(_request(disagg=DisaggParams(phase="prefill")), 3).refusal()
     assert "off" in Migration(_request(), 0).refusal()
     assert Migration(_request(), 3).refusal() is None
+
+
+def test_next_attempt_counts_a_move_refuses_past_the_limit_and_ends_a_finished_stream():
+    def moved() -> float:
+        return REGISTRY.get_sample_value("dynamo_frontend_migrations_total", {"model": "m", "reason": "stalled"}) or 0.0
+
+    before = moved()
+    migration = Migration(_request(), limit=1)
+    migration.on_output(EngineOutput(token_ids=[7]))
+    cause = TimeoutError("no output")
+    continuation = migration.next_attempt("m", "stalled", "worker w failed mid-stream", cause, "elsewhere")
+    assert continuation is migration.request and continuation.token_ids == [1, 2, 3, 7]
+    assert moved() == before + 1
+    with pytest.raises(EngineError) as refused:
+        migration.next_attempt("m", "stalled", "worker v failed mid-stream", cause, "elsewhere")
+    assert refused.value.message.startswith("worker v failed mid-stream; the request cannot move: it already moved 1")
+    assert refused.value.__cause__ is cause and moved() == before + 1
+    done = Migration(_request(), limit=1)
+    done.on_output(EngineOutput(token_ids=list(range(10))))
+    assert done.next_attempt("m", "stalled", "worker w failed", cause, "elsewhere") is None

@@ -156,15 +156,9 @@ class DisaggregatingClient:
                             "fresh room (%d of %d)", request.request_id, failure.reason, failure.detail, retries, limit)
                 metrics.REROUTES.labels(model.name, failure.reason).inc()
             except StreamBrokenError as broken:
-                refusal = migration.refusal()
-                if refusal is not None:
-                    raise EngineError(f"{broken.message}; the request cannot move: {refusal}") from broken
-                if migration.continuation() is None:  # it failed after its last token, before saying so
+                if migration.next_attempt(model.name, broken.reason, broken.message, broken, "split") is None:
                     yield finished_output()
                     return
-                log.warning("%s; request %s continues split after %d token(s)", broken.message, request.request_id,
-                            len(migration.streamed))
-                metrics.MIGRATIONS.labels(model.name, broken.reason).inc()
         metrics.DISAGG_FALLBACKS.labels(model.name, fallback).inc()  # the last split's failure
         async for output in self._served_whole(model, migration.request, why):
             migration.on_output(output)

@@ -159,17 +159,11 @@ class EngineClient:
                 continue
             if not migrate:
                 raise StreamBrokenError(f"{kind} {worker_id} failed mid-stream ({reason}: {error})", reason) from error
-            refusal = migration.refusal()
-            if refusal is not None:
-                raise EngineError(f"worker {worker_id} failed mid-stream ({reason}: {error}); "
-                                  f"the request cannot move: {refusal}") from error
-            continuation = migration.continuation()
-            if continuation is None:  # it failed after its last token, before saying so
+            continuation = migration.next_attempt(model.name, reason, f"worker {worker_id} failed mid-stream "
+                                                  f"({reason}: {error})", error, "on another worker")
+            if continuation is None:
                 yield finished_output()
                 return
-            log.warning("worker %s failed mid-stream (%s: %s); request %s continues on another worker after %d "
-                        "token(s)", worker_id, reason, error, request.request_id, len(migration.streamed))
-            metrics.MIGRATIONS.labels(model.name, reason).inc()
             payload = _request_encoder.encode(continuation)
             # A continuation is served whole, by any agg or decode worker.
             roles, kind, router = WHOLE_REQUEST_ROLES, "worker", model.router_of("agg")

@@ -14,14 +14,21 @@ Not migrated: requests with structured output (the new engine would restart the 
 the middle of the output), the prefill phase of a disaggregated request (it has its own
 fallback to aggregated serving), and requests that used up `--migration-limit` moves. The
 decode phase of a rendezvous split (SGLang's) is not moved here but by `disagg.py`, with the
-same `Migration`: its continuation is split again, since such decode workers serve nothing whole.
+same `Migration.next_attempt`: its continuation is split again, since such decode workers serve
+nothing whole.
 """
 
 from __future__ import annotations
 
+import logging
+
 import msgspec
 
+from dynamo_core.frontend import metrics
+from dynamo_core.frontend.errors import EngineError
 from dynamo_core.protocols.engine import EngineOutput, FinishReason, PreprocessedRequest
+
+log = logging.getLogger(__name__)
 
 DEFAULT_MIGRATION_LIMIT = 3
 
@@ -59,6 +66,22 @@ class Migration:
         if self.first.disagg is not None and self.first.disagg.phase == "prefill":
             return "a prefill phase is served whole instead"
         return None
+
+    def next_attempt(self, model: str, reason: str, failure: str, cause: BaseException, where: str) -> PreprocessedRequest | None:
+        """After the stream broke mid-request (`failure` says how, `reason` as in
+        dynamo_frontend_migrations_total): the continuation to stream next, logged and counted;
+        None when every token was already streamed (the caller ends with `finished_output()`).
+        Raises `EngineError` when the request cannot move. `where`: where it continues."""
+        refusal = self.refusal()
+        if refusal is not None:
+            raise EngineError(f"{failure}; the request cannot move: {refusal}") from cause
+        continuation = self.continuation()
+        if continuation is None:  # it failed after its last token, before saying so
+            return None
+        log.warning("%s; request %s continues %s after %d token(s)", failure, self.first.request_id, where,
+                    len(self.streamed))
+        metrics.MIGRATIONS.labels(model, reason).inc()
+        return continuation
 
     def continuation(self) -> PreprocessedRequest | None:
         """The request for the next worker (after `refusal()` said None); None when every
