@@ -260,11 +260,53 @@ async def test_structured_output_splits_when_every_card_supports_it_else_a_400_n
         assert refused.value.status_code == 400 and not seen
         for worker in workers:
             assert f"worker {worker.worker_id} (engine 'mocker')" in refused.value.message
-        # Cards that say they do (as SGLang's with a grammar backend): split, both halves constrained.
+        # Cards that say they do (as SGLang's with a grammar backend, registered again): split,
+        # both halves constrained.
         for worker in workers:
-            model.workers[worker.worker_id].record.model.structured_output = True
+            record = model.workers[worker.worker_id].record
+            card = msgspec.structs.replace(record.model, structured_output=True)
+            model.update_worker(worker.worker_id, msgspec.structs.replace(record, model=card))
         fallbacks = _count("dynamo_frontend_disagg_fallbacks_total", reason="structured_output")
         assert len(await _tokens(client, model, constrained)) == 6
         assert sorted(r.disagg.phase for r in seen) == ["decode", "prefill"]
         assert all(r.guided == constrained.guided for r in seen)
         assert _count("dynamo_frontend_disagg_fallbacks_total", reason="structured_output") == fallbacks
+
+
+async def _until(condition, what: str) -> None:
+    for _ in range(200):
+        if condition():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"timed out waiting until {what}")
+
+
+async def test_workers_that_join_and_leave_change_how_a_request_is_served(tmp_path):
+    # Each decision reads counts kept as workers come and go: an aggregated worker lets a
+    # constrained request be served whole; once it leaves, the 400 again; once the rendezvous
+    # prefill worker leaves, nothing is split (the decode worker declines whole requests).
+    config = DiscoveryConfig(file_dir=str(tmp_path), poll_interval_s=0.05)
+    async with _deployment(tmp_path, prefill=dict(disagg_bootstrap=True),
+                           decode=dict(disagg_bootstrap=True)) as (workers, model, client):
+        constrained = msgspec.structs.replace(_request("r1"), guided=GuidedDecoding(regex="[a-z ]+"))
+        with pytest.raises(BadRequestError):
+            client.generate(model, constrained)
+        agg = Worker(WorkerConfig(engine="mocker", discovery_config=config,
+                                  engine_options=argparse.Namespace(speedup_ratio=200.0)))
+        await agg.start()
+        try:
+            await _until(lambda: model.has_role("agg"), "the aggregated worker joined")
+            whole = _count("dynamo_frontend_disagg_fallbacks_total", reason="structured_output")
+            assert len(await _tokens(client, model, constrained)) == 6
+            assert _count("dynamo_frontend_disagg_fallbacks_total", reason="structured_output") == whole + 1
+        finally:
+            await agg.stop()
+        await _until(lambda: not model.has_role("agg"), "the aggregated worker left")
+        with pytest.raises(BadRequestError):
+            client.generate(model, constrained)
+        assert len(await _tokens(client, model, _request("r2"))) == 6  # split
+        await workers.pop(0).stop()  # the prefill worker (popped: the deployment stops the others)
+        await _until(lambda: not model.bootstrap_prefill_states(), "the prefill worker left")
+        with pytest.raises(ServiceUnavailableError) as failed:
+            await _tokens(client, model, _request("r3"))
+        assert "it has no prefill worker" in failed.value.message

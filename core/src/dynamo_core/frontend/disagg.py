@@ -42,7 +42,7 @@ from dynamo_core.frontend import metrics
 from dynamo_core.frontend.engine_client import EngineClient, StreamBrokenError
 from dynamo_core.frontend.errors import BadRequestError, EngineError, ServiceUnavailableError
 from dynamo_core.frontend.migration import Migration, finished_output
-from dynamo_core.frontend.served_model import ServedModel
+from dynamo_core.frontend.served_model import BOOTSTRAP_PREFILL, SPLIT_WITHOUT_GRAMMAR, ServedModel
 from dynamo_core.protocols.engine import (
     DisaggParams,
     EngineOutput,
@@ -77,7 +77,7 @@ class DisaggregatingClient:
         # A rendezvous engine's decode worker serves nothing without its prefill side (SGLang's
         # decode mode only takes bootstrapped requests, and SGLang's own router sends every
         # request to both): short prompts and one-token requests split too.
-        rendezvous = bool(model.bootstrap_prefill_states())
+        rendezvous = model.has_role(BOOTSTRAP_PREFILL)
         if len(request.token_ids) < self.min_prompt_tokens and not rendezvous:
             return "short_prompt"
         if request.stop.max_tokens <= 1 and not rendezvous:
@@ -101,7 +101,7 @@ class DisaggregatingClient:
         return self._engine.generate(model, request)
 
     async def _disaggregated(self, model: ServedModel, request: PreprocessedRequest) -> AsyncIterator[EngineOutput]:
-        if model.bootstrap_prefill_states():
+        if model.has_role(BOOTSTRAP_PREFILL):
             async for output in self._rendezvous(model, request):
                 yield output
             return
@@ -384,15 +384,15 @@ def _structured_output_route(model: ServedModel) -> str | None:
     """How a constrained request of a rendezvous model is served: split (None) when every
     prefill and decode worker applies grammars, whole ("structured_output") on aggregated
     workers otherwise; with neither, a 400 naming the workers that lack it."""
-    lacking = [
+    if not model.has_role(SPLIT_WITHOUT_GRAMMAR):
+        return None  # the decode side applies the grammar from the prompt on
+    if model.has_role("agg"):
+        return "structured_output"
+    lacking = [  # only for the refusal: a request that is served walks no workers
         f"{h.role} worker {wid} (engine '{h.record.model.engine}')"
         for wid, h in model.workers.items()
         if h.role in ("prefill", "decode") and h.record.model is not None and not h.record.model.structured_output
     ]
-    if not lacking:
-        return None  # the decode side applies the grammar from the prompt on
-    if model.has_role("agg"):
-        return "structured_output"
     raise BadRequestError(
         f"model '{model.name}' splits every request between prefill and decode workers, and structured output "
         f"needs all of them to support it; these do not: {', '.join(lacking)}. "

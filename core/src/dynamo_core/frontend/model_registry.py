@@ -112,9 +112,8 @@ class ModelRegistry:
                 worker_id, card.served_name, card.tokenizer, model.card.tokenizer,
             )
             return
-        handle = model.workers.get(worker_id)
-        if handle is not None:
-            handle.record = record
+        if worker_id in model.workers:
+            model.update_worker(worker_id, record)
             return
         state = WorkerState(worker_id=worker_id, kv_capacity_blocks=card.kv_capacity_blocks)
         handle = WorkerHandle(record=record, state=state)

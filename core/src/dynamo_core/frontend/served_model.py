@@ -24,8 +24,10 @@ from dynamo_core.protocols.names import WHOLE_REQUEST_ROLES
 from dynamo_core.routers.base import Router, RouterContext, WorkerState
 from dynamo_core.tokenizer import TokenizerBundle
 
-# Counted in `role_counts` beside the roles: prefill workers with a rendezvous handoff.
+# Counted in `role_counts` beside the roles: prefill workers with a rendezvous handoff, and
+# prefill or decode workers whose card says they apply no grammar (structured output).
 BOOTSTRAP_PREFILL = "prefill+bootstrap"
+SPLIT_WITHOUT_GRAMMAR = "split-without-grammar"
 
 
 @dataclass
@@ -63,8 +65,12 @@ class ServedModel:
     prefill_router: Router | None = None
     router_context: RouterContext | None = None
     router_factory: Callable[[RouterContext], Router] | None = None
-    # Live workers per role, kept with `workers`: asked on every request (`has_role`).
+    # Live workers per role (and per `BOOTSTRAP_PREFILL`, `SPLIT_WITHOUT_GRAMMAR`), kept with
+    # `workers` by `add_worker`/`update_worker`/`remove_worker`, so that what every request
+    # asks of the pool (`has_role`) costs no walk over the workers.
     role_counts: collections.Counter[str] = field(default_factory=collections.Counter)
+    # The rendezvous prefill workers among `workers` (the pool a split is routed in).
+    _bootstrap_prefill: dict[str, WorkerState] = field(default_factory=dict, init=False, repr=False)
 
     @functools.cached_property
     def encoded_card(self) -> bytes:
@@ -82,27 +88,41 @@ class ServedModel:
         return [h.state for wid, h in self.workers.items() if wid not in exclude and h.role in roles and not h.stalled]
 
     def has_role(self, role: str) -> bool:
+        """Whether a live worker has `role` (or is counted as `BOOTSTRAP_PREFILL`, ...)."""
         return self.role_counts[role] > 0
 
     def bootstrap_prefill_states(self) -> list[WorkerState]:
         """The prefill workers that hand KV over through a rendezvous (`disagg_bootstrap`)."""
-        if not self.role_counts[BOOTSTRAP_PREFILL]:
-            return []
-        return [h.state for h in self.workers.values() if h.role == "prefill" and h.disagg_bootstrap is not None]
+        return list(self._bootstrap_prefill.values())
 
     def add_worker(self, handle: WorkerHandle) -> None:
         self.workers[handle.state.worker_id] = handle
-        self.role_counts[handle.role] += 1
-        if handle.role == "prefill" and handle.disagg_bootstrap is not None:
-            self.role_counts[BOOTSTRAP_PREFILL] += 1
+        self._count(handle, 1)
+
+    def update_worker(self, worker_id: str, record: InstanceRecord) -> None:
+        """A worker registered again (its card may say something new)."""
+        handle = self.workers[worker_id]
+        self._count(handle, -1)
+        handle.record = record
+        self._count(handle, 1)
 
     def remove_worker(self, worker_id: str) -> WorkerHandle | None:
         handle = self.workers.pop(worker_id, None)
         if handle is not None:
-            self.role_counts[handle.role] -= 1
-            if handle.role == "prefill" and handle.disagg_bootstrap is not None:
-                self.role_counts[BOOTSTRAP_PREFILL] -= 1
+            self._count(handle, -1)
         return handle
+
+    def _count(self, handle: WorkerHandle, change: int) -> None:
+        role, card = handle.role, handle.record.model
+        self.role_counts[role] += change
+        if role == "prefill" and handle.disagg_bootstrap is not None:
+            self.role_counts[BOOTSTRAP_PREFILL] += change
+            if change > 0:
+                self._bootstrap_prefill[handle.state.worker_id] = handle.state
+            else:
+                self._bootstrap_prefill.pop(handle.state.worker_id, None)
+        if role in ("prefill", "decode") and card is not None and not card.structured_output:
+            self.role_counts[SPLIT_WITHOUT_GRAMMAR] += change
 
     def router_of(self, role: str) -> Router:
         """The router of the pool a worker of `role` belongs to (made on first use)."""
