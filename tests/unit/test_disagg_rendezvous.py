@@ -174,6 +174,30 @@ async def test_with_rendezvous_only_workers_a_request_no_split_can_serve_gets_a_
         with pytest.raises(ServiceUnavailableError) as failed:
             await _tokens(client, model, _request("r2"))
         assert "it has no prefill worker" in failed.value.message and "an aggregated one" in failed.value.message
+        # No worker at all (the decode worker left after the request was routed): just that.
+        stream = client.generate(model, _request("r3"))
+        await workers.pop(0).stop()
+        for _ in range(100):
+            if not model.workers:
+                break
+            await asyncio.sleep(0.05)
+        with pytest.raises(ServiceUnavailableError) as failed:
+            await anext(stream)
+        assert failed.value.message == "no worker is serving model 'mocker' right now"
+
+
+async def test_without_rendezvous_prefill_workers_a_request_gets_the_engine_clients_own_stream(tmp_path):
+    # An answer-first deployment whose prefill worker left: its decode worker serves whole
+    # requests, with no layer of the rendezvous's in between.
+    async with _deployment(tmp_path, prefill={}) as (workers, model, client):
+        await workers.pop(0).stop()  # (popped: the deployment stops the others)
+        for _ in range(100):
+            if not model.has_role("prefill"):
+                break
+            await asyncio.sleep(0.05)
+        stream = client.generate(model, _request("r1"))
+        assert stream.__qualname__ == "EngineClient.generate"
+        assert len([t async for out in stream for t in out.token_ids]) == 6
 
 
 async def test_a_decode_worker_that_fails_mid_stream_continues_split_without_resending_tokens(tmp_path):

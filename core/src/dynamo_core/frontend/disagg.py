@@ -21,8 +21,10 @@ prefill worker died, declined or errored, or the decode worker could not get the
 again with a fresh room on another prefill worker (the same one if it is the only one), up to
 `--migration-limit` times. A decode worker that fails after tokens reached the client
 continues as a migration (`migration.py`): the prompt plus those tokens, split again, never
-re-sent from the start. Only when no split is left is the request served whole, which fails
-with a 503 naming the way out when no worker takes a whole request. Structured output is split
+re-sent from the start. Only when no split is left (or every rendezvous prefill worker has
+left) is the request served whole, which fails with a 503 naming the way out when the decode
+workers decline it and no aggregated worker takes it (and saying just that no worker serves
+the model when none is left). Structured output is split
 when every prefill and decode card says it is supported (the decode side applies the grammar),
 and refused with a 400 naming the workers that lack it otherwise, unless aggregated workers
 can serve it whole. A client that leaves cancels both sides.
@@ -95,9 +97,10 @@ class DisaggregatingClient:
             return self._disaggregated(model, request)
         if reason != "no_decode_worker":  # a disaggregated deployment serving this one whole
             metrics.DISAGG_FALLBACKS.labels(model.name, reason).inc()
-        if reason == "no_prefill_worker":  # decode workers may take only split requests (SGLang's)
+        if reason == "no_prefill_worker" and model.had_rendezvous_prefill:
+            # Its decode workers may take only split requests (SGLang's): say so if they decline.
             return self._served_whole(model, request, "it has no prefill worker")
-        # The engine client's own stream: aggregated serving pays no extra layer per delta.
+        # The engine client's own stream: serving whole pays no extra layer per delta.
         return self._engine.generate(model, request)
 
     async def _disaggregated(self, model: ServedModel, request: PreprocessedRequest) -> AsyncIterator[EngineOutput]:
@@ -177,7 +180,7 @@ class DisaggregatingClient:
             return None
 
     async def _served_whole(self, model: ServedModel, request: PreprocessedRequest, why: str) -> AsyncIterator[EngineOutput]:
-        """A request of a disaggregated model served whole; when no worker takes it (decode
+        """A request of a rendezvous model served whole; when no worker takes it (decode
         workers that serve only split requests decline it), a 503 saying why and what helps."""
         started = False
         try:
@@ -185,8 +188,8 @@ class DisaggregatingClient:
                 started = True
                 yield output
         except ServiceUnavailableError as exc:
-            if started:
-                raise
+            if started or not model.has_role("decode"):
+                raise  # no decode worker declined it: the engine client's words say what is missing
             raise ServiceUnavailableError(
                 f"model '{model.name}' cannot serve this request: {why}, and no worker serves it whole ({exc}). "
                 "Decode workers of a rendezvous engine (SGLang) serve only requests split with a prefill worker: "

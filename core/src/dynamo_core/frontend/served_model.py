@@ -69,6 +69,9 @@ class ServedModel:
     # `workers` by `add_worker`/`update_worker`/`remove_worker`, so that what every request
     # asks of the pool (`has_role`) costs no walk over the workers.
     role_counts: collections.Counter[str] = field(default_factory=collections.Counter)
+    # Whether a rendezvous prefill worker ever joined: once all have left, the decode workers
+    # beside them still serve only split requests, so a request served whole may be declined.
+    had_rendezvous_prefill: bool = False
     # The rendezvous prefill workers among `workers` (the pool a split is routed in).
     _bootstrap_prefill: dict[str, WorkerState] = field(default_factory=dict, init=False, repr=False)
 
@@ -119,6 +122,7 @@ class ServedModel:
             self.role_counts[BOOTSTRAP_PREFILL] += change
             if change > 0:
                 self._bootstrap_prefill[handle.state.worker_id] = handle.state
+                self.had_rendezvous_prefill = True
             else:
                 self._bootstrap_prefill.pop(handle.state.worker_id, None)
         if role in ("prefill", "decode") and card is not None and not card.structured_output:
