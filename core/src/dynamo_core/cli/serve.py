@@ -1,7 +1,8 @@
 """`dynamo serve`: a frontend and N workers on this machine, stopped together.
 
 Each piece runs as its own process, started as `dynamo frontend ...` / `dynamo worker ...`,
-so `ps` shows what each one is and each can be restarted or replaced by hand. With
+so `ps` shows what each one is and each can be restarted or replaced by hand; they are
+supervised as one `ChildGroup` (`runtime/children.py`), which restarts a worker that exits. With
 `--discovery mem` (one process by definition) they run as tasks of this process instead.
 """
 
@@ -9,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import functools
 import logging
 import os
@@ -23,13 +23,11 @@ import urllib.request
 
 from dynamo_core.cli import guard_options, options
 from dynamo_core.cli.parsers import build_frontend_parser, build_worker_parser
-from dynamo_core.runtime.children import die_with_parent
-from dynamo_core.runtime.restart_policy import RestartPolicy, describe_exit
+from dynamo_core.runtime.children import ChildExit, ChildGroup, die_with_parent
 from dynamo_core.runtime.tasks import cancel_and_wait
 
 log = logging.getLogger("dynamo_core.serve")
 READY_TIMEOUT_S = 300.0
-STOP_TIMEOUT_S = 15.0
 
 
 def dynamo_command() -> list[str]:
@@ -80,41 +78,33 @@ def describe_workers(ns: argparse.Namespace) -> str:
 
 
 class Supervisor:
+    """The frontend and the workers of `dynamo serve`, as one `ChildGroup`: a worker that exits
+    is restarted (or given up on); the frontend's exit, or no worker left, stops everything."""
+
     def __init__(self, ns: argparse.Namespace, parser: argparse.ArgumentParser):
         self.ns, self.parser = ns, parser
         self.roles = worker_roles(ns)
-        self.procs: dict[str, asyncio.subprocess.Process] = {}
-        self.argv: dict[str, list[str]] = {}
-        self.policies: dict[str, RestartPolicy] = {}
+        self.children = ChildGroup(log, giving_up="giving up on it")
         self.given_up: set[str] = set()
         self._stopping = False
-        # The supervisor's own tasks (readiness, stop, pending restarts), cancelled when it ends.
-        self._helpers: set[asyncio.Task] = set()
+        self._helpers: set[asyncio.Task] = set()  # the supervisor's own tasks, cancelled when it ends
         self._scheme = "https" if ns.tls_cert else "http"
         self._api_keys = guard_options.api_keys_from(ns)  # read once: only the frontend gets them
 
-    async def _spawn(self, name: str, argv: list[str]) -> None:
+    async def _spawn(self, name: str, argv: list[str]) -> asyncio.subprocess.Process:
         command = dynamo_command() + argv
         log.debug("starting %s: %s", name, " ".join(command))
         env = None
         if name == "frontend" and self._api_keys:  # not on its command line, where `ps` would show them
             env = {**os.environ, "DYN_API_KEYS": ",".join(self._api_keys)}
-        self.procs[name] = await asyncio.create_subprocess_exec(*command, preexec_fn=die_with_parent, env=env)
-        self.argv[name] = argv
-        self.policies.setdefault(name, RestartPolicy()).on_start()
-
-    async def _restart(self, name: str, delay: float) -> str:
-        """Start a worker again after `delay`; its name, for the caller's watcher."""
-        await asyncio.sleep(delay)
-        await self._spawn(name, self.argv[name])
-        log.info("%s restarted (pid %d)", name, self.procs[name].pid)
-        return name
+        return await asyncio.create_subprocess_exec(*command, preexec_fn=die_with_parent, env=env)
 
     async def _wait_ready(self) -> bool:
         url = f"{self._scheme}://{self.ns.http_host}:{self.ns.http_port}/health"
         deadline = time.monotonic() + READY_TIMEOUT_S
+        frontend = self.children.procs["frontend"]
         while time.monotonic() < deadline and not self._stopping:
-            if any(p.returncode is not None for n, p in self.procs.items() if n == "frontend"):
+            if frontend.returncode is not None:
                 return False
             try:
                 body = await asyncio.to_thread(_fetch, url)
@@ -124,6 +114,16 @@ class Supervisor:
                 pass
             await asyncio.sleep(0.25)
         return False
+
+    async def _announce_ready(self, stop: asyncio.Event) -> None:
+        if await self._wait_ready():
+            print(
+                f"dynamo serving on {self._scheme}://{self.ns.http_host}:{self.ns.http_port}/v1 "
+                f"(engine={self.ns.engine}, router={self.ns.router}, {describe_workers(self.ns)}); Ctrl-C to stop",
+                flush=True,
+            )
+        elif not stop.is_set():
+            log.warning("the workers did not all register within %.0f s; still serving what did", READY_TIMEOUT_S)
 
     async def run(self) -> int:
         """Supervise until stopped; however that ends (an error in the supervisor itself, such as
@@ -135,90 +135,37 @@ class Supervisor:
             return 1
         finally:
             self._stopping = True
-            await cancel_and_wait(self._helpers)  # a worker a restart started is stopped below
-            await self._stop_all()
+            await cancel_and_wait(self._helpers)
+            # Workers first (they drain and leave discovery), then the frontend.
+            procs = self.children.procs
+            await self.children.stop_all([n for n in procs if n != "frontend"] + [n for n in procs if n == "frontend"])
+            log.info("stopped")
 
     async def _supervise(self) -> int:
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        await self._spawn("frontend", frontend_argv(self.ns, self.parser))
+        frontend = frontend_argv(self.ns, self.parser)
+        await self.children.start("frontend", functools.partial(self._spawn, "frontend", frontend), restart=False)
         for i, mode in enumerate(self.roles):
             name = f"worker-{i}" if mode == "agg" else f"{mode}-worker-{i}"
-            await self._spawn(name, worker_argv(self.ns, self.parser, mode))
-        watchers = {asyncio.create_task(p.wait(), name=n): n for n, p in self.procs.items()}
-        ready = asyncio.create_task(self._wait_ready())
-        stop_task = asyncio.create_task(stop.wait())
-        self._helpers = {ready, stop_task}
-        exit_code = 0
-        pending = set(watchers) | {ready, stop_task}
-        while True:
-            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-            for task in done & self._helpers - {ready, stop_task}:  # restarts that have spawned
-                self._helpers.discard(task)
-                name = task.result()
-                watcher = asyncio.create_task(self.procs[name].wait(), name=name)
-                watchers[watcher] = name
-                pending.add(watcher)
-            if ready in done:
-                if ready.result():
-                    print(
-                        f"dynamo serving on {self._scheme}://{self.ns.http_host}:{self.ns.http_port}/v1 "
-                        f"(engine={self.ns.engine}, router={self.ns.router}, {describe_workers(self.ns)}); Ctrl-C to stop",
-                        flush=True,
-                    )
-                elif not stop.is_set():
-                    log.warning("the workers did not all register within %.0f s; still serving what did", READY_TIMEOUT_S)
-            if stop_task in done:
-                break
-            for task in done & set(watchers):
-                name = watchers[task]
-                code = task.result()
-                if name == "frontend":
-                    log.error("the frontend exited with code %s; stopping", code)
-                    exit_code = code or 1
-                    stop.set()
-                elif not stop.is_set():
-                    delay = self.policies[name].on_exit(code)
-                    if delay is None:
-                        self.given_up.add(name)
-                        log.error("%s %s within %.0f s of its start %d times in a row; giving up on it (its log "
-                                  "above says why)", name, describe_exit(code), self.policies[name].startup_window_s,
-                                  self.policies[name].quick_deaths)
-                        if len(self.given_up) == len(self.roles):
-                            log.error("no worker is left; stopping")
-                            exit_code = 1
-                            stop.set()
-                    else:
-                        log.warning("%s (pid %d) %s; restarting it in %.1f s (restart %d); the others keep "
-                                    "serving", name, self.procs[name].pid, describe_exit(code), delay,
-                                    self.policies[name].restarts)
-                        task = asyncio.create_task(self._restart(name, delay))
-                        self._helpers.add(task)
-                        pending.add(task)
-            if stop.is_set():
-                break
-        return exit_code
+            argv = worker_argv(self.ns, self.parser, mode)
+            await self.children.start(name, functools.partial(self._spawn, name, argv))
+        self._helpers.add(asyncio.create_task(self._announce_ready(stop), name="serve-ready"))
+        return await self.children.supervise(stop, self._on_exit)
 
-    async def _stop_all(self) -> None:
-        # Workers first (they drain and leave discovery), then the frontend.
-        order = [n for n in self.procs if n != "frontend"] + [n for n in self.procs if n == "frontend"]
-        for name in order:
-            proc = self.procs[name]
-            if proc.returncode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.send_signal(signal.SIGTERM)
-        for name in order:
-            proc = self.procs[name]
-            try:
-                await asyncio.wait_for(proc.wait(), STOP_TIMEOUT_S)
-            except asyncio.TimeoutError:
-                log.warning("%s did not stop in %.0f s; killing it", name, STOP_TIMEOUT_S)
-                with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
-                await proc.wait()
-        log.info("stopped")
+    def _on_exit(self, exit: ChildExit) -> int | None:
+        """The command's exit code when this exit ends it; None: the others keep serving."""
+        if exit.name == "frontend":
+            log.error("the frontend exited with code %s; stopping", exit.returncode)
+            return exit.returncode or 1
+        if not exit.restarting:
+            self.given_up.add(exit.name)
+            if len(self.given_up) == len(self.roles):
+                log.error("no worker is left; stopping")
+                return 1
+        return None
 
 
 def _fetch(url: str) -> str | None:

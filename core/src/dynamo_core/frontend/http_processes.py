@@ -12,8 +12,8 @@ every worker.
 What the supervisor keeps:
 - Readiness: each child writes a line to an inherited pipe once its server listens; the
   supervisor logs each, and "all N ready" once they all are.
-- Supervision: a child that exits is restarted with the backoff of `RestartPolicy` (the others
-  keep serving); one that keeps failing at start-up (exits with an error before it listens, or
+- Supervision (`runtime/children.py`'s `ChildGroup`, as `dynamo serve`'s): a child that exits
+  is restarted with the backoff of `RestartPolicy` (the others keep serving); one that keeps failing at start-up (exits with an error before it listens, or
   within the policy's window after) makes the whole command exit non-zero.
   SIGINT/SIGTERM stops every child.
 - Metrics: prometheus_client's multiprocess mode, over a directory of this supervisor's
@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import math
 import os
@@ -38,11 +39,9 @@ import shutil
 import signal
 import tempfile
 
-from dynamo_core.runtime.children import die_with_parent
-from dynamo_core.runtime.restart_policy import RestartPolicy, describe_exit
+from dynamo_core.runtime.children import ChildExit, ChildGroup, die_with_parent
 
 log = logging.getLogger("dynamo_core.frontend.http_processes")
-STOP_TIMEOUT_S = 15.0
 # Set in each child: its index among the N, and the pipe it reports readiness on.
 PROCESS_INDEX_ENV = "DYN_HTTP_PROCESS_INDEX"
 READY_FD_ENV = "DYN_HTTP_READY_FD"
@@ -124,19 +123,19 @@ async def _read_ready(fd: int) -> bool:
 
 
 class HttpProcessGroup:
-    """Start, watch and stop the N HTTP processes of one `dynamo frontend`."""
+    """Start, watch and stop the N HTTP processes of one `dynamo frontend` (a `ChildGroup`)."""
 
     def __init__(self, command: list[str], argv: list[str], processes: int, env: dict[str, str]):
         self._command = command  # how to start `dynamo` again
         self._argv = argv
         self._count = processes
         self._env = env
-        self._procs: dict[int, asyncio.subprocess.Process] = {}
-        self._policies = {i: RestartPolicy() for i in range(processes)}
-        self._ready: set[int] = set()
+        self._children = ChildGroup(log, giving_up="stopping the frontend")
+        self._ready: set[str] = set()
+        self._announcers: set[asyncio.Task] = set()
         self._metrics_dir = ""
 
-    async def _spawn(self, index: int) -> asyncio.Task:
+    async def _spawn(self, index: int) -> asyncio.subprocess.Process:
         read_fd, write_fd = os.pipe()
         env = {**self._env, PROCESS_INDEX_ENV: str(index), READY_FD_ENV: str(write_fd),
                "PROMETHEUS_MULTIPROC_DIR": self._metrics_dir}
@@ -145,18 +144,19 @@ class HttpProcessGroup:
                                                         preexec_fn=die_with_parent)
         finally:
             os.close(write_fd)
-        self._procs[index] = proc
         # Until it listens a child is still starting, however long its imports take on a busy
         # host: an error exit before then is a start-up failure (`_announce` starts the clock).
-        self._policies[index].started_at = math.inf
-        return asyncio.create_task(self._announce(index, proc.pid, read_fd), name=f"http-{index}-ready")
+        self._children.policies[_name(index)].started_at = math.inf
+        self._announcers.add(asyncio.create_task(self._announce(index, proc.pid, read_fd), name=f"http-{index}-ready"))
+        return proc
 
     async def _announce(self, index: int, pid: int, read_fd: int) -> None:
         if not await _read_ready(read_fd):
             return
-        self._ready.add(index)
-        self._policies[index].on_start()
-        log.info("HTTP process %d/%d ready (pid %d)", index + 1, self._count, pid)
+        name = _name(index)
+        self._ready.add(name)
+        self._children.policies[name].on_start()
+        log.info("%s/%d ready (pid %d)", name, self._count, pid)
         if len(self._ready) == self._count:
             log.info("all %d HTTP processes ready", self._count)
 
@@ -166,62 +166,27 @@ class HttpProcessGroup:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         self._metrics_dir = tempfile.mkdtemp(prefix="dynamo-frontend-metrics-")
-        announcers: set[asyncio.Task] = set()
         try:
             for index in range(self._count):
-                announcers.add(await self._spawn(index))
-            exit_code = await self._watch(stop, announcers)
+                await self._children.start(_name(index), functools.partial(self._spawn, index))
+            return await self._children.supervise(stop, self._on_exit)
         finally:
-            await self._stop_all()
-            for task in announcers:
+            await self._children.stop_all()
+            for task in self._announcers:
                 task.cancel()
             shutil.rmtree(self._metrics_dir, ignore_errors=True)
-        return exit_code
 
-    async def _watch(self, stop: asyncio.Event, announcers: set[asyncio.Task]) -> int:
+    def _on_exit(self, exit: ChildExit) -> int | None:
+        """Another keeps serving while one restarts; one given up on ends the frontend."""
         from prometheus_client import multiprocess
 
-        watchers = {asyncio.create_task(p.wait()): i for i, p in self._procs.items()}
-        restarts: dict[asyncio.Task, int] = {}
-        stop_task = asyncio.create_task(stop.wait())
-        try:
-            while True:
-                done, _ = await asyncio.wait({*watchers, *restarts, stop_task}, return_when=asyncio.FIRST_COMPLETED)
-                if stop_task in done:
-                    return 0
-                for task in done:
-                    if task in restarts:
-                        index = restarts.pop(task)
-                        announcers.add(await self._spawn(index))
-                        watchers[asyncio.create_task(self._procs[index].wait())] = index
-                        continue
-                    index = watchers.pop(task)
-                    code, pid = task.result(), self._procs[index].pid
-                    self._ready.discard(index)
-                    multiprocess.mark_process_dead(pid, self._metrics_dir)  # its live gauges stop counting
-                    delay = self._policies[index].on_exit(code)
-                    if delay is None:
-                        log.error("HTTP process %d %s within %.0f s of its start %d times in a row; "
-                                  "stopping the frontend (its log above says why)", index + 1, describe_exit(code),
-                                  self._policies[index].startup_window_s, self._policies[index].quick_deaths)
-                        return code if code > 0 else 1  # a signal death is a failure too, not a negative status
-                    log.warning("HTTP process %d (pid %d) %s; restarting it in %.1f s; the others "
-                                "keep serving", index + 1, pid, describe_exit(code), delay)
-                    restarts[asyncio.create_task(asyncio.sleep(delay))] = index
-        finally:
-            for task in [*watchers, *restarts, stop_task]:
-                task.cancel()
+        self._ready.discard(exit.name)
+        multiprocess.mark_process_dead(exit.pid, self._metrics_dir)  # its live gauges stop counting
+        self._announcers = {task for task in self._announcers if not task.done()}
+        if exit.restarting:
+            return None
+        return exit.returncode if exit.returncode > 0 else 1  # a signal death is a failure too, not a negative status
 
-    async def _stop_all(self) -> None:
-        for proc in self._procs.values():
-            if proc.returncode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.send_signal(signal.SIGTERM)
-        for index, proc in self._procs.items():
-            try:
-                await asyncio.wait_for(proc.wait(), STOP_TIMEOUT_S)
-            except asyncio.TimeoutError:
-                log.warning("HTTP process %d did not stop in %.0f s; killing it", index + 1, STOP_TIMEOUT_S)
-                with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
-                await proc.wait()
+
+def _name(index: int) -> str:
+    return f"HTTP process {index + 1}"
