@@ -2,8 +2,8 @@
 
 Each piece runs as its own process, started as `dynamo frontend ...` / `dynamo worker ...`,
 so `ps` shows what each one is and each can be restarted or replaced by hand; they are
-supervised as one `ChildGroup` (`runtime/children.py`), which restarts a worker that exits. With
-`--discovery mem` (one process by definition) they run as tasks of this process instead.
+supervised as one `ChildGroup` (`runtime/children.py`), which restarts a worker that exits.
+With `--discovery mem` (one process by definition) they run as tasks of this process instead.
 """
 
 from __future__ import annotations

@@ -13,9 +13,9 @@ What the supervisor keeps:
 - Readiness: each child writes a line to an inherited pipe once its server listens; the
   supervisor logs each, and "all N ready" once they all are.
 - Supervision (`runtime/children.py`'s `ChildGroup`, as `dynamo serve`'s): a child that exits
-  is restarted with the backoff of `RestartPolicy` (the others keep serving); one that keeps failing at start-up (exits with an error before it listens, or
-  within the policy's window after) makes the whole command exit non-zero.
-  SIGINT/SIGTERM stops every child.
+  is restarted with the backoff of `RestartPolicy` (the others keep serving); one that keeps
+  failing at start-up (exits with an error before it listens, or within the policy's window
+  after) makes the whole command exit non-zero. SIGINT/SIGTERM stops every child.
 - Metrics: prometheus_client's multiprocess mode, over a directory of this supervisor's
   (``PROMETHEUS_MULTIPROC_DIR``), so `/metrics` from any child reports the sum over all of them
   (counters and histograms summed, the in-flight gauge summed over live processes). That mode
