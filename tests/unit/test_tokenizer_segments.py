@@ -57,7 +57,7 @@ def _assert_same_ids_in_pieces(tokenizer: Tokenizer, segments: SegmentedEncoder,
     rng = random.Random(seed)
     for words in (40, 900, 3000):
         text = _text(rng, words)
-        if len(text) >= segments.min_chars:
+        if len(text) >= segments.pieces_min_chars:
             assert len(segments.pieces(text)) > 1  # really cut, not encoded whole
         for special in (False, True):
             assert segments.encode(text, special) == tokenizer.encode(text, add_special_tokens=special).ids
@@ -73,23 +73,23 @@ def test_mistral_is_cut_after_the_space_with_the_ids_of_a_whole_encode(mistral, 
 @pytest.mark.parametrize("seed", range(3))
 def test_byte_level_bpe_is_cut_before_the_space(byte_level, seed):
     assert cut_mode(byte_level) is CutMode.KEEP
-    _assert_same_ids_in_pieces(byte_level, SegmentedEncoder(byte_level, CutMode.KEEP, min_chars=512, piece_chars=256), seed)
+    _assert_same_ids_in_pieces(byte_level, SegmentedEncoder(byte_level, CutMode.KEEP, piece_chars=128), seed)
 
 
 def test_a_bundle_encodes_long_texts_in_pieces(mistral, monkeypatch):
     calls = []
 
     class Counting(SegmentedEncoder):
-        def pieces(self, text):
+        def _by_words(self, text):
             calls.append(text)
-            return super().pieces(text)
+            return super()._by_words(text)
 
     counting = Counting(mistral.tokenizer, CutMode.DROP)
     monkeypatch.setattr("dynamo_core.tokenizer._segments_of", lambda tokenizer: counting)
     text = _text(random.Random(1), 3000)
     assert mistral.encode(text) == mistral.tokenizer.encode(text, add_special_tokens=False).ids
     assert mistral.encode("short text") == mistral.tokenizer.encode("short text", add_special_tokens=False).ids
-    assert calls == [text]  # the long text went through the pieces, the short one did not
+    assert calls == [text]  # the long text went through the words, the short one did not
 
 
 def test_no_cuts_where_merges_span_spaces(corpus):
@@ -125,3 +125,70 @@ def test_text_without_cuts_is_one_piece(mistral):
     text = "x" * 10_000 + " " + "日本語" * 2000
     assert segments.pieces(text) == [text]
     assert segments.encode(text) == mistral.tokenizer.encode(text, add_special_tokens=False).ids
+
+
+def _zipf_text(rng: random.Random, vocabulary: list[str], words: int) -> str:
+    weights = [1 / (rank + 1) for rank in range(len(vocabulary))]
+    gaps = rng.choices(GAPS, k=words)
+    return "".join(g + w for g, w in zip(gaps, rng.choices(vocabulary, weights, k=words)))
+
+
+@pytest.fixture(scope="module")
+def vocabulary() -> list[str]:
+    rng = random.Random(11)
+    letters = "abcdefghijklmnopqrstuvwxyzé0123456789"
+    return [*WORDS, *("".join(rng.choice(letters) for _ in range(rng.randint(1, 12))) for _ in range(3000))]
+
+
+def test_kept_words_give_the_whole_encodes_ids_as_the_cache_fills_and_is_dropped(mistral, vocabulary):
+    # A small cache: it is dropped and refilled many times over these texts, and some texts
+    # bring more new words than one call keeps (they are encoded in pieces instead).
+    segments = SegmentedEncoder(mistral.tokenizer, CutMode.DROP, max_words=300, max_new_words=40)
+    rng = random.Random(5)
+    for words in [20, 200, 2000, 60, 600, 3000, 10] * 6:
+        text = _zipf_text(rng, vocabulary, words)
+        for special in (False, True):
+            assert segments.encode(text, special) == mistral.tokenizer.encode(text, add_special_tokens=special).ids
+        assert len(segments._word_ids) <= 300
+
+
+def test_a_text_of_known_words_is_looked_up_not_encoded(mistral, monkeypatch):
+    segments = SegmentedEncoder(mistral.tokenizer, CutMode.DROP)
+    rng = random.Random(2)
+    text = " ".join(rng.choice(["the", "model", "Paris,", "1234", "naïve", "x\n\ny"]) for _ in range(400))
+    expected = mistral.tokenizer.encode(text, add_special_tokens=False).ids
+    assert segments.encode(text) == expected  # fills the cache
+    batches = []
+    real = segments._tokenizer
+
+    class Recording:
+        def encode_batch(self, texts, add_special_tokens):
+            batches.append(texts)
+            return real.encode_batch(texts, add_special_tokens=add_special_tokens)
+
+        def __getattr__(self, name):
+            return getattr(real, name)
+
+    monkeypatch.setattr(segments, "_tokenizer", Recording())
+    assert segments.encode(text) == expected
+    assert batches == []
+    assert segments.encode(text + " zebraquux") == mistral.tokenizer.encode(text + " zebraquux", add_special_tokens=False).ids
+    assert batches == [["zebraquux"]]  # only the new word
+
+
+def test_words_longer_than_the_limit_are_encoded_not_kept(mistral):
+    segments = SegmentedEncoder(mistral.tokenizer, CutMode.DROP, max_word_chars=8)
+    text = " ".join(["short", "x" * 50 + "y", "tiny"] * 100)
+    assert segments.encode(text) == mistral.tokenizer.encode(text, add_special_tokens=False).ids
+    assert set(segments._word_ids) == {"short", "tiny"}
+
+
+def test_threads_encoding_together_get_the_whole_encodes_ids(mistral, vocabulary):
+    from concurrent.futures import ThreadPoolExecutor
+
+    segments = SegmentedEncoder(mistral.tokenizer, CutMode.DROP, max_words=500, max_new_words=64)
+    rng = random.Random(9)
+    texts = [_zipf_text(rng, vocabulary, rng.randint(50, 800)) for _ in range(64)]
+    with ThreadPoolExecutor(8) as pool:
+        got = list(pool.map(segments.encode, texts))
+    assert got == [mistral.tokenizer.encode(t, add_special_tokens=False).ids for t in texts]
