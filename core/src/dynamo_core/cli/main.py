@@ -84,7 +84,7 @@ def cmd_frontend(argv: list[str]) -> int:
     if ns.http_workers > 1:
         from dynamo_core.cli.frontend_processes import run_http_processes
 
-        return run_http_processes(ns, parser, argv)
+        return run_http_processes(ns, parser)
     from dynamo_core.frontend.app import run_frontend
 
     run_async(run_frontend(frontend_config_from(ns, parser)))

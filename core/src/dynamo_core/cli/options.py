@@ -83,11 +83,15 @@ def add_http_options(parser: argparse.ArgumentParser, serving: bool = True) -> N
     )
     group.add_argument(
         "--preprocess-workers", type=non_negative_int,
-        default=env_default("DYN_PREPROCESS_WORKERS", default_preprocess_workers()),
+        # None: neither the flag nor the environment gave a count, so it is sized to the host
+        # (`preprocess_workers_of`), and `--http-workers N` divides that default among its N.
+        # argparse converts the environment's string as it would the flag's.
+        default=env_default("DYN_PREPROCESS_WORKERS", None),
         help="processes that template and tokenize prompts (over --preprocess-min-chars) off the event loop; "
              "0: prompts over 8192 characters go to a thread of the frontend instead, which still stalls "
-             "other streams while it encodes (env DYN_PREPROCESS_WORKERS; default: %(default)s, the usable "
-             f"CPUs less one, at least 1 and at most {MAX_DEFAULT_PREPROCESS_WORKERS}; a value given is not capped)",
+             f"other streams while it encodes (env DYN_PREPROCESS_WORKERS; default: {default_preprocess_workers()}, "
+             f"the usable CPUs less one, at least 1 and at most {MAX_DEFAULT_PREPROCESS_WORKERS}; a value given "
+             "is not capped)",
     )
     group.add_argument(
         "--preprocess-min-chars", type=non_negative_int,
@@ -120,6 +124,11 @@ def default_preprocess_workers() -> int:
     second, so long prompts scale with the host's cores up to that. An explicit
     `--preprocess-workers` is not capped."""
     return min(MAX_DEFAULT_PREPROCESS_WORKERS, max(1, usable_cpus() - 1))
+
+
+def preprocess_workers_of(ns: argparse.Namespace) -> int:
+    """The prompt pool's size: the one given (flag or DYN_PREPROCESS_WORKERS), else the host's default."""
+    return default_preprocess_workers() if ns.preprocess_workers is None else ns.preprocess_workers
 
 
 def http_workers_option(text: str) -> int:
