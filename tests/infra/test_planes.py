@@ -294,6 +294,48 @@ async def test_frames_cut_anywhere_by_the_socket_arrive_whole_and_a_burst_as_one
         server.close()
 
 
+async def test_the_server_takes_calls_cut_anywhere_by_the_socket_or_many_in_one_read():
+    """The server reads frames as the client does: calls and a cancel that reach it byte by
+    byte, or all in one write, each open their stream once; a cancelled call ends without an End."""
+    async def hang(_payload: bytes):
+        await asyncio.sleep(60)
+        yield b"never"
+
+    srv = RequestPlaneServer()
+    srv.register("count", _count)
+    srv.register("hang", hang)
+    address = await srv.start()
+    host, port = address.rsplit(":", 1)
+    module = request_plane_module
+    calls = [module.Call(1, "count", b"3"), module.Call(2, "hang", b""), module.Call(3, "count", b"5"),
+             module.Cancel(2), module.Call(4, "count", b"1")]
+    wire = b"".join(len(body).to_bytes(4, "big") + body for body in map(module._encoder.encode, calls))
+    try:
+        for trickle in (True, False):
+            reader, writer = await asyncio.open_connection(host, int(port))
+            if trickle:
+                for i in range(len(wire)):
+                    writer.write(wire[i:i + 1])
+                    await writer.drain()
+                    await asyncio.sleep(0)
+            else:
+                writer.write(wire)
+            got: dict[int, list] = {}
+            ended: set[int] = set()
+            while ended != {1, 3, 4}:
+                header = await asyncio.wait_for(reader.readexactly(4), 5)
+                frame = module._decoder.decode(await reader.readexactly(int.from_bytes(header, "big")))
+                if isinstance(frame, module.End):
+                    assert frame.error is None
+                    ended.add(frame.stream_id)
+                else:
+                    got.setdefault(frame.stream_id, []).append(frame.payload)
+            assert got == {1: [b"0", b"1", b"2"], 3: [b"0", b"1", b"2", b"3", b"4"], 4: [b"0"]}
+            writer.close()
+    finally:
+        await srv.stop()
+
+
 async def test_a_load_only_subscription_gets_load_reports_and_no_cache_events():
     publisher = EventPublisher("w", lambda: [])
     server = RequestPlaneServer("127.0.0.1", 0)

@@ -15,10 +15,19 @@ from prometheus_client import REGISTRY
 from dynamo_core.engines.mocker.engine import output_token_pool
 from dynamo_core.frontend.errors import BadRequestError, ServiceUnavailableError
 
+from dynamo_core.frontend import disagg
 from dynamo_core.frontend.disagg import DisaggregatingClient
 from dynamo_core.frontend.engine_client import EngineClient
 from dynamo_core.frontend.served_model import ServedModel
-from dynamo_core.protocols.engine import GuidedDecoding, PreprocessedRequest, SamplingOptions, StopConditions
+from dynamo_core.protocols.engine import (
+    EngineOutput,
+    FinishReason,
+    GuidedDecoding,
+    KvPullReport,
+    PreprocessedRequest,
+    SamplingOptions,
+    StopConditions,
+)
 from dynamo_core.runtime.discovery import DiscoveryConfig
 from dynamo_core.worker.worker import Worker, WorkerConfig
 from in_process import start_frontend_registry
@@ -33,6 +42,16 @@ def _request(request_id: str, tokens=PROMPT, max_tokens: int = 6) -> Preprocesse
 
 def _count(name: str, **labels: str) -> float:
     return REGISTRY.get_sample_value(name, {"model": "mocker", **labels}) or 0.0
+
+
+async def _counted(name: str, expected: float, **labels: str) -> bool:
+    """Whether the count reaches `expected` within a second: a split whose decode side failed
+    first is counted once the prefill's verdict is in (`_PREFILL_VERDICT_S` at most), not before."""
+    for _ in range(50):
+        if _count(name, **labels) == expected:
+            return True
+        await asyncio.sleep(0.02)
+    return _count(name, **labels) == expected
 
 
 @contextlib.asynccontextmanager
@@ -126,9 +145,9 @@ async def test_a_prefill_that_keeps_failing_is_tried_again_with_fresh_rooms_then
         assert len(await _tokens(client, model, _request("r1"))) == 6
         # The first split and --migration-limit (3) more, each in a room of its own.
         assert len({r.disagg.kv.engine_params["bootstrap_room"] for r in seen}) == len(seen) == 4
-        assert _count("dynamo_frontend_reroutes_total", reason="prefill_failed") == rerouted + 3
+        assert await _counted("dynamo_frontend_reroutes_total", rerouted + 3, reason="prefill_failed")
         assert _count("dynamo_frontend_disagg_prefill_errors_total") == errors + 4
-        assert _count("dynamo_frontend_disagg_fallbacks_total", reason="prefill_failed") == before + 1
+        assert await _counted("dynamo_frontend_disagg_fallbacks_total", before + 1, reason="prefill_failed")
 
 
 async def test_a_failing_prefill_worker_is_replaced_by_another_in_a_fresh_room(tmp_path):
@@ -147,7 +166,7 @@ async def test_a_failing_prefill_worker_is_replaced_by_another_in_a_fresh_room(t
         assert _count("dynamo_frontend_disagg_requests_total") == split + 3
         bad, good = workers[0].worker_id, workers[2].worker_id
         on_bad = [r for r in seen if r.disagg.kv.worker_id == bad]
-        assert on_bad and _count("dynamo_frontend_reroutes_total", reason="prefill_failed") == rerouted + len(on_bad)
+        assert on_bad and await _counted("dynamo_frontend_reroutes_total", rerouted + len(on_bad), reason="prefill_failed")
         for failed in on_bad:  # each tried once there, then on the other worker in another room
             [retried] = [r for r in seen if r.request_id == failed.request_id and r.disagg.kv.worker_id == good]
             assert retried.disagg.kv.engine_params["bootstrap_room"] != failed.disagg.kv.engine_params["bootstrap_room"]
@@ -234,13 +253,35 @@ async def test_a_decode_worker_that_gets_no_kv_in_time_is_retried_and_the_prefil
         before = _count("dynamo_frontend_disagg_fallbacks_total", reason="decode_kv_failed")
         rerouted = _count("dynamo_frontend_reroutes_total", reason="decode_kv_failed")
         assert len(await _tokens(client, model, _request("r1"))) == 6
-        assert _count("dynamo_frontend_reroutes_total", reason="decode_kv_failed") == rerouted + 1
-        assert _count("dynamo_frontend_disagg_fallbacks_total", reason="decode_kv_failed") == before + 1
+        assert await _counted("dynamo_frontend_reroutes_total", rerouted + 1, reason="decode_kv_failed")
+        assert await _counted("dynamo_frontend_disagg_fallbacks_total", before + 1, reason="decode_kv_failed")
         for _ in range(50):
             if not workers[0].engine.scheduler.has_work():
                 break
             await asyncio.sleep(0.02)
         assert not workers[0].engine.scheduler.has_work() and not workers[0].engine.held
+
+
+async def test_a_decode_side_without_the_kv_is_tried_again_at_once_and_named_by_the_prefills_verdict_later():
+    """The decode side reports it could not get the KV while the prefill still runs: the split
+    fails at once (no wait for the prefill), and the prefill's verdict, within its window,
+    names the failure afterwards; a prefill that says nothing in time is cancelled."""
+    loop = asyncio.get_running_loop()
+    for prefill_says, expected in (("boom", ("prefill_failed", "boom")), (None, ("decode_kv_failed", "no KV"))):
+        decoded = loop.create_future()
+        decoded.set_result(EngineOutput(finish_reason=FinishReason.ERROR, kv_pull=KvPullReport(failed="no KV")))
+        prefill = asyncio.ensure_future(asyncio.sleep(0.03 if prefill_says else 60, prefill_says))
+        started = loop.time()
+        first, failure = await disagg._first_decode_output(_request("r1"), decoded, prefill)
+        assert loop.time() - started < disagg._PREFILL_VERDICT_S / 2  # it waited for no verdict
+        assert first is None and (failure.reason, failure.detail) == ("decode_kv_failed", "no KV")
+        named: list[tuple[str, str]] = []
+        failure.when_settled(lambda reason, detail: named.append((reason, detail)))
+        assert named == [] and await failure.settled() == expected
+        await asyncio.sleep(0)
+        assert named == [expected]
+        await asyncio.gather(prefill, return_exceptions=True)
+        assert prefill.cancelled() == (prefill_says is None)
 
 
 async def test_without_a_bootstrap_prefill_answers_first_and_short_prompts_are_served_whole(tmp_path):

@@ -57,3 +57,28 @@ async def test_two_planes_over_file_discovery_exchange_requests_and_forget_a_sto
             await plane.stop()
         for discovery in discoveries:
             await discovery.close()
+
+
+@pytest.mark.asyncio
+async def test_a_flush_sends_its_udp_batches_there_and_then_with_no_task_per_batch(tmp_path):
+    config = DiscoveryConfig(file_dir=str(tmp_path), poll_interval_s=0.05)
+    discoveries = [FileDiscovery(config), FileDiscovery(config)]
+    received: list[PeerRequest] = []
+    planes = [PeerPlane(LocalPeerTransport(discoveries[0], "ns"), lambda r: None, lambda peer: None),
+              PeerPlane(LocalPeerTransport(discoveries[1], "ns"), received.append, lambda peer: None)]
+    for plane in planes:
+        await plane.start()
+    try:
+        await _until(lambda: all(p._transport.has_peers for p in planes))
+        count = BATCH_MESSAGES * 3 + 1
+        for i in range(count):
+            planes[0].publish(_request(i))
+        before = asyncio.all_tasks()
+        planes[0]._flush()  # what the loop runs once this iteration's publishes are queued
+        assert asyncio.all_tasks() - before == set()  # sendto does not block: nothing to await
+        await _until(lambda: len(received) == count)
+    finally:
+        for plane in planes:
+            await plane.stop()
+        for discovery in discoveries:
+            await discovery.close()

@@ -261,6 +261,17 @@ async def test_a_rejected_prefill_fails_its_room_so_the_decode_side_ends_at_once
         assert "the prefill of room 7 failed" in late.kv_pull.failed
 
 
+async def test_a_prefill_with_no_room_for_output_fails_its_room_with_that_reason():
+    async with Pair(disagg_bootstrap=True, bootstrap_timeout_s=30.0) as pair:
+        prefill, decode = _room_halves(pair.prefill_info.disagg_bootstrap, 11, "r1")
+        prefill.stop.max_tokens = 0
+        decoded, prefilled = await asyncio.wait_for(
+            asyncio.gather(_collect(pair.decode, decode), _collect(pair.prefill, prefill)), 5)
+        assert prefilled[-1].finish_reason is FinishReason.LENGTH and prefilled[-1].kv_transfer is None
+        [failed] = decoded
+        assert "the prefill of room 11 failed: the prompt leaves no room for output" in failed.kv_pull.failed
+
+
 async def test_an_abandoned_or_stopped_prefill_fails_its_room():
     slow = msgspec.structs.replace(H100_LLAMA_8B, prefill_tokens_per_s=1.0)
     async with Pair(disagg_bootstrap=True, bootstrap_timeout_s=30.0, timing=slow) as pair:

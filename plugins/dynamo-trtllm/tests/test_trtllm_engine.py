@@ -417,10 +417,13 @@ async def test_a_decode_request_cancelled_while_its_kv_is_in_flight_is_aborted_o
     await asyncio.gather(task, return_exceptions=True)
     await asyncio.sleep(0.01)
     result = llm.results[0]
-    assert not result.aborted and engine._load.in_flight == 0  # not while the transfer runs
+    # Not while the transfer runs; until then the request still holds its slot: it is in flight.
+    assert not result.aborted and engine._load.in_flight == 1
+    assert engine.load_metrics("w").waiting_requests + engine.load_metrics("w").running_requests == 1
     kv_arrived.set()
     await asyncio.sleep(0.01)
     assert result.aborted and not result.aborted_before_kv and not engine._deferred_aborts
+    assert engine._load.in_flight == 0
 
 
 async def test_a_decode_request_cancelled_after_its_kv_arrived_is_aborted_at_once():
@@ -436,9 +439,10 @@ async def test_stopping_the_engine_ends_the_aborts_that_wait_for_kv():
     engine, llm, task = await _decode_request_waiting_for_kv(asyncio.Event())
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
-    assert len(engine._deferred_aborts) == 1
+    assert len(engine._deferred_aborts) == 1 and engine._load.in_flight == 1
     await engine.stop()
     assert not engine._deferred_aborts and not llm.results[0].aborted_before_kv
+    assert engine._load.in_flight == 0
 
 
 def test_a_decode_request_that_does_not_continue_the_prefill_token_is_computed_whole():

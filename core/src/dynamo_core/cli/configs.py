@@ -57,7 +57,7 @@ def frontend_config_from(ns: argparse.Namespace, parser: argparse.ArgumentParser
     return FrontendConfig(
         http_host=ns.http_host,
         http_port=ns.http_port,
-        preprocess_workers=ns.preprocess_workers,
+        preprocess_workers=options.preprocess_workers_of(ns),
         preprocess_min_chars=ns.preprocess_min_chars,
         disagg_min_prompt_tokens=ns.disagg_min_prompt_tokens,
         namespace=ns.namespace,

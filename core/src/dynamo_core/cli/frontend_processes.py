@@ -23,21 +23,17 @@ def preprocess_workers_per_process(total_default: int, processes: int) -> int:
     return total_default // processes
 
 
-def _given(argv: list[str], flag: str, env: str) -> bool:
-    return env in os.environ or any(a == flag or a.startswith(flag + "=") for a in argv)
-
-
-def child_argv(ns: argparse.Namespace, parser: argparse.ArgumentParser, argv: list[str]) -> list[str]:
+def child_argv(ns: argparse.Namespace, parser: argparse.ArgumentParser) -> list[str]:
     """One child's `dynamo frontend` arguments: the supervisor's own, one HTTP process each."""
     args = options.child_args(parser, ns, parser, always={"router"},
                               skip={"http_workers", "preprocess_workers", *guard_options.API_KEY_DESTS})
     preprocess = ns.preprocess_workers
-    if not _given(argv, "--preprocess-workers", "DYN_PREPROCESS_WORKERS"):
-        preprocess = preprocess_workers_per_process(ns.preprocess_workers, ns.http_workers)
+    if preprocess is None:  # not given: the host's default, divided among the processes
+        preprocess = preprocess_workers_per_process(options.default_preprocess_workers(), ns.http_workers)
     return ["frontend", *args, "--http-workers", "1", "--preprocess-workers", str(preprocess)]
 
 
-def run_http_processes(ns: argparse.Namespace, parser: argparse.ArgumentParser, argv: list[str]) -> int:
+def run_http_processes(ns: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     """`dynamo frontend --http-workers N` (N > 1): check the port, then supervise N children."""
     port = check_port(ns.http_host, ns.http_port)
     if port.status != "ok":
@@ -49,5 +45,5 @@ def run_http_processes(ns: argparse.Namespace, parser: argparse.ArgumentParser, 
     if keys:  # not on the children's command lines, where `ps` would show them
         env["DYN_API_KEYS"] = ",".join(keys)
     log.info("starting %d HTTP processes on %s:%d", ns.http_workers, ns.http_host, ns.http_port)
-    group = HttpProcessGroup(dynamo_command(), child_argv(ns, parser, argv), ns.http_workers, env)
+    group = HttpProcessGroup(dynamo_command(), child_argv(ns, parser), ns.http_workers, env)
     return asyncio.run(group.run())

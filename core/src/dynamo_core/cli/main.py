@@ -78,13 +78,14 @@ def cmd_frontend(argv: list[str]) -> int:
     guard_options.check_tls(parser, ns)
     guard_options.check_api_key_file(parser, ns)
     setup_logging("frontend")
-    from dynamo_core.frontend.http_processes import claim_ready_pipe
+    from dynamo_core.frontend.http_processes import claim_ready_pipe, register_http_process
 
     claim_ready_pipe()
+    register_http_process()
     if ns.http_workers > 1:
         from dynamo_core.cli.frontend_processes import run_http_processes
 
-        return run_http_processes(ns, parser, argv)
+        return run_http_processes(ns, parser)
     from dynamo_core.frontend.app import run_frontend
 
     run_async(run_frontend(frontend_config_from(ns, parser)))

@@ -83,11 +83,15 @@ def add_http_options(parser: argparse.ArgumentParser, serving: bool = True) -> N
     )
     group.add_argument(
         "--preprocess-workers", type=non_negative_int,
-        default=env_default("DYN_PREPROCESS_WORKERS", default_preprocess_workers()),
+        # None: neither the flag nor the environment gave a count, so it is sized to the host
+        # (`preprocess_workers_of`), and `--http-workers N` divides that default among its N.
+        # argparse converts the environment's string as it would the flag's.
+        default=env_default("DYN_PREPROCESS_WORKERS", None),
         help="processes that template and tokenize prompts (over --preprocess-min-chars) off the event loop; "
              "0: prompts over 8192 characters go to a thread of the frontend instead, which still stalls "
-             "other streams while it encodes (env DYN_PREPROCESS_WORKERS; default: %(default)s, the usable "
-             "CPUs less one, at least 1)",
+             f"other streams while it encodes (env DYN_PREPROCESS_WORKERS; default: {default_preprocess_workers()}, "
+             f"the usable CPUs less one, at least 1 and at most {MAX_DEFAULT_PREPROCESS_WORKERS}; a value given "
+             "is not capped)",
     )
     group.add_argument(
         "--preprocess-min-chars", type=non_negative_int,
@@ -109,12 +113,22 @@ def usable_cpus() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
+# The default pool's ceiling: a frontend's event loop feeds only so many processes, and each
+# idle one still holds an interpreter and a tokenizer per model (63 of them on a 64-CPU host).
+MAX_DEFAULT_PREPROCESS_WORKERS = 16
+
+
 def default_preprocess_workers() -> int:
-    """The usable CPUs less one (the event loop's), at least one: each process tokenizes about
-    seven 16k-token prompts a second, so long prompts scale with the host's cores. An idle
-    process costs only memory: an interpreter, and a model's tokenizer once it has served one
-    of that model's prompts."""
-    return max(1, usable_cpus() - 1)
+    """The usable CPUs less one (the event loop's), at least one and at most
+    MAX_DEFAULT_PREPROCESS_WORKERS: each process tokenizes about seven 16k-token prompts a
+    second, so long prompts scale with the host's cores up to that. An explicit
+    `--preprocess-workers` is not capped."""
+    return min(MAX_DEFAULT_PREPROCESS_WORKERS, max(1, usable_cpus() - 1))
+
+
+def preprocess_workers_of(ns: argparse.Namespace) -> int:
+    """The prompt pool's size: the one given (flag or DYN_PREPROCESS_WORKERS), else the host's default."""
+    return default_preprocess_workers() if ns.preprocess_workers is None else ns.preprocess_workers
 
 
 def http_workers_option(text: str) -> int:

@@ -36,7 +36,7 @@ import asyncio
 import contextlib
 import logging
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import msgspec
 
@@ -68,7 +68,8 @@ class DisaggregatingClient:
         self._transports = transports
         self.min_prompt_tokens = min_prompt_tokens
         self._releases: set[asyncio.Task] = set()
-        self._background: set[asyncio.Future] = set()  # rendezvous prefill streams being drained
+        # Rendezvous prefill streams being drained, and the verdicts that name a split's failure.
+        self._background: set[asyncio.Future] = set()
 
     def _aggregated_reason(self, model: ServedModel, request: PreprocessedRequest) -> str | None:
         """Why this request is served whole; None when it goes prefill then decode."""
@@ -99,7 +100,7 @@ class DisaggregatingClient:
             metrics.DISAGG_FALLBACKS.labels(model.name, reason).inc()
         if reason == "no_prefill_worker" and model.had_rendezvous_prefill:
             # Its decode workers may take only split requests (SGLang's): say so if they decline.
-            return self._served_whole(model, request, "it has no prefill worker")
+            return self._served_whole(model, request)
         # The engine client's own stream: serving whole pays no extra layer per delta.
         return self._engine.generate(model, request)
 
@@ -141,7 +142,7 @@ class DisaggregatingClient:
         migration = Migration(request, limit)  # what reached the client, across attempts
         failed: set[str] = set()  # prefill workers that failed this request
         retries = 0
-        why, fallback = "it has no prefill worker", "no_prefill_worker"
+        last: _SplitFailed | None = None
         while (prefill_id := self._pick_prefill(model, migration.request, failed)) is not None:
             try:
                 async for output in self._concurrent(model, migration.request, prefill_id):
@@ -150,22 +151,30 @@ class DisaggregatingClient:
                 return
             except _SplitFailed as failure:
                 failed.add(prefill_id)
-                fallback = failure.reason
-                why = f"{retries + 1} split(s) failed, the last with {failure.reason}: {failure.detail}"
+                last = failure
                 if retries >= limit:
                     break
                 retries += 1
-                log.warning("split of request %s failed before its first token (%s: %s); trying again with a "
-                            "fresh room (%d of %d)", request.request_id, failure.reason, failure.detail, retries, limit)
-                metrics.REROUTES.labels(model.name, failure.reason).inc()
+                # Tried again at once: the failure is named (and counted) once it is known.
+                failure.when_settled(lambda reason, detail, retry=retries: self._rerouted(
+                    model, request.request_id, reason, detail, retry, limit))
             except StreamBrokenError as broken:
                 if migration.next_attempt(model.name, broken.reason, broken.message, broken, "split") is None:
                     yield finished_output()
                     return
-        metrics.DISAGG_FALLBACKS.labels(model.name, fallback).inc()  # the last split's failure
-        async for output in self._served_whole(model, migration.request, why):
+        if last is None:
+            metrics.DISAGG_FALLBACKS.labels(model.name, "no_prefill_worker").inc()
+        else:  # the last split's failure
+            last.when_settled(lambda reason, _detail: metrics.DISAGG_FALLBACKS.labels(model.name, reason).inc())
+        async for output in self._served_whole(model, migration.request, last, retries + 1):
             migration.on_output(output)
             yield output
+
+    @staticmethod
+    def _rerouted(model: ServedModel, request_id: str, reason: str, detail: str, retry: int, limit: int) -> None:
+        log.warning("split of request %s failed before its first token (%s: %s); tried again with a "
+                    "fresh room (%d of %d)", request_id, reason, detail, retry, limit)
+        metrics.REROUTES.labels(model.name, reason).inc()
 
     def _pick_prefill(self, model: ServedModel, request: PreprocessedRequest, failed: set[str]) -> str | None:
         """A rendezvous prefill worker that has not failed this request, else any (the only one
@@ -179,8 +188,10 @@ class DisaggregatingClient:
         except ServiceUnavailableError:
             return None
 
-    async def _served_whole(self, model: ServedModel, request: PreprocessedRequest, why: str) -> AsyncIterator[EngineOutput]:
-        """A request of a rendezvous model served whole; when no worker takes it (decode
+    async def _served_whole(self, model: ServedModel, request: PreprocessedRequest, last: _SplitFailed | None = None,
+                            splits: int = 0) -> AsyncIterator[EngineOutput]:
+        """A request of a rendezvous model served whole, after `splits` failed ones (`last` the
+        last of them) or for want of a prefill worker; when no worker takes it (decode
         workers that serve only split requests decline it), a 503 saying why and what helps."""
         started = False
         try:
@@ -190,6 +201,10 @@ class DisaggregatingClient:
         except ServiceUnavailableError as exc:
             if started or not model.has_role("decode"):
                 raise  # no decode worker declined it: the engine client's words say what is missing
+            why = "it has no prefill worker"
+            if last is not None:
+                reason, detail = await last.settled()
+                why = f"{splits} split(s) failed, the last with {reason}: {detail}"
             raise ServiceUnavailableError(
                 f"model '{model.name}' cannot serve this request: {why}, and no worker serves it whole ({exc}). "
                 "Decode workers of a rendezvous engine (SGLang) serve only requests split with a prefill worker: "
@@ -222,9 +237,13 @@ class DisaggregatingClient:
                 return
             if fallback is not None:
                 await _close_stream(next_output, decode)
-                prefill.cancel()
+                if fallback.verdict is None:
+                    prefill.cancel()
+                else:  # it cancels the prefill once its window has passed
+                    self._background.add(fallback.verdict)
+                    fallback.verdict.add_done_callback(self._background.discard)
                 finished = True
-                raise _SplitFailed(*fallback)
+                raise fallback
             assert first is not None
             if first.kv_pull is not None:
                 _record_pull(model.name, first.kv_pull)
@@ -344,42 +363,88 @@ class DisaggregatingClient:
 
 class _SplitFailed(Exception):
     """A rendezvous split that failed before the client saw a token of it (so it may be tried
-    again): `reason` is prefill_failed or decode_kv_failed."""
+    again): `reason` is prefill_failed or decode_kv_failed. `verdict`, when the decode side
+    could not get the KV while the prefill still ran: the task that settles the reason
+    (`_prefill_verdict`); the retry does not wait for it, only what names the failure does."""
 
-    def __init__(self, reason: str, detail: str):
+    def __init__(self, reason: str, detail: str, verdict: asyncio.Task[tuple[str, str]] | None = None):
         super().__init__(f"{reason}: {detail}")
-        self.reason, self.detail = reason, detail
+        self.reason, self.detail, self.verdict = reason, detail, verdict
+
+    def _settle(self) -> None:
+        assert self.verdict is not None and self.verdict.done()
+        if not self.verdict.cancelled():  # (cancelled: the frontend is closing; keep what we had)
+            self.reason, self.detail = self.verdict.result()
+
+    async def settled(self) -> tuple[str, str]:
+        """(reason, detail), once the verdict is in (at most `_PREFILL_VERDICT_S` after the failure)."""
+        if self.verdict is not None:
+            await asyncio.wait([self.verdict])
+            self._settle()
+        return self.reason, self.detail
+
+    def when_settled(self, callback: Callable[[str, str], None]) -> None:
+        """`callback(reason, detail)` now, or once the verdict is in: never waits for it."""
+        if self.verdict is None:
+            callback(self.reason, self.detail)
+            return
+
+        def settled(_task: asyncio.Task) -> None:
+            self._settle()
+            callback(self.reason, self.detail)
+
+        self.verdict.add_done_callback(settled)
 
 
 # A decode worker whose room failed usually hears so just before the prefill stream ends with
-# its error: wait this long for it, so that the failure is put down to the prefill.
+# its error: the prefill has this long to say so, for the failure to be put down to it.
 _PREFILL_VERDICT_S = 0.1
+
+
+async def _prefill_verdict(prefill: asyncio.Future, detail: str) -> tuple[str, str]:
+    """Why a split whose decode side could not get the KV (`detail`) failed: the prefill's
+    failure if it reports one within `_PREFILL_VERDICT_S`, else the decode side's. A prefill
+    still running then is not needed any more: it is cancelled."""
+    try:
+        await asyncio.wait([prefill], timeout=_PREFILL_VERDICT_S)
+    finally:
+        prefill.cancel()  # (nothing, if it has ended)
+    return _verdict_now(prefill) or ("decode_kv_failed", detail)
+
+
+def _verdict_now(prefill: asyncio.Future) -> tuple[str, str] | None:
+    """("prefill_failed", why) once the prefill has ended with a failure; else None."""
+    if prefill.done() and not prefill.cancelled() and prefill.result() is not None:
+        return "prefill_failed", prefill.result()
+    return None
 
 
 async def _first_decode_output(
     request: PreprocessedRequest, next_output: asyncio.Future, prefill: asyncio.Future
-) -> tuple[EngineOutput | None, tuple[str, str] | None]:
-    """The decode side's first delta, or why the split failed instead (reason, detail): until
-    the client has seen a token, a failed prefill (or a decode worker without the KV) costs the
-    request nothing. (None, None): the decode stream ended empty."""
+) -> tuple[EngineOutput | None, _SplitFailed | None]:
+    """The decode side's first delta, or why the split failed instead: until the client has
+    seen a token, a failed prefill (or a decode worker without the KV) costs the request
+    nothing. (None, None): the decode stream ended empty."""
     await asyncio.wait([next_output, prefill], return_when=asyncio.FIRST_COMPLETED)
     if not next_output.done() and prefill.result() is not None:
-        return None, ("prefill_failed", prefill.result())
+        return None, _SplitFailed("prefill_failed", prefill.result())
     try:
         first = await next_output
     except StopAsyncIteration:
         return None, None
     except (ServiceUnavailableError, EngineError):
-        if prefill.done() and prefill.result() is not None:
-            return None, ("prefill_failed", prefill.result())  # the decode side failed because the prefill did
+        if (verdict := _verdict_now(prefill)) is not None:
+            return None, _SplitFailed(*verdict)  # the decode side failed because the prefill did
         raise
     if first.kv_pull is not None and first.kv_pull.failed is not None:
         log.warning("decode worker could not get the KV of request %s (%s)", request.request_id, first.kv_pull.failed)
-        if not prefill.done():
-            await asyncio.wait([prefill], timeout=_PREFILL_VERDICT_S)
-        if prefill.done() and not prefill.cancelled() and prefill.result() is not None:
-            return None, ("prefill_failed", prefill.result())
-        return None, ("decode_kv_failed", first.kv_pull.failed)
+        if (verdict := _verdict_now(prefill)) is not None:
+            return None, _SplitFailed(*verdict)
+        if prefill.done():
+            return None, _SplitFailed("decode_kv_failed", first.kv_pull.failed)
+        # The prefill may be about to report that it failed: settled in the background.
+        pending = asyncio.ensure_future(_prefill_verdict(prefill, first.kv_pull.failed))
+        return None, _SplitFailed("decode_kv_failed", first.kv_pull.failed, pending)
     return first, None
 
 

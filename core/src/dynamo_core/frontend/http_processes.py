@@ -20,7 +20,8 @@ What the supervisor keeps:
   (``PROMETHEUS_MULTIPROC_DIR``), so `/metrics` from any child reports the sum over all of them
   (counters and histograms summed, the in-flight gauge summed over live processes). That mode
   has no process metrics; `GroupProcessCollector` adds ``process_cpu_seconds_total`` and
-  ``process_resident_memory_bytes`` summed over the live children.
+  ``process_resident_memory_bytes`` summed over the live children (each names its pid and
+  start time in the directory, so a dead child's pid reused by another process is not counted).
 - The prompt pool: unless ``--preprocess-workers`` is given, the host's default is divided
   among the children, so N of them do not start N times as many tokenizer processes as CPUs
   (`cli/frontend_processes.py` builds the children's command line).
@@ -47,14 +48,35 @@ PROCESS_INDEX_ENV = "DYN_HTTP_PROCESS_INDEX"
 READY_FD_ENV = "DYN_HTTP_READY_FD"
 
 
-_PID_FILE = re.compile(r"_(\d+)\.db$")
+# One file per HTTP process in the metrics directory, named by its pid and its start time
+# (field 22 of /proc/PID/stat, in clock ticks since boot): a pid alone may be a dead child's,
+# reused since by another process.
+_PROCESS_FILE = re.compile(r"^http_process_(\d+)_(\d+)$")
 _TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
+def _stat_fields(pid: int | str) -> list[bytes]:
+    """/proc/PID/stat from field 3 (state) on: the command name, which may hold spaces, is cut off."""
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        return f.read().rsplit(b")", 1)[1].split()
+
+
+def register_http_process() -> None:
+    """In a child, at start: name this process in the metrics directory (when its supervisor
+    gave one), so that `GroupProcessCollector` counts it, and not whatever later takes its pid."""
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if not directory:
+        return
+    with contextlib.suppress(OSError):  # no /proc (not Linux): the group reports no CPU
+        start = int(_stat_fields("self")[19])
+        open(os.path.join(directory, f"http_process_{os.getpid()}_{start}"), "w").close()
+
+
 class GroupProcessCollector:
-    """CPU and memory of the live processes that write metrics into ``directory``: the N HTTP
-    processes (a dead one's CPU leaves the sum with it)."""
+    """CPU and memory of the live HTTP processes registered in ``directory``
+    (`register_http_process`): a dead one's CPU leaves the sum with it, and a process that
+    reuses its pid, started later, is not counted in its place."""
 
     def __init__(self, directory: str) -> None:
         self._directory = directory
@@ -63,13 +85,15 @@ class GroupProcessCollector:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
         cpu = rss = 0.0
-        pids = {int(m.group(1)) for name in os.listdir(self._directory) if (m := _PID_FILE.search(name))}
-        for pid in pids:
+        for name in os.listdir(self._directory):
+            if (m := _PROCESS_FILE.match(name)) is None:
+                continue
             try:
-                with open(f"/proc/{pid}/stat", "rb") as f:
-                    fields = f.read().rsplit(b")", 1)[1].split()
+                fields = _stat_fields(int(m.group(1)))
             except OSError:
                 continue  # exited
+            if int(fields[19]) != int(m.group(2)):
+                continue  # exited, and its pid is another process's now
             cpu += (int(fields[11]) + int(fields[12])) / _TICKS  # utime, stime
             rss += int(fields[21]) * _PAGE
         yield CounterMetricFamily("process_cpu_seconds", "CPU seconds of the live HTTP processes, summed", value=cpu)

@@ -9,7 +9,8 @@ the other frontends' messages to the router of the same model and pool. A peer s
 in flight: a dead frontend's load lapses instead of weighing on its workers forever.
 
 Messages published in one event-loop iteration go out as one transport message (a msgpack
-list of at most ``BATCH_MESSAGES``), so a burst of decisions costs one send. Delivery is best effort: a lost ``finished`` is
+list of at most ``BATCH_MESSAGES``), so a burst of decisions costs one send, made there and
+then (a transport's ``send`` does not wait; NATS's spawns its publish). Delivery is best effort: a lost ``finished`` is
 covered by the expiry of the peer, or by the router's own bound on an entry's age.
 """
 
@@ -93,17 +94,17 @@ class PeerPlane:
         pending, self._pending = self._pending, []
         if pending and self._started:
             for i in range(0, len(pending), BATCH_MESSAGES):
-                asyncio.ensure_future(self._send(pending[i:i + BATCH_MESSAGES]))
+                self._send(pending[i:i + BATCH_MESSAGES])
 
-    async def _send(self, messages: list[PeerMessage]) -> None:
+    def _send(self, messages: list[PeerMessage]) -> None:
         try:
-            await self._transport.send(_encoder.encode(messages))
-        except Exception as exc:  # NATS reconnecting, a peer gone: peers expire our entries if it lasts
+            self._transport.send(_encoder.encode(messages))
+        except Exception as exc:  # a closed socket, a peer gone: peers expire our entries if it lasts
             log.debug("routing peers: send failed: %s", exc)
 
     async def _heartbeats(self) -> None:
         while True:
-            await self._send([PeerHeartbeat(frontend_id=self.frontend_id)])
+            self._send([PeerHeartbeat(frontend_id=self.frontend_id)])
             self.expire()
             await asyncio.sleep(HEARTBEAT_S)
 

@@ -59,8 +59,9 @@ class PeerTransport(Protocol):
         """Join the peers as ``frontend_id``; ``receive`` gets every batch another peer sends
         (and may get our own, which `PeerPlane` skips)."""
 
-    async def send(self, data: bytes) -> None:
-        """Send one batch to every other peer."""
+    def send(self, data: bytes) -> None:
+        """Send one batch to every other peer, without waiting: a routing decision never
+        waits on its peers. A failure is the transport's to log; peers expire what is lost."""
 
     async def stop(self) -> None:
         """Leave the peers and release the transport's resources."""
@@ -73,6 +74,7 @@ class NatsPeerTransport:
         self._subject = peers_subject(namespace)
         self._connect = connect
         self._nc: Any = None  # a nats.aio.client.Client; nats is imported only when used
+        self._publishes: set[asyncio.Task] = set()  # referenced until done, so none is collected
         self.description = f"NATS subject {self._subject}"
 
     @property
@@ -87,11 +89,22 @@ class NatsPeerTransport:
 
         await self._nc.subscribe(self._subject, cb=on_message)
 
-    async def send(self, data: bytes) -> None:
+    def send(self, data: bytes) -> None:
+        # nats-py's publish is a coroutine (it may flush a full pending buffer): it runs in a
+        # task of its own.
         if self._nc is not None:
-            await self._nc.publish(self._subject, data)
+            task = asyncio.ensure_future(self._publish(self._nc, data))
+            self._publishes.add(task)
+            task.add_done_callback(self._publishes.discard)
+
+    async def _publish(self, nc: Any, data: bytes) -> None:
+        try:
+            await nc.publish(self._subject, data)
+        except Exception as exc:  # reconnecting, or closed: peers expire our entries if it lasts
+            log.debug("routing peers: NATS publish failed: %s", exc)
 
     async def stop(self) -> None:
+        await cancel_and_wait(list(self._publishes))
         if self._nc is not None:
             nc, self._nc = self._nc, None
             with contextlib.suppress(Exception):
@@ -177,7 +190,8 @@ class LocalPeerTransport:
                 log.exception("routing peers: discovery watch failed; watching again")
                 await asyncio.sleep(1.0)
 
-    async def send(self, data: bytes) -> None:
+    def send(self, data: bytes) -> None:
+        # sendto never blocks: the datagram is queued in the kernel, or dropped (error_received).
         if self._transport is None:
             return
         for address in list(self._peers.values()):

@@ -9,9 +9,9 @@ Each frame is a 4-byte big-endian length followed by a msgpack-encoded ``Frame``
 - ``Cancel(stream_id)`` tells the server the caller gave up: its handler task is cancelled.
 
 Payloads are opaque bytes (the layers above encode their own Structs). Frames written in
-one event-loop iteration leave in one ``write`` call, which keeps syscalls per token low; the
-client's reader parses every whole frame a socket read brings in one go and hands each stream
-what it got as one batch.
+one event-loop iteration leave in one ``write`` call, which keeps syscalls per token low; both
+ends read through one ``_FrameReader``, which parses every whole frame a socket read brings in
+one go (the client then hands each stream what it got as one batch).
 """
 
 from __future__ import annotations
@@ -121,12 +121,51 @@ class _FrameWriter:
             self._writer.close()
 
 
-async def _read_frame(reader: asyncio.StreamReader) -> Frame:
-    header = await reader.readexactly(_LEN.size)
-    (length,) = _LEN.unpack(header)
-    if length > MAX_FRAME_BYTES:
-        raise RequestPlaneError(f"frame of {length} bytes exceeds the {MAX_FRAME_BYTES}-byte limit")
-    return _decoder.decode(await reader.readexactly(length))
+_READ_BYTES = 1 << 16
+
+
+def _frames_in(view: memoryview) -> tuple[list[Frame], int]:
+    """The whole frames at the start of `view`, and how many bytes they took. Each frame is
+    decoded from a slice of the view, so its bytes are not copied before msgspec reads them."""
+    frames, position, size = [], 0, len(view)
+    while size - position >= _LEN.size:
+        (length,) = _LEN.unpack_from(view, position)
+        if length > MAX_FRAME_BYTES:
+            raise RequestPlaneError(f"frame of {length} bytes exceeds the {MAX_FRAME_BYTES}-byte limit")
+        end = position + _LEN.size + length
+        if end > size:
+            break
+        frames.append(_decoder.decode(view[position + _LEN.size : end]))
+        position = end
+    return frames, position
+
+
+class _FrameReader:
+    """Reads frames from one connection, for the server and the client alike: whatever one
+    socket read brings is parsed in one go, so many small frames (one a token) cost one read,
+    not two awaited reads each. Invariant: `_partial` holds only the bytes of a frame not yet
+    whole; a read that ends on a frame boundary is parsed where it lies, never copied."""
+
+    def __init__(self, reader: asyncio.StreamReader):
+        self._reader = reader
+        self._partial = bytearray()
+
+    async def batch(self) -> list[Frame]:
+        """The next whole frames, at least one; empty once the peer has closed its side.
+        Raises RequestPlaneError for an oversized frame, msgspec.DecodeError for a bad one."""
+        while data := await self._reader.read(_READ_BYTES):
+            if self._partial:
+                self._partial += data
+                with memoryview(self._partial) as view:
+                    frames, used = _frames_in(view)
+                del self._partial[:used]  # the view is released: the buffer may shrink
+            else:
+                with memoryview(data) as view:
+                    frames, used = _frames_in(view)
+                    self._partial += view[used:]
+            if frames:
+                return frames
+        return []
 
 
 # ---------------------------------------------------------------------------------------------
@@ -171,23 +210,25 @@ class RequestPlaneServer(RequestServer):
         frames = _FrameWriter(writer)
         self._connections[task] = frames
         streams: dict[int, asyncio.Task] = {}
+        incoming = _FrameReader(reader)
         try:
-            while True:
-                frame = await _read_frame(reader)
-                if isinstance(frame, Call):
-                    handler = self._handlers.get(frame.endpoint)
-                    if handler is None:
-                        frames.send(End(frame.stream_id, f"unknown endpoint '{frame.endpoint}'"))
-                        continue
-                    stream_task = asyncio.create_task(self._run(handler, frame, frames, streams))
-                    streams[frame.stream_id] = stream_task
-                elif isinstance(frame, Cancel):
-                    stream_task = streams.get(frame.stream_id)
-                    if stream_task is not None:
-                        stream_task.cancel()
-        except (asyncio.IncompleteReadError, ConnectionError):
+            # An empty batch: the caller went away; the finally cancels what it had open.
+            while batch := await incoming.batch():
+                for frame in batch:
+                    if isinstance(frame, Call):
+                        handler = self._handlers.get(frame.endpoint)
+                        if handler is None:
+                            frames.send(End(frame.stream_id, f"unknown endpoint '{frame.endpoint}'"))
+                            continue
+                        stream_task = asyncio.create_task(self._run(handler, frame, frames, streams))
+                        streams[frame.stream_id] = stream_task
+                    elif isinstance(frame, Cancel):
+                        stream_task = streams.get(frame.stream_id)
+                        if stream_task is not None:
+                            stream_task.cancel()
+        except ConnectionError:
             pass  # the caller went away: cancel what it had open
-        except RequestPlaneError as exc:
+        except (RequestPlaneError, msgspec.DecodeError) as exc:
             log.warning("closing request-plane connection: %s", exc)
         finally:
             for stream_task in list(streams.values()):
@@ -218,7 +259,6 @@ class RequestPlaneServer(RequestServer):
 
 
 _END_OF_STREAM = object()
-_READ_BYTES = 1 << 16
 
 
 class _Inbox:
@@ -251,21 +291,6 @@ class _Inbox:
         return items
 
 
-def _frames_in(buffer: bytearray) -> tuple[list[Frame], int]:
-    """The whole frames at the start of `buffer`, and how many bytes they took."""
-    frames, position, size = [], 0, len(buffer)
-    while size - position >= _LEN.size:
-        (length,) = _LEN.unpack_from(buffer, position)
-        if length > MAX_FRAME_BYTES:
-            raise RequestPlaneError(f"frame of {length} bytes exceeds the {MAX_FRAME_BYTES}-byte limit")
-        end = position + _LEN.size + length
-        if end > size:
-            break
-        frames.append(_decoder.decode(buffer[position + _LEN.size : end]))
-        position = end
-    return frames, position
-
-
 class _Connection:
     def __init__(self, address: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
         self.address = address
@@ -289,14 +314,9 @@ class _Connection:
 
     async def _read_loop(self) -> None:
         reason = f"connection to {self.address} closed by the worker"
-        buffer = bytearray()
+        incoming = _FrameReader(self._reader)
         try:
-            # Whatever the socket has is parsed in one go: many small frames (one a token)
-            # cost one read, not two awaited reads each.
-            while data := await self._reader.read(_READ_BYTES):
-                buffer += data
-                frames, used = _frames_in(buffer)
-                del buffer[:used]
+            while frames := await incoming.batch():
                 for frame in frames:
                     inbox = self.streams.get(frame.stream_id)
                     if inbox is None:

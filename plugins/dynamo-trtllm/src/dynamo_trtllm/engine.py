@@ -233,12 +233,14 @@ class TrtllmEngine(Engine):
             log.warning("request %s failed in TensorRT-LLM: %s", request.request_id, exc)
             yield EngineOutput(finish_reason=FinishReason.ERROR, error=f"TensorRT-LLM: {exc}")
         finally:
-            self._load.in_flight -= 1
-            if not result.finished:
-                # The consumer went away (or the stream failed): free the request's slot and KV.
-                if awaiting_kv:
-                    self._abort_after_kv_arrives(result, request.request_id)
-                else:
+            if not result.finished and awaiting_kv:
+                # The consumer went away while the KV is in flight: the request holds its slot
+                # and blocks until the deferred abort, which ends its count in flight.
+                self._abort_after_kv_arrives(result, request.request_id)
+            else:
+                self._load.in_flight -= 1
+                if not result.finished:
+                    # The consumer went away (or the stream failed): free the request's slot and KV.
                     with contextlib.suppress(Exception):
                         result.abort()
 
@@ -262,9 +264,14 @@ class TrtllmEngine(Engine):
                     result.abort()
             log.debug("request %s aborted after its KV arrived", request_id)
 
+        def finished(task: asyncio.Task) -> None:
+            # However the task ends (aborted, or cancelled by `stop` before it ran at all).
+            self._deferred_aborts.discard(task)
+            self._load.in_flight -= 1
+
         task = asyncio.get_running_loop().create_task(abort_when_arrived(), name=f"trtllm-abort-{request_id}")
         self._deferred_aborts.add(task)
-        task.add_done_callback(self._deferred_aborts.discard)
+        task.add_done_callback(finished)
 
     async def _poll(self, drain) -> None:
         loop = asyncio.get_running_loop()

@@ -190,74 +190,84 @@ class MockerEngine(Engine):
             return
         # A prefill of a rendezvous that ends before publishing its KV fails its room, so that
         # the decode side waiting there ends at once instead of after the bootstrap timeout.
+        # This generator's `finally` is the one place that does it, whatever ended the prefill:
+        # a rejection, an error pushed to the stream (`_fail_all`), or the consumer leaving.
         fails_room = self.bootstrap is not None and phase == "prefill" and room is not None
-        prompt_len = len(request.token_ids)
-        error = self._rejection(prompt_len)
-        if error is not None:
-            if fails_room:
-                self.bootstrap.fail(room, error)
-            yield EngineOutput(finish_reason=FinishReason.ERROR, error=error, prompt_tokens=prompt_len, cached_tokens=0)
-            return
-        capacity_tokens = self.pool.num_blocks * self.pool.block_size
-        # The n-th output token is sampled from a step that computed prompt + n - 1 tokens.
-        max_output = min(request.stop.max_tokens, self.context_length - prompt_len, capacity_tokens - prompt_len + 1)
-        if phase == "prefill":
-            if self.arena is None:
-                yield EngineOutput(finish_reason=FinishReason.ERROR, error=f"this worker's role is {self.role}, not prefill")
-                return
-            max_output = min(max_output, 1)
-        if max_output <= 0:
-            if fails_room:
-                self.bootstrap.fail(room, "the prompt leaves no room for output")
-            yield EngineOutput(finish_reason=FinishReason.LENGTH, prompt_tokens=prompt_len, cached_tokens=0)
-            return
-        stream = _Stream(
-            token_ids=list(request.token_ids),
-            prompt_len=prompt_len,
-            max_output=max_output,
-            offset=self._offset(request),
-            logprobs=request.output.logprobs,
-            prompt_logprobs=request.output.prompt_logprobs,
-        )
-        if phase == "prefill":
-            stream.hold_id = request.request_id
-            stream.room = room
-            if stream.room is not None and self.bootstrap is None:
-                yield EngineOutput(finish_reason=FinishReason.ERROR, error="this prefill worker serves no bootstrap room")
-                return
-        elif phase == "decode" and kv is not None:
-            if kv.region is None and self._rooms is not None and room_of(kv.engine_params) is not None:
-                try:  # the rendezvous: wait for the prefill worker to publish where the KV is
-                    kv = await self._rooms.lookup(kv.engine_params)
-                except BootstrapError as exc:
-                    log.warning("request %s cannot get its KV: %s", request.request_id, exc)
-                    yield EngineOutput(finish_reason=FinishReason.ERROR, error=f"KV rendezvous failed: {exc}",
-                                       kv_pull=KvPullReport(failed=str(exc)))
-                    return
-            self._plan_pull(stream, kv)
-        self.scheduler.add(stream)
-        self._wake.set()  # a step loop waiting for pulls can admit it
-        if self._loop_task is None or self._loop_task.done():
-            self._loop_task = asyncio.create_task(self._run_steps(), name="mocker-steps")
-        loop = asyncio.get_running_loop()
+        failure = "the prefill was abandoned before its KV was computed"
+        stream: _Stream | None = None
         try:
-            while True:
-                if not stream.pending:
-                    stream.waiter = loop.create_future()
-                    await stream.waiter
-                    stream.waiter = None
-                output = stream.pending.popleft()
-                yield output
-                if output.finish_reason is not None:
+            prompt_len = len(request.token_ids)
+            error = self._rejection(prompt_len)
+            if error is not None:
+                failure = error
+                yield EngineOutput(finish_reason=FinishReason.ERROR, error=error, prompt_tokens=prompt_len,
+                                   cached_tokens=0)
+                return
+            capacity_tokens = self.pool.num_blocks * self.pool.block_size
+            # The n-th output token is sampled from a step that computed prompt + n - 1 tokens.
+            max_output = min(request.stop.max_tokens, self.context_length - prompt_len,
+                             capacity_tokens - prompt_len + 1)
+            if phase == "prefill":
+                if self.arena is None:
+                    yield EngineOutput(finish_reason=FinishReason.ERROR,
+                                       error=f"this worker's role is {self.role}, not prefill")
                     return
+                max_output = min(max_output, 1)
+            if max_output <= 0:
+                failure = "the prompt leaves no room for output"
+                yield EngineOutput(finish_reason=FinishReason.LENGTH, prompt_tokens=prompt_len, cached_tokens=0)
+                return
+            stream = _Stream(
+                token_ids=list(request.token_ids),
+                prompt_len=prompt_len,
+                max_output=max_output,
+                offset=self._offset(request),
+                logprobs=request.output.logprobs,
+                prompt_logprobs=request.output.prompt_logprobs,
+            )
+            if phase == "prefill":
+                stream.hold_id = request.request_id
+                stream.room = room  # _emit sets it back to None once it has published the room
+                if stream.room is not None and self.bootstrap is None:
+                    yield EngineOutput(finish_reason=FinishReason.ERROR,
+                                       error="this prefill worker serves no bootstrap room")
+                    return
+            elif phase == "decode" and kv is not None:
+                if kv.region is None and self._rooms is not None and room_of(kv.engine_params) is not None:
+                    try:  # the rendezvous: wait for the prefill worker to publish where the KV is
+                        kv = await self._rooms.lookup(kv.engine_params)
+                    except BootstrapError as exc:
+                        log.warning("request %s cannot get its KV: %s", request.request_id, exc)
+                        yield EngineOutput(finish_reason=FinishReason.ERROR, error=f"KV rendezvous failed: {exc}",
+                                           kv_pull=KvPullReport(failed=str(exc)))
+                        return
+                self._plan_pull(stream, kv)
+            self.scheduler.add(stream)
+            self._wake.set()  # a step loop waiting for pulls can admit it
+            if self._loop_task is None or self._loop_task.done():
+                self._loop_task = asyncio.create_task(self._run_steps(), name="mocker-steps")
+            loop = asyncio.get_running_loop()
+            try:
+                while True:
+                    if not stream.pending:
+                        stream.waiter = loop.create_future()
+                        await stream.waiter
+                        stream.waiter = None
+                    output = stream.pending.popleft()
+                    if output.error is not None:
+                        failure = output.error
+                    yield output
+                    if output.finish_reason is not None:
+                        return
+            finally:
+                if stream.loading:  # the pull writes into its blocks: it finishes the sequence
+                    stream.abandoned = True
+                elif stream.status is not SequenceStatus.FINISHED:  # closed or cancelled by the consumer
+                    self.scheduler.finish(stream)
+                    self._publish_events()
         finally:
-            if stream.room is not None and self.bootstrap is not None:  # not published (see _emit)
-                self.bootstrap.fail(stream.room, "the prefill was abandoned before its KV was computed")
-            if stream.loading:  # the pull writes into its blocks: it finishes the sequence
-                stream.abandoned = True
-            elif stream.status is not SequenceStatus.FINISHED:  # closed or cancelled by the consumer
-                self.scheduler.finish(stream)
-                self._publish_events()
+            if fails_room and (stream is None or stream.room is not None):  # not published (see _emit)
+                self.bootstrap.fail(room, failure)
 
     # --- the step loop ------------------------------------------------------------------------
 
@@ -459,12 +469,11 @@ class MockerEngine(Engine):
             self._kv_events.publish(events)
 
     def _fail_all(self, error: str) -> None:
+        """End every request with `error`; a prefill's room is failed with it by its
+        generator's `finally`, which the error wakes."""
         for seq in [*self.scheduler.running, *self.scheduler.waiting]:
             self.scheduler.finish(seq)
             assert isinstance(seq, _Stream)
-            if seq.room is not None and self.bootstrap is not None:
-                self.bootstrap.fail(seq.room, error)
-                seq.room = None
             seq.push(EngineOutput(finish_reason=FinishReason.ERROR, error=error))
         self._publish_events()
 
