@@ -19,6 +19,8 @@
 # which `dynamo serve` starts; Dynamo's: `python -m dynamo.frontend`), reported as CPU-ms a request.
 #   bash benchmarks/gateway_comparison.sh               # PAIRS=2 DURATION=15 WARMUP=5
 #   ROWS=c32-512 PAIRS=3 OUR_ARGS="--some-flag" LABEL_SUFFIX=" after" bash benchmarks/gateway_comparison.sh
+# LOAD_ARGS: more loadgen arguments for every row (e.g. "--vocabulary 200000": prompt words drawn
+# by Zipf's law from 200k made-up words, so a per-word token cache meets a realistic hit rate).
 # SETTLE (default 10): seconds between a server's start and its load.
 # DYNAMO_VENV (default /work/venvs/dynamo161): Dynamo 1.6.1 installed apart from this repo (see
 # kv_workloads.sh for how). PORT (default 23100) and PORT+1.. are used.
@@ -106,7 +108,7 @@ for row in ${ROWS:-c32-512 c128-512 c32-16 r-16k r-8k}; do
       sleep "${SETTLE:-10}"
       # shellcheck disable=SC2086
       uv run python -m benchmarks.loadgen --url "http://127.0.0.1:$port" --model "$model" $load \
-        --duration "$duration" --warmup "$warmup" --cpu-of "$cpu_of" \
+        --duration "$duration" --warmup "$warmup" --cpu-of "$cpu_of" ${LOAD_ARGS:-} \
         --label "$row $side $pair${LABEL_SUFFIX:-}" --json-out "$out" | tail -4
       echo "load after: $(uptime | sed 's/.*load average: //')"
       stop_serve

@@ -14,7 +14,8 @@ come out at about `--prompt-tokens`; the achieved mean is reported. With
 prefixes. With `--turns T` each stream holds a chat of T turns: every request resends the
 conversation so far (earlier user messages and a stand-in assistant reply of
 `--output-tokens` words each) plus a new user message of `--turn-tokens`, so each turn's
-prompt extends the previous one's; then the stream starts a new chat.
+prompt extends the previous one's; then the stream starts a new chat. `--vocabulary N` draws
+the words from N made-up ones by Zipf's law instead of 32 common ones (see `Vocabulary`).
 
 With `--rate R1,R2` the levels are open loop instead: requests start at R a second (Poisson
 arrivals, or `--arrivals fixed`) whether or not earlier ones have ended, so a server that
@@ -35,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import os
 import random
 import re
@@ -69,8 +71,36 @@ NO_RESPONSE_PAUSE_S = 0.1
 # ---------------------------------------------------------------------------------------------
 
 
+class Vocabulary:
+    """The words prompts are drawn from: `WORDS` evenly (size 0), or `size` made-up words of 2-10
+    letters drawn by Zipf's law (rank r with weight 1/r), as words of real text are, so that a
+    frontend's per-word token cache meets about the hit rate real prompts give it."""
+
+    def __init__(self, size: int = 0):
+        if size < 0:
+            raise ValueError(f"a vocabulary size must not be negative, got {size}")
+        rng = random.Random("vocabulary")
+        letters = "abcdefghijklmnopqrstuvwxyz"
+        self.words = list(WORDS) if size == 0 else [
+            "".join(rng.choice(letters) for _ in range(rng.randint(2, 10))) for _ in range(size)
+        ]
+        self._cum_weights = None if size == 0 else list(itertools.accumulate(1 / rank for rank in range(1, size + 1)))
+
+    def draw(self, count: int, rng: random.Random) -> list[str]:
+        return rng.choices(self.words, cum_weights=self._cum_weights, k=max(count, 0))
+
+
+_vocabulary = Vocabulary()
+
+
+def use_vocabulary(size: int) -> None:
+    """Draw this run's prompt words from `Vocabulary(size)` (`--vocabulary`)."""
+    global _vocabulary
+    _vocabulary = Vocabulary(size)
+
+
 def random_words(count: int, rng: random.Random) -> list[str]:
-    return rng.choices(WORDS, k=max(count, 0))
+    return _vocabulary.draw(count, rng)
 
 
 def request_marker(sequence: int) -> list[str]:
@@ -485,6 +515,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--prefix-groups", type=int, default=4, help="distinct shared prefixes")
     p.add_argument("--turns", type=int, default=1, help="turns of each stream's chat (1: single requests)")
     p.add_argument("--turn-tokens", type=int, default=64, help="tokens of each later turn's user message")
+    p.add_argument("--vocabulary", type=int, default=0, metavar="N",
+                   help="draw prompt words from N made-up words by Zipf's law, as real text uses words "
+                        "(0: 32 common words evenly, each one token; see Vocabulary)")
     add_run_options(
         p, timeout_s=600.0, label_help="a name kept in the JSON rows",
         json_help="append one JSON line a level to this file",
@@ -498,6 +531,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--rate runs for --duration; --requests is for the closed loop")
     if args.turns < 1 or args.turn_tokens < 1:
         p.error("--turns and --turn-tokens must be positive")
+    if args.vocabulary < 0:
+        p.error("--vocabulary must not be negative")
+    use_vocabulary(args.vocabulary)
     return args
 
 
