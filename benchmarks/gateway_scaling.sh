@@ -18,7 +18,8 @@
 # Dynamo gets as --router-mode kv), WORKERS, SPEEDUP, CONCURRENCY, PROMPT_TOKENS, OUTPUT_TOKENS,
 # DURATION (20 s a level), WARMUP (5 s), PORT (8140), ROUNDS (1: repeat the whole sweep, so
 # systems alternate), LOADGENS (1: load-generator processes side by side, each with 1/LOADGENS of
-# a level's streams, merged into one row: p50s averaged, p99 the worst generator's), TOKENIZER_DIR (/tmp/router-bench-tok, built from the test tokenizer here).
+# a level's streams, merged into one row: p50s averaged, p99 the worst generator's), LOAD_ARGS
+# (more loadgen arguments, e.g. "--vocabulary 200000"), TOKENIZER_DIR (/tmp/router-bench-tok, built from the test tokenizer here).
 #
 # On the GPU machine (16 cores, Python 3.12, no uv, no network): carry the wheels made by
 # scripts/gpu/fetch_gateway_wheels.sh (WHL=.whl-gateway SITE=/root/site-gateway
@@ -137,7 +138,7 @@ run_levels() {  # run_levels LABEL: one loadgen run per level, the frontend tree
     if [ "$loadgens" = 1 ]; then
       "${PY[@]}" -m benchmarks.loadgen --url "http://127.0.0.1:$port" --model "$model" --concurrency "$level" \
         --duration "$duration" --warmup "$warmup" --prompt-tokens "$prompt_tokens" \
-        --output-tokens "$output_tokens" --label "$label" --json-out "$out"
+        --output-tokens "$output_tokens" --label "$label" --json-out "$out" ${LOAD_ARGS:-}
     else  # LOADGENS generators side by side, level/LOADGENS streams each, merged into one row
       local parts=() gens=() g
       for g in $(seq 1 "$loadgens"); do
@@ -146,7 +147,7 @@ run_levels() {  # run_levels LABEL: one loadgen run per level, the frontend tree
         "${PY[@]}" -m benchmarks.loadgen --url "http://127.0.0.1:$port" --model "$model" \
           --concurrency $((level / loadgens)) --duration "$duration" --warmup "$warmup" \
           --prompt-tokens "$prompt_tokens" --output-tokens "$output_tokens" --label "$label" \
-          --json-out "$out.gen$g" > "$out.gen$g.log" 2>&1 &
+          --json-out "$out.gen$g" ${LOAD_ARGS:-} > "$out.gen$g.log" 2>&1 &
         gens+=($!)
       done
       for g in "${gens[@]}"; do wait "$g"; done
