@@ -142,8 +142,8 @@ def vocabulary() -> list[str]:
 
 def test_kept_words_give_the_whole_encodes_ids_as_the_cache_fills_and_is_dropped(mistral, vocabulary):
     # A small cache: it is dropped and refilled many times over these texts, and some texts
-    # bring more new words than one call keeps (they are encoded in pieces instead).
-    segments = SegmentedEncoder(mistral.tokenizer, CutMode.DROP, max_words=300, max_new_words=40)
+    # bring more new words than it holds.
+    segments = SegmentedEncoder(mistral.tokenizer, CutMode.DROP, max_words=300)
     rng = random.Random(5)
     for words in [20, 200, 2000, 60, 600, 3000, 10] * 6:
         text = _zipf_text(rng, vocabulary, words)
@@ -162,6 +162,10 @@ def test_a_text_of_known_words_is_looked_up_not_encoded(mistral, monkeypatch):
     real = segments._tokenizer
 
     class Recording:
+        def encode(self, text, add_special_tokens):
+            batches.append(text)
+            return real.encode(text, add_special_tokens=add_special_tokens)
+
         def encode_batch(self, texts, add_special_tokens):
             batches.append(texts)
             return real.encode_batch(texts, add_special_tokens=add_special_tokens)
@@ -173,7 +177,7 @@ def test_a_text_of_known_words_is_looked_up_not_encoded(mistral, monkeypatch):
     assert segments.encode(text) == expected
     assert batches == []
     assert segments.encode(text + " zebraquux") == mistral.tokenizer.encode(text + " zebraquux", add_special_tokens=False).ids
-    assert batches == [["zebraquux"]]  # only the new word
+    assert batches == ["zebraquux"]  # only the new word, in one encode (no thread pool)
 
 
 def test_words_longer_than_the_limit_are_encoded_not_kept(mistral):
@@ -186,9 +190,27 @@ def test_words_longer_than_the_limit_are_encoded_not_kept(mistral):
 def test_threads_encoding_together_get_the_whole_encodes_ids(mistral, vocabulary):
     from concurrent.futures import ThreadPoolExecutor
 
-    segments = SegmentedEncoder(mistral.tokenizer, CutMode.DROP, max_words=500, max_new_words=64)
+    segments = SegmentedEncoder(mistral.tokenizer, CutMode.DROP, max_words=500)
     rng = random.Random(9)
     texts = [_zipf_text(rng, vocabulary, rng.randint(50, 800)) for _ in range(64)]
     with ThreadPoolExecutor(8) as pool:
         got = list(pool.map(segments.encode, texts))
     assert got == [mistral.tokenizer.encode(t, add_special_tokens=False).ids for t in texts]
+
+
+def test_new_words_are_told_apart_by_the_offsets_of_one_encode(mistral, vocabulary):
+    segments = SegmentedEncoder(mistral.tokenizer, CutMode.DROP)
+    assert segments._joins_split  # probed at construction
+    rng = random.Random(13)
+    words = list(dict.fromkeys(w for w in rng.choices(vocabulary, k=2000) if w[0].isascii() and w[0].isalnum()
+                               and w[-1].isascii() and w[-1].isalnum()))
+    split = segments._split_by_offsets(words)
+    assert split == {w: mistral.tokenizer.encode(w, add_special_tokens=False).ids for w in words}
+
+
+def test_without_usable_offsets_new_words_are_encoded_one_by_one(mistral, vocabulary, monkeypatch):
+    monkeypatch.setattr(SegmentedEncoder, "_offsets_split_words", lambda self: False)
+    segments = SegmentedEncoder(mistral.tokenizer, CutMode.DROP)
+    assert not segments._joins_split
+    text = _zipf_text(random.Random(4), vocabulary, 500)
+    assert segments.encode(text) == mistral.tokenizer.encode(text, add_special_tokens=False).ids

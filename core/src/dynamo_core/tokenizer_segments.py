@@ -8,8 +8,8 @@ throughout). `SegmentedEncoder` cuts a text at single spaces between ASCII lette
 (cut points) and
 
 - for such a tokenizer, keeps each word's ids (a bounded dictionary) and builds a prompt's ids
-  from them, encoding only the words it has not seen (together, in one `encode_batch`): a
-  prompt then costs a `str.split` and a lookup a word, 5-7x less than the whole encode;
+  from them, encoding only the words it has not seen (together, in one `encode`): a prompt
+  of known words then costs a `str.split` and a lookup a word, 5-7x less than the whole encode;
 - otherwise, for long texts, encodes pieces of about a thousand characters with `encode_batch`,
   which runs them on the library's Rust thread pool with the GIL released.
 
@@ -34,6 +34,7 @@ gets no `SegmentedEncoder`: the bundle encodes whole, as before.
 from __future__ import annotations
 
 import enum
+import itertools
 import json
 import random
 import re
@@ -205,14 +206,15 @@ class SegmentedEncoder:
     In `DROP` mode texts of at least `word_min_chars` are cut at every cut point and each word's
     ids are kept (`max_words` of up to `max_word_chars` characters; the whole cache is dropped
     when it is full, which costs less a lookup than an LRU's bookkeeping), so a prompt costs a
-    split and a dictionary lookup a word; the words not kept yet are encoded together, and
-    when a text brings more than `max_new_words` of them, it is encoded in pieces and only
-    that many are kept. Otherwise texts of at least `piece_chars * 4` are cut into pieces of
-    about `piece_chars` and encoded together (on the library's threads)."""
+    split and a dictionary lookup a word. The words not kept yet are encoded together, joined
+    by spaces (every join is a cut) in one `encode` whose token offsets tell the words apart:
+    no thread pool (which, in many frontend processes at once, spins more than it encodes) and
+    no per-word call. Otherwise texts of at least `piece_chars * 4` are cut into pieces of about
+    `piece_chars` and encoded together with `encode_batch` (on the library's threads)."""
 
     def __init__(
         self, tokenizer: Tokenizer, mode: CutMode, *, piece_chars: int = 1024, word_min_chars: int = 256,
-        max_words: int = 1 << 16, max_word_chars: int = 64, max_new_words: int = 256,
+        max_words: int = 1 << 16, max_word_chars: int = 64,
     ):
         self._tokenizer = tokenizer
         self.mode = mode
@@ -220,11 +222,13 @@ class SegmentedEncoder:
         self.pieces_min_chars = piece_chars * 4
         # Texts shorter than this are encoded whole (`TokenizerBundle.encode` checks it first).
         self.min_chars = word_min_chars if mode is CutMode.DROP else self.pieces_min_chars
-        self.max_words, self.max_word_chars, self.max_new_words = max_words, max_word_chars, max_new_words
+        self.max_words, self.max_word_chars = max_words, max_word_chars
         self._word_ids: dict[str, list[int]] = {}
         self._lock = threading.Lock()
         self._skip = 1 if mode is CutMode.DROP else 0  # the space: dropped or kept after a cut
         self._affixes = _affixes(tokenizer, [text[: 16 * (i + 1)] for i, text in enumerate(_probe_texts(seed=1))])
+        # Whether the offsets of a joined encode split it into its words' own encodes (probed).
+        self._joins_split = mode is CutMode.DROP and self._offsets_split_words()
 
     def pieces(self, text: str) -> list[str]:
         """`text` cut at spaces every `piece_chars` or so; one piece where there is no cut."""
@@ -242,16 +246,17 @@ class SegmentedEncoder:
         affixes = self._affixes if add_special_tokens else _Affixes((), ())
         ids = None
         if affixes is not None and len(text) >= self.min_chars:
-            ids = self._by_words(text) if self.mode is CutMode.DROP else None
-            if ids is None and len(text) >= self.pieces_min_chars:
+            if self.mode is CutMode.DROP:
+                ids = self._by_words(text)
+            elif len(text) >= self.pieces_min_chars:
                 pieces = self.pieces(text)
                 ids = _joined(self._tokenizer, pieces) if len(pieces) > 1 else None
         if ids is None:
             return self._tokenizer.encode(text, add_special_tokens=add_special_tokens).ids
         return [*affixes.prefix, *ids, *affixes.suffix] if affixes.prefix or affixes.suffix else ids
 
-    def _by_words(self, text: str) -> list[int] | None:
-        """The ids of `text` from its words' kept ids, or None where too many are new."""
+    def _by_words(self, text: str) -> list[int]:
+        """The ids of `text` from its words' kept ids, encoding the words not kept yet."""
         words = _words(text, 1)
         known = self._word_ids
         ids: list[int] = []
@@ -262,19 +267,50 @@ class SegmentedEncoder:
         except KeyError:  # a word not kept yet (or the cache was just dropped by another thread)
             pass
         with self._lock:  # one thread at a time may add words or drop the cache
-            if len(known) > self.max_words - self.max_new_words:
-                known.clear()
             new = list(dict.fromkeys(word for word in words if word not in known))
-            batch = new[: self.max_new_words]
-            encoded = self._tokenizer.encode_batch(batch, add_special_tokens=False)
-            fresh = {word: encoding.ids for word, encoding in zip(batch, encoded)}
-            known.update((word, i) for word, i in fresh.items() if len(word) <= self.max_word_chars)
-            if len(new) > len(batch):
-                return None
+            if len(known) + len(new) > self.max_words:
+                known.clear()
+                new = list(dict.fromkeys(words))
+            fresh = self._encode_words(new)
+            room = self.max_words - len(known)
+            known.update(itertools.islice(((w, i) for w, i in fresh.items() if len(w) <= self.max_word_chars), max(room, 0)))
             ids = []
             for word in words:
                 ids += fresh[word] if word in fresh else known[word]
             return ids
+
+    def _encode_words(self, words: list[str]) -> dict[str, list[int]]:
+        """Each word's own ids, `tokenizer.encode(word, add_special_tokens=False).ids`."""
+        joinable = [w for w in words if w[0] in _ALNUM and w[-1] in _ALNUM] if self._joins_split else []
+        out = self._split_by_offsets(joinable) if joinable else {}
+        rest = [w for w in words if w not in out]
+        if rest:
+            out.update(zip(rest, (e.ids for e in self._tokenizer.encode_batch(rest, add_special_tokens=False))))
+        return out
+
+    def _split_by_offsets(self, words: list[str]) -> dict[str, list[int]]:
+        """`words` (each starting and ending with a letter or digit, so every join is a cut)
+        encoded as one text, its tokens given to the word their first character falls in: the
+        space before a word became the "▁" of its first token."""
+        encoding = self._tokenizer.encode(" ".join(words), add_special_tokens=False)
+        out: dict[str, list[int]] = {}
+        k, end, current = 0, len(words[0]), []
+        for token, (start, _) in zip(encoding.ids, encoding.offsets):
+            while start >= end and k + 1 < len(words):
+                out[words[k]] = current
+                k, current = k + 1, []
+                end += 1 + len(words[k])
+            current.append(token)
+        out[words[k]] = current
+        return out
+
+    def _offsets_split_words(self) -> bool:
+        for text in _probe_texts(seed=2):
+            words = list(dict.fromkeys(w for w in _words(text, 1) if w[0] in _ALNUM and w[-1] in _ALNUM))
+            split = self._split_by_offsets(words)
+            if any(split.get(w) != self._tokenizer.encode(w, add_special_tokens=False).ids for w in words):
+                return False
+        return True
 
 
 def segmented_encoder_for(tokenizer: Tokenizer) -> SegmentedEncoder | None:
