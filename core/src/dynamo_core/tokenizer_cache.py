@@ -53,18 +53,25 @@ _MAX_PROBED_TOKENS = 64  # a tokenizer with hundreds of reserved specials: the f
 _MAX_LOOKUPS = 32  # boundaries tried from the end of a prompt; a chat's last turn adds a few
 
 
-def _components(state: dict, nested: str) -> Iterable[dict]:
-    """A normalizer's or pre-tokenizer's parts, `Sequence`s flattened."""
+def component_state(component: object) -> dict | None:
+    """A normalizer's or pre-tokenizer's configuration, as tokenizer.json writes it."""
+    return json.loads(component.__getstate__()) if component is not None else None
+
+
+def components(state: dict | None, nested: str) -> Iterable[dict]:
+    """A normalizer's or pre-tokenizer's parts (`nested`: "normalizers" or "pretokenizers"),
+    `Sequence`s flattened; nothing for None."""
+    if not state:
+        return
     yield state
     for part in state.get(nested) or ():
-        yield from _components(part, nested)
+        yield from components(part, nested)
 
 
 def _piecewise(component: object, nested: str, allowed: frozenset[str]) -> bool:
     if component is None:
         return True
-    state = json.loads(component.__getstate__())
-    for part in _components(state, nested):
+    for part in components(component_state(component), nested):
         if part.get("type") not in allowed:
             return False
         if part.get("type") == "Metaspace" and part.get("prepend_scheme", "always") == "first":

@@ -35,14 +35,14 @@ from __future__ import annotations
 
 import enum
 import itertools
-import json
 import random
 import re
 import threading
-from collections.abc import Iterable
 from dataclasses import dataclass
 
 from tokenizers import Tokenizer
+
+from dynamo_core.tokenizer_cache import component_state, components
 
 # Cut points: one space with an ASCII letter or digit on each side. Text without any (code
 # with no spaces, CJK) is encoded whole.
@@ -60,25 +60,13 @@ class CutMode(enum.Enum):
     KEEP = "keep"  # the piece after a cut starts with the space
 
 
-def _components(state: dict | None, nested: str) -> Iterable[dict]:
-    if not state:
-        return
-    yield state
-    for part in state.get(nested) or ():
-        yield from _components(part, nested)
-
-
-def _state(component: object) -> dict | None:
-    return json.loads(component.__getstate__()) if component is not None else None
-
-
 def _space_symbol(normalizer: dict | None, pre_tokenizer: dict | None) -> str | None:
     """The symbol spaces become before the model sees them (sentencepiece's "▁"), if any."""
-    for part in _components(normalizer, "normalizers"):
+    for part in components(normalizer, "normalizers"):
         pattern = part.get("pattern") or {}
         if part.get("type") == "Replace" and pattern.get("String") == " ":
             return part.get("content") or None
-    for part in _components(pre_tokenizer, "pretokenizers"):
+    for part in components(pre_tokenizer, "pretokenizers"):
         if part.get("type") == "Metaspace":
             return part.get("replacement") or None
     return None
@@ -176,13 +164,13 @@ def cut_mode(tokenizer: Tokenizer) -> CutMode | None:
     model = tokenizer.model  # its attributes, not its state: that is the whole vocabulary as JSON
     if getattr(model, "dropout", None):
         return None
-    normalizer, pre_tokenizer = _state(tokenizer.normalizer), _state(tokenizer.pre_tokenizer)
+    normalizer, pre_tokenizer = component_state(tokenizer.normalizer), component_state(tokenizer.pre_tokenizer)
     symbol = _space_symbol(normalizer, pre_tokenizer)
     if not _added_tokens_cannot_span(tokenizer, symbol):
         return None
     no_span = bool(symbol) and type(model).__name__ in _WORD_MODELS and not getattr(model, "ignore_merges", False) \
         and _vocabulary_cannot_span(tokenizer, symbol)
-    splits = any(_splits_before_words(part) for part in _components(pre_tokenizer, "pretokenizers"))
+    splits = any(_splits_before_words(part) for part in components(pre_tokenizer, "pretokenizers"))
     candidates = [mode for mode, holds in ((CutMode.DROP, no_span), (CutMode.KEEP, no_span or splits)) if holds]
 
     probes = _probe_texts()
