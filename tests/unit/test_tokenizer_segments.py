@@ -214,3 +214,17 @@ def test_without_usable_offsets_new_words_are_encoded_one_by_one(mistral, vocabu
     assert not segments._joins_split
     text = _zipf_text(random.Random(4), vocabulary, 500)
     assert segments.encode(text) == mistral.tokenizer.encode(text, add_special_tokens=False).ids
+
+
+@pytest.mark.parametrize("content", ["assistant", "<tool>call", "end42"])
+def test_no_cuts_beside_an_added_token_that_starts_or_ends_with_a_letter_or_digit(mistral, content):
+    # The space before or after such a token is a cut point, but the token splits the text
+    # into its own normalized segments there, so the space's "▁" is not where a piece has it.
+    tokenizer = Tokenizer.from_str(mistral.tokenizer.to_str())
+    tokenizer.add_special_tokens([AddedToken(content, special=True, normalized=False)])
+    texts = [" ".join(["hello", content, "world"] * 400), " ".join([content, "world", "hello"] * 400),
+             " ".join(["hello", "world", content] * 400), " ".join(["hello", f"{content}x", "world"] * 400)]
+    # What cutting there would do: some text comes out wrong.
+    assert any(SegmentedEncoder(tokenizer, CutMode.DROP).encode(t) != tokenizer.encode(t, add_special_tokens=False).ids
+               for t in texts)
+    assert cut_mode(tokenizer) is None

@@ -24,8 +24,8 @@ Why the ids are the same: a cut is a place no token can span, in one of two ways
   Llama 3's byte-level regexes, whitespace splitting), so a cut is already a word boundary and
   the piece after it keeps its space.
 
-Either way no added token may span a cut (none holds whitespace or R, or strips whitespace
-next to a letter), there is no truncation, padding or BPE dropout, and the mode is confirmed on
+Either way no added token may span a cut or stand beside one (none holds whitespace or R, or
+starts or ends with an ASCII letter or digit), there is no truncation, padding or BPE dropout, and the mode is confirmed on
 probe texts before it is used. `add_special_tokens=True` adds the post-processor's fixed
 prefix and suffix (BOS, say), confirmed on probes too. A tokenizer where none of this holds
 gets no `SegmentedEncoder`: the bundle encodes whole, as before.
@@ -89,12 +89,15 @@ def _vocabulary_cannot_span(tokenizer: Tokenizer, symbol: str) -> bool:
 
 
 def _added_tokens_cannot_span(tokenizer: Tokenizer, symbol: str | None) -> bool:
+    """No added token holds whitespace or `symbol` (so none spans a cut) or starts or ends with
+    an ASCII letter or digit (so none stands beside one: the library splits the text around an
+    added token and normalizes each side alone, so the space there does not become the "▁" a
+    piece after the cut would have)."""
     for token in tokenizer.get_added_tokens_decoder().values():
         content = token.content
         if not content or any(c.isspace() for c in content) or (symbol and symbol in content):
             return False
-        strips = token.lstrip or token.rstrip or token.single_word
-        if strips and (content[0].isalnum() or content[-1].isalnum()):
+        if content[0] in _ALNUM or content[-1] in _ALNUM:
             return False
     return True
 
